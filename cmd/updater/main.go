@@ -1,0 +1,168 @@
+// Command updater keeps the services of a Docker Swarm stack on the newest
+// image their tag points to, promoting only what is healthy.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/updater-dev/updater/internal/config"
+	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/notify"
+	"github.com/updater-dev/updater/internal/registry"
+	"github.com/updater-dev/updater/internal/schedule"
+	"github.com/updater-dev/updater/internal/swarm"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `usage: updater [command]
+
+commands:
+  run             watch and deploy on the schedule (the default)
+  check           one dry-run cycle: print what each watched service would do
+  deploy SERVICE  deploy what SERVICE's tag points to now, wait, exit 1 on failure
+  version         print the version
+
+Configuration comes from the environment; see the README.`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch {
+	case cmd == "version":
+		fmt.Fprintln(stdout, "updater", version)
+		return 0
+	case cmd == "help" || cmd == "-h" || cmd == "--help":
+		fmt.Fprintln(stdout, usage)
+		return 0
+	case cmd == "deploy" && len(args) != 1:
+		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
+		return 2
+	case cmd != "run" && cmd != "check" && cmd != "deploy" || cmd != "deploy" && len(args) > 0:
+		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s\n", cmd+" "+fmt.Sprint(args), usage)
+		return 2
+	}
+
+	// Nothing is touched before the whole configuration is valid.
+	cfg, err := config.Load(os.LookupEnv, os.Environ())
+	if err != nil {
+		fmt.Fprintf(stderr, "updater: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack})
+	if err != nil {
+		log.Error("start", "err", err)
+		return 1
+	}
+	defer sw.Close()
+	if err := sw.Ping(ctx); err != nil {
+		log.Error("start", "err", err)
+		return 1
+	}
+	p := &deploy.Pipeline{
+		Lister:        sw,
+		Services:      sw,
+		Ledger:        sw,
+		Journal:       sw,
+		Registry:      registry.New(registry.Config{Timeout: cfg.RegistryTimeout}),
+		Reporter:      notify.Log{Logger: log},
+		Log:           log,
+		Timeout:       cfg.DeployTimeout,
+		WatchInterval: cfg.WatchInterval,
+		Concurrency:   cfg.RegistryConcurrency,
+		DryRun:        cfg.DryRun || cmd == "check",
+	}
+
+	switch cmd {
+	case "check":
+		return check(ctx, p, stdout, log)
+	case "deploy":
+		ev, err := p.DeployService(ctx, args[0])
+		if err != nil {
+			log.Error("deploy", "service", args[0], "err", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s %s: %s -> %s %s\n", ev.Release.ServiceName, ev.Kind, deploy.Short(ev.Release.From), deploy.Short(ev.Release.To), ev.Reason)
+		if ev.Kind != deploy.Succeeded {
+			return 1
+		}
+		return 0
+	}
+
+	log.Info("updater started", "version", version, "schedule", cfg.Schedule, "label", cfg.Label, "stack", cfg.Stack, "dry_run", p.DryRun)
+	cycle := func(ctx context.Context) {
+		start := time.Now()
+		plans, err := p.Cycle(ctx)
+		switch {
+		case errors.Is(err, deploy.ErrBusy):
+			log.Warn("tick skipped: the previous cycle is still running")
+		case err != nil:
+			// The pipeline logs outages once; every failing cycle is only
+			// worth a debug line.
+			log.Debug("cycle failed", "err", err, "duration", time.Since(start))
+		default:
+			log.Debug("cycle done", "services", len(plans), "duration", time.Since(start))
+		}
+	}
+	// The first cycle runs at once: a restarted updater finishes or reports
+	// a deploy it left in flight without waiting for the next tick.
+	cycle(ctx)
+	if err := schedule.Run(ctx, cfg.Schedule, log, cycle); err != nil {
+		log.Error("schedule", "err", err)
+		return 1
+	}
+	log.Info("updater stopped")
+	return 0
+}
+
+func check(ctx context.Context, p *deploy.Pipeline, out io.Writer, log *slog.Logger) int {
+	plans, err := p.Check(ctx)
+	if err != nil {
+		log.Error("check", "err", err)
+		return 1
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SERVICE\tTAG\tRUNNING\tREGISTRY\tACTION\tREASON")
+	for _, pl := range plans {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", pl.Target.Name, pl.Target.Ref(),
+			orNone(deploy.Short(pl.Target.Digest())), orNone(deploy.Short(pl.Want)), pl.Action, pl.Reason)
+	}
+	if err := w.Flush(); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,321 @@
+// Package config is the only package that knows environment-variable names.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/robfig/cron/v3"
+)
+
+// Config is the whole of updater's configuration. The zero value is not
+// useful; get one from Load.
+type Config struct {
+	Schedule            string        // UPDATER_SCHEDULE: when to poll registries (cron or descriptor)
+	Label               string        // UPDATER_LABEL: the label key a service carries to opt in
+	Stack               string        // UPDATER_STACK: "" watches every stack
+	DeployTimeout       time.Duration // UPDATER_DEPLOY_TIMEOUT: how long one rollout may take
+	DryRun              bool          // UPDATER_DRY_RUN: look and report, never update
+	LogFormat           string        // UPDATER_LOG_FORMAT: "json" or "text"
+	LogLevel            slog.Level    // UPDATER_LOG_LEVEL
+	RegistryConcurrency int           // UPDATER_REGISTRY_CONCURRENCY: digest lookups in flight at once
+	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
+	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
+}
+
+// Error is one bad setting. Value is empty when the setting's value is not
+// shown: an unknown UPDATER_* variable may hold a secret meant for elsewhere.
+type Error struct{ Var, Value, Reason string }
+
+func (e *Error) Error() string {
+	if e.Value == "" {
+		return e.Var + " " + e.Reason
+	}
+	return fmt.Sprintf("%s=%q: %s", e.Var, e.Value, e.Reason)
+}
+
+const prefix = "UPDATER_"
+
+// setting ties one variable to the Config field it fills. set sees only
+// non-empty, trimmed values: unset and empty both mean "keep the default".
+type setting struct {
+	name string
+	set  func(c *Config, v string) error
+}
+
+// settings is a func rather than a package var so nothing can mutate the table.
+func settings() []setting {
+	return []setting{
+		{"UPDATER_SCHEDULE", func(c *Config, v string) (err error) {
+			c.Schedule, err = parseSchedule(v)
+			return err
+		}},
+		{"UPDATER_LABEL", func(c *Config, v string) (err error) {
+			c.Label, err = parseLabel(v)
+			return err
+		}},
+		{"UPDATER_STACK", func(c *Config, v string) error {
+			// A stack name with whitespace can never match, so it is a typo,
+			// not a filter that quietly selects nothing.
+			if strings.ContainsFunc(v, unicode.IsSpace) {
+				return errors.New(`contains whitespace: use a stack name as given to "docker stack deploy", or leave unset for all stacks`)
+			}
+			c.Stack = v
+			return nil
+		}},
+		{"UPDATER_DEPLOY_TIMEOUT", func(c *Config, v string) (err error) {
+			c.DeployTimeout, err = parseDuration(v, 10*time.Second, 24*time.Hour, `"10m" or "1h30m"`)
+			return err
+		}},
+		{"UPDATER_DRY_RUN", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New(`not a boolean: use "true" or "false"`)
+			}
+			c.DryRun = b
+			return nil
+		}},
+		{"UPDATER_LOG_FORMAT", func(c *Config, v string) error {
+			switch f := strings.ToLower(v); f {
+			case "json", "text":
+				c.LogFormat = f
+				return nil
+			}
+			return errors.New(`unknown log format: use "json" or "text"`)
+		}},
+		{"UPDATER_LOG_LEVEL", func(c *Config, v string) error {
+			// Not slog.Level.UnmarshalText: it also takes "info+2" and the like,
+			// which we would then have to document and support.
+			switch strings.ToLower(v) {
+			case "debug":
+				c.LogLevel = slog.LevelDebug
+			case "info":
+				c.LogLevel = slog.LevelInfo
+			case "warn":
+				c.LogLevel = slog.LevelWarn
+			case "error":
+				c.LogLevel = slog.LevelError
+			default:
+				return errors.New(`unknown log level: use "debug", "info", "warn" or "error"`)
+			}
+			return nil
+		}},
+		{"UPDATER_REGISTRY_CONCURRENCY", func(c *Config, v string) (err error) {
+			c.RegistryConcurrency, err = parseInt(v, 1, 64, `"8"`)
+			return err
+		}},
+		{"UPDATER_REGISTRY_TIMEOUT", func(c *Config, v string) (err error) {
+			c.RegistryTimeout, err = parseDuration(v, time.Second, 10*time.Minute, `"30s" or "2m"`)
+			return err
+		}},
+		{"UPDATER_WATCH_INTERVAL", func(c *Config, v string) (err error) {
+			c.WatchInterval, err = parseDuration(v, 100*time.Millisecond, time.Minute, `"1s" or "500ms"`)
+			return err
+		}},
+	}
+}
+
+func defaults() Config {
+	return Config{
+		Schedule:            "@every 1m",
+		Label:               "updater.enable",
+		DeployTimeout:       10 * time.Minute,
+		LogFormat:           "json",
+		LogLevel:            slog.LevelInfo,
+		RegistryConcurrency: 8,
+		RegistryTimeout:     30 * time.Second,
+		WatchInterval:       time.Second,
+	}
+}
+
+// Names returns the known UPDATER_* variable names, sorted.
+func Names() []string {
+	var names []string
+	for _, s := range settings() {
+		names = append(names, s.name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Load reads the configuration. lookup is os.LookupEnv in production, a map in
+// tests; environ is os.Environ(), used only to find unknown UPDATER_* names.
+// Every problem is reported, as an errors.Join of *Error, so one restart of
+// the service is enough to fix them all.
+func Load(lookup func(string) (string, bool), environ []string) (Config, error) {
+	c := defaults()
+	var errs []error
+	for _, s := range settings() {
+		raw, _ := lookup(s.name)
+		v := strings.TrimSpace(raw)
+		if v == "" {
+			continue
+		}
+		if err := s.set(&c, v); err != nil {
+			errs = append(errs, &Error{Var: s.name, Value: v, Reason: err.Error()})
+		}
+	}
+	for _, name := range unknown(environ) {
+		errs = append(errs, &Error{Var: name, Reason: "is not a known setting; " + suggest(name)})
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// unknown returns the UPDATER_* names in environ that are not settings, sorted
+// and without repeats. The prefix is matched in any case because the
+// environment is case-sensitive: updater_dry_run=true would otherwise be
+// ignored without a word.
+func unknown(environ []string) []string {
+	known := Names()
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(strings.ToUpper(name), prefix) {
+			continue
+		}
+		if _, found := slices.BinarySearch(known, name); found {
+			continue
+		}
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// suggest names the known setting closest to name, or lists them all when
+// none is close enough that the guess would help more than it misleads.
+func suggest(name string) string {
+	const maxDistance = 3
+	best, bestDist := "", maxDistance+1
+	upper := strings.ToUpper(name)
+	for _, k := range Names() {
+		if d := distance(upper, k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	if best != "" {
+		return "did you mean " + best + "?"
+	}
+	return "known settings: " + strings.Join(Names(), ", ")
+}
+
+// distance is the optimal-string-alignment (restricted Damerau-Levenshtein)
+// distance, so a swapped pair of letters costs one edit, as a typist would.
+func distance(a, b string) int {
+	s, t := []rune(a), []rune(b)
+	// Three rows suffice: a transposition looks back two rows.
+	prev2 := make([]int, len(t)+1)
+	prev := make([]int, len(t)+1)
+	cur := make([]int, len(t)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(s); i++ {
+		cur[0] = i
+		for j := 1; j <= len(t); j++ {
+			cost := 1
+			if s[i-1] == t[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && s[i-1] == t[j-2] && s[i-2] == t[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(t)]
+}
+
+const scheduleHint = `use a 5-field cron expression like "*/5 * * * *" or a descriptor like "@every 1m" or "@hourly"`
+
+func parseSchedule(v string) (string, error) {
+	spec := v
+	// robfig slices a TZ=/CRON_TZ= prefix up to the first space without
+	// checking there is one, and panics when there is not.
+	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
+		i := strings.IndexByte(spec, ' ')
+		if i < 0 {
+			return "", errors.New("time zone without a schedule: " + scheduleHint + `, optionally after "CRON_TZ=Europe/Paris "`)
+		}
+		spec = strings.TrimSpace(spec[i:])
+	}
+	if _, err := cron.ParseStandard(v); err != nil {
+		return "", fmt.Errorf("not a schedule (%v): %s", err, scheduleHint)
+	}
+	// robfig rounds @every up to 1s and truncates it to whole seconds, so
+	// anything else would run on a schedule other than the one written.
+	if d, ok := strings.CutPrefix(spec, "@every "); ok {
+		every, err := time.ParseDuration(d)
+		if err != nil {
+			// Unreachable after a successful ParseStandard, but cheap to keep honest.
+			return "", fmt.Errorf("not a schedule (%v): %s", err, scheduleHint)
+		}
+		if every < time.Second {
+			return "", errors.New(`interval below 1s: the scheduler runs at most once a second; use "@every 1s" or longer`)
+		}
+		if every%time.Second != 0 {
+			return "", errors.New(`interval is not a whole number of seconds: the scheduler truncates to seconds; use a value like "@every 90s"`)
+		}
+	}
+	return v, nil
+}
+
+func parseLabel(v string) (string, error) {
+	const hint = `use a label key without whitespace or "=", like "updater.enable"`
+	switch {
+	case strings.ContainsFunc(v, unicode.IsSpace):
+		return "", errors.New("contains whitespace: " + hint)
+	case strings.Contains(v, "="):
+		// A key=value here would silently match no service, since the
+		// value is not part of the key.
+		return "", errors.New(`contains "=": ` + hint)
+	}
+	return v, nil
+}
+
+func parseDuration(v string, lo, hi time.Duration, examples string) (time.Duration, error) {
+	hint := fmt.Sprintf("use a Go duration between %s and %s, like %s", short(lo), short(hi), examples)
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, errors.New("not a duration: " + hint)
+	}
+	if d < lo || d > hi {
+		return 0, errors.New("out of range: " + hint)
+	}
+	return d, nil
+}
+
+// short drops the zero units time.Duration.String adds, so hints read "24h",
+// not "24h0m0s".
+func short(d time.Duration) string {
+	s := d.String()
+	if t, ok := strings.CutSuffix(s, "m0s"); ok {
+		s = t + "m"
+	}
+	if t, ok := strings.CutSuffix(s, "h0m"); ok {
+		s = t + "h"
+	}
+	return s
+}
+
+func parseInt(v string, lo, hi int, example string) (int, error) {
+	hint := fmt.Sprintf("use a whole number between %d and %d, like %s", lo, hi, example)
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, errors.New("not a whole number: " + hint)
+	}
+	if n < lo || n > hi {
+		return 0, errors.New("out of range: " + hint)
+	}
+	return n, nil
+}

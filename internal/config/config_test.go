@@ -1,0 +1,347 @@
+package config
+
+import (
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// env is a map-backed environment; load feeds it to Load as both the lookup
+// and the environ list, the way os.LookupEnv and os.Environ agree in production.
+type env map[string]string
+
+func (e env) load() (Config, error) {
+	var environ []string
+	for k, v := range e {
+		environ = append(environ, k+"="+v)
+	}
+	return Load(func(k string) (string, bool) {
+		v, ok := e[k]
+		return v, ok
+	}, environ)
+}
+
+// errorsOf unpacks Load's joined error into its *Error values.
+func errorsOf(t *testing.T, err error) []*Error {
+	t.Helper()
+	if err == nil {
+		t.Fatal("Load succeeded, want an error")
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("error %v is not a join", err)
+	}
+	var out []*Error
+	for _, e := range joined.Unwrap() {
+		var ce *Error
+		if !errors.As(e, &ce) {
+			t.Fatalf("error %v (%T) is not a *Error", e, e)
+		}
+		out = append(out, ce)
+	}
+	return out
+}
+
+func TestDefaults(t *testing.T) {
+	want := Config{
+		Schedule:            "@every 1m",
+		Label:               "updater.enable",
+		Stack:               "",
+		DeployTimeout:       10 * time.Minute,
+		DryRun:              false,
+		LogFormat:           "json",
+		LogLevel:            slog.LevelInfo,
+		RegistryConcurrency: 8,
+		RegistryTimeout:     30 * time.Second,
+		WatchInterval:       time.Second,
+	}
+	for name, e := range map[string]env{
+		"unset": {},
+		// Compose files often write FOO= to mean "not set"; so do we.
+		"empty": {
+			"UPDATER_SCHEDULE": "", "UPDATER_LABEL": "", "UPDATER_STACK": "",
+			"UPDATER_DEPLOY_TIMEOUT": "", "UPDATER_DRY_RUN": "", "UPDATER_LOG_FORMAT": "",
+			"UPDATER_LOG_LEVEL": "", "UPDATER_REGISTRY_CONCURRENCY": "",
+			"UPDATER_REGISTRY_TIMEOUT": "", "UPDATER_WATCH_INTERVAL": "",
+		},
+		"blank":         {"UPDATER_SCHEDULE": "  ", "UPDATER_DRY_RUN": "\t", "UPDATER_LABEL": " \n"},
+		"other vars":    {"HOME": "/root", "DOCKER_HOST": "tcp://x:2376", "XUPDATER_FOO": "1", "MY_UPDATER_X": "y"},
+		"no equal sign": {"PATH": "/bin"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := e.load()
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if got != want {
+				t.Errorf("got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestValid(t *testing.T) {
+	tests := []struct {
+		name, value string
+		check       func(Config) bool
+	}{
+		{"UPDATER_SCHEDULE", "*/5 * * * *", func(c Config) bool { return c.Schedule == "*/5 * * * *" }},
+		{"UPDATER_SCHEDULE", "0 3 * * mon-fri", func(c Config) bool { return c.Schedule == "0 3 * * mon-fri" }},
+		{"UPDATER_SCHEDULE", "@hourly", func(c Config) bool { return c.Schedule == "@hourly" }},
+		{"UPDATER_SCHEDULE", "@daily", func(c Config) bool { return c.Schedule == "@daily" }},
+		{"UPDATER_SCHEDULE", "@every 1s", func(c Config) bool { return c.Schedule == "@every 1s" }},
+		{"UPDATER_SCHEDULE", "@every 1h30m", func(c Config) bool { return c.Schedule == "@every 1h30m" }},
+		{"UPDATER_SCHEDULE", "  @every 5m  ", func(c Config) bool { return c.Schedule == "@every 5m" }},
+		{"UPDATER_SCHEDULE", "CRON_TZ=UTC 0 3 * * *", func(c Config) bool { return c.Schedule == "CRON_TZ=UTC 0 3 * * *" }},
+		{"UPDATER_SCHEDULE", "TZ=UTC @every 10s", func(c Config) bool { return c.Schedule == "TZ=UTC @every 10s" }},
+		{"UPDATER_LABEL", "com.example.autoupdate", func(c Config) bool { return c.Label == "com.example.autoupdate" }},
+		{"UPDATER_LABEL", " my-label ", func(c Config) bool { return c.Label == "my-label" }},
+		{"UPDATER_STACK", "prod", func(c Config) bool { return c.Stack == "prod" }},
+		{"UPDATER_DEPLOY_TIMEOUT", "10s", func(c Config) bool { return c.DeployTimeout == 10*time.Second }},
+		{"UPDATER_DEPLOY_TIMEOUT", "1h30m", func(c Config) bool { return c.DeployTimeout == 90*time.Minute }},
+		{"UPDATER_DEPLOY_TIMEOUT", "24h", func(c Config) bool { return c.DeployTimeout == 24*time.Hour }},
+		{"UPDATER_DRY_RUN", "true", func(c Config) bool { return c.DryRun }},
+		{"UPDATER_DRY_RUN", "1", func(c Config) bool { return c.DryRun }},
+		{"UPDATER_DRY_RUN", "TRUE", func(c Config) bool { return c.DryRun }},
+		{"UPDATER_DRY_RUN", "false", func(c Config) bool { return !c.DryRun }},
+		{"UPDATER_DRY_RUN", "0", func(c Config) bool { return !c.DryRun }},
+		{"UPDATER_LOG_FORMAT", "json", func(c Config) bool { return c.LogFormat == "json" }},
+		{"UPDATER_LOG_FORMAT", "text", func(c Config) bool { return c.LogFormat == "text" }},
+		{"UPDATER_LOG_FORMAT", "TEXT", func(c Config) bool { return c.LogFormat == "text" }},
+		{"UPDATER_LOG_LEVEL", "debug", func(c Config) bool { return c.LogLevel == slog.LevelDebug }},
+		{"UPDATER_LOG_LEVEL", "INFO", func(c Config) bool { return c.LogLevel == slog.LevelInfo }},
+		{"UPDATER_LOG_LEVEL", "Warn", func(c Config) bool { return c.LogLevel == slog.LevelWarn }},
+		{"UPDATER_LOG_LEVEL", "error", func(c Config) bool { return c.LogLevel == slog.LevelError }},
+		{"UPDATER_REGISTRY_CONCURRENCY", "1", func(c Config) bool { return c.RegistryConcurrency == 1 }},
+		{"UPDATER_REGISTRY_CONCURRENCY", "64", func(c Config) bool { return c.RegistryConcurrency == 64 }},
+		{"UPDATER_REGISTRY_TIMEOUT", "1s", func(c Config) bool { return c.RegistryTimeout == time.Second }},
+		{"UPDATER_REGISTRY_TIMEOUT", "10m", func(c Config) bool { return c.RegistryTimeout == 10*time.Minute }},
+		{"UPDATER_WATCH_INTERVAL", "100ms", func(c Config) bool { return c.WatchInterval == 100*time.Millisecond }},
+		{"UPDATER_WATCH_INTERVAL", "1m", func(c Config) bool { return c.WatchInterval == time.Minute }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
+			got, err := env{tt.name: tt.value}.load()
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if !tt.check(got) {
+				t.Errorf("got %+v", got)
+			}
+		})
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	const cronHint = `use a 5-field cron expression like "*/5 * * * *" or a descriptor like "@every 1m" or "@hourly"`
+	tests := []struct {
+		name, value string
+		hint        string // what the message must say is valid
+	}{
+		{"UPDATER_SCHEDULE", "* * * *", cronHint},
+		{"UPDATER_SCHEDULE", "0 * * * * *", cronHint}, // six fields: seconds are not supported
+		{"UPDATER_SCHEDULE", "61 * * * *", cronHint},
+		{"UPDATER_SCHEDULE", "@hourlyy", cronHint},
+		{"UPDATER_SCHEDULE", "every 1m", cronHint},
+		{"UPDATER_SCHEDULE", "@every 1 minute", cronHint},
+		{"UPDATER_SCHEDULE", "TZ=UTC", cronHint},
+		{"UPDATER_SCHEDULE", "CRON_TZ=Nowhere/Atlantis 0 * * * *", cronHint},
+		{"UPDATER_SCHEDULE", "@every 500ms", `"@every 1s" or longer`},
+		{"UPDATER_SCHEDULE", "@every 0s", `"@every 1s" or longer`},
+		{"UPDATER_SCHEDULE", "@every -1m", `"@every 1s" or longer`},
+		{"UPDATER_SCHEDULE", "TZ=UTC @every 500ms", `"@every 1s" or longer`},
+		{"UPDATER_SCHEDULE", "@every 1.5s", `whole number of seconds`},
+		{"UPDATER_LABEL", "updater enable", `without whitespace or "="`},
+		{"UPDATER_LABEL", "updater.enable=true", `without whitespace or "="`},
+		{"UPDATER_STACK", "my stack", "stack name"},
+		{"UPDATER_DEPLOY_TIMEOUT", "10 minutes", `use a Go duration between 10s and 24h, like "10m" or "1h30m"`},
+		{"UPDATER_DEPLOY_TIMEOUT", "600", `use a Go duration between 10s and 24h`},
+		{"UPDATER_DEPLOY_TIMEOUT", "9s", `use a Go duration between 10s and 24h`},
+		{"UPDATER_DEPLOY_TIMEOUT", "25h", `use a Go duration between 10s and 24h`},
+		{"UPDATER_DEPLOY_TIMEOUT", "-10m", `use a Go duration between 10s and 24h`},
+		{"UPDATER_DRY_RUN", "yes", `use "true" or "false"`},
+		{"UPDATER_DRY_RUN", "2", `use "true" or "false"`},
+		{"UPDATER_LOG_FORMAT", "logfmt", `use "json" or "text"`},
+		{"UPDATER_LOG_LEVEL", "verbose", `use "debug", "info", "warn" or "error"`},
+		{"UPDATER_LOG_LEVEL", "warning", `use "debug", "info", "warn" or "error"`},
+		{"UPDATER_LOG_LEVEL", "info+2", `use "debug", "info", "warn" or "error"`},
+		{"UPDATER_REGISTRY_CONCURRENCY", "eight", "use a whole number between 1 and 64"},
+		{"UPDATER_REGISTRY_CONCURRENCY", "1.5", "use a whole number between 1 and 64"},
+		{"UPDATER_REGISTRY_CONCURRENCY", "0", "use a whole number between 1 and 64"},
+		{"UPDATER_REGISTRY_CONCURRENCY", "65", "use a whole number between 1 and 64"},
+		{"UPDATER_REGISTRY_TIMEOUT", "30", "use a Go duration between 1s and 10m"},
+		{"UPDATER_REGISTRY_TIMEOUT", "999ms", "use a Go duration between 1s and 10m"},
+		{"UPDATER_REGISTRY_TIMEOUT", "11m", "use a Go duration between 1s and 10m"},
+		{"UPDATER_WATCH_INTERVAL", "fast", "use a Go duration between 100ms and 1m"},
+		{"UPDATER_WATCH_INTERVAL", "99ms", "use a Go duration between 100ms and 1m"},
+		{"UPDATER_WATCH_INTERVAL", "61s", "use a Go duration between 100ms and 1m"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
+			got, err := env{tt.name: tt.value}.load()
+			if got != (Config{}) {
+				t.Errorf("Load returned %+v with its error, want the zero Config", got)
+			}
+			errs := errorsOf(t, err)
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1: %v", len(errs), err)
+			}
+			e := errs[0]
+			if e.Var != tt.name || e.Value != tt.value {
+				t.Errorf("got Var=%q Value=%q, want %q %q", e.Var, e.Value, tt.name, tt.value)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, tt.name+`="`+tt.value+`": `) {
+				t.Errorf("message %q does not start with the variable and quoted value", msg)
+			}
+			if !strings.Contains(msg, tt.hint) {
+				t.Errorf("message %q does not contain hint %q", msg, tt.hint)
+			}
+			if strings.Contains(msg, "\n") {
+				t.Errorf("message %q is more than one line", msg)
+			}
+		})
+	}
+}
+
+func TestErrorMessage(t *testing.T) {
+	_, err := env{"UPDATER_DEPLOY_TIMEOUT": "10 minutes"}.load()
+	want := `UPDATER_DEPLOY_TIMEOUT="10 minutes": not a duration: use a Go duration between 10s and 24h, like "10m" or "1h30m"`
+	if err == nil || err.Error() != want {
+		t.Errorf("got  %v\nwant %s", err, want)
+	}
+}
+
+func TestUnknown(t *testing.T) {
+	tests := []struct {
+		name string
+		want string
+	}{
+		{"UPDATER_SCHEDUEL", "UPDATER_SCHEDUEL is not a known setting; did you mean UPDATER_SCHEDULE?"},
+		{"UPDATER_DRYRUN", "UPDATER_DRYRUN is not a known setting; did you mean UPDATER_DRY_RUN?"},
+		{"UPDATER_LOGLEVEL", "UPDATER_LOGLEVEL is not a known setting; did you mean UPDATER_LOG_LEVEL?"},
+		{"UPDATER_WATCH_INTERVALS", "UPDATER_WATCH_INTERVALS is not a known setting; did you mean UPDATER_WATCH_INTERVAL?"},
+		// The environment is case-sensitive, so this one would otherwise be ignored.
+		{"updater_dry_run", "updater_dry_run is not a known setting; did you mean UPDATER_DRY_RUN?"},
+		{"UPDATER_PASSWORD", "UPDATER_PASSWORD is not a known setting; known settings: " + strings.Join(Names(), ", ")},
+		{"UPDATER_", "UPDATER_ is not a known setting; known settings: " + strings.Join(Names(), ", ")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const secret = "hunter2"
+			_, err := env{tt.name: secret}.load()
+			errs := errorsOf(t, err)
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1: %v", len(errs), err)
+			}
+			if errs[0].Var != tt.name || errs[0].Value != "" {
+				t.Errorf("got Var=%q Value=%q, want %q and no value", errs[0].Var, errs[0].Value, tt.name)
+			}
+			if got := err.Error(); got != tt.want {
+				t.Errorf("got  %s\nwant %s", got, tt.want)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("message %q shows the value of an unknown variable", err)
+			}
+		})
+	}
+}
+
+func TestUnknownEvenWhenEmpty(t *testing.T) {
+	// A typo is a typo whatever its value; "" here is not "unset" because the
+	// name itself is what is wrong.
+	_, err := env{"UPDATER_SCHEDUEL": ""}.load()
+	if errs := errorsOf(t, err); len(errs) != 1 || errs[0].Var != "UPDATER_SCHEDUEL" {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestEveryProblemReported(t *testing.T) {
+	_, err := env{
+		"UPDATER_SCHEDULE":             "@every 500ms",
+		"UPDATER_DEPLOY_TIMEOUT":       "10 minutes",
+		"UPDATER_DRY_RUN":              "maybe",
+		"UPDATER_REGISTRY_CONCURRENCY": "0",
+		"UPDATER_SCHEDUEL":             "x",
+		"UPDATER_DRYRUN":               "true",
+		"UPDATER_LOG_LEVEL":            "debug", // valid: must not be reported
+	}.load()
+	var got []string
+	for _, e := range errorsOf(t, err) {
+		got = append(got, e.Var)
+	}
+	// Known settings in table order, then unknown names sorted: stable output
+	// whatever order os.Environ returns.
+	want := []string{
+		"UPDATER_SCHEDULE", "UPDATER_DEPLOY_TIMEOUT", "UPDATER_DRY_RUN", "UPDATER_REGISTRY_CONCURRENCY",
+		"UPDATER_DRYRUN", "UPDATER_SCHEDUEL",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v\nwant %v", got, want)
+	}
+	if n := strings.Count(err.Error(), "\n"); n != len(want)-1 {
+		t.Errorf("got %d lines, want one per error:\n%v", n+1, err)
+	}
+}
+
+func TestUnknownReportedOnce(t *testing.T) {
+	environ := []string{"UPDATER_SCHEDUEL=a", "UPDATER_SCHEDUEL=b"}
+	_, err := Load(func(string) (string, bool) { return "", false }, environ)
+	if errs := errorsOf(t, err); len(errs) != 1 {
+		t.Errorf("got %v, want one error", err)
+	}
+}
+
+func TestNames(t *testing.T) {
+	names := Names()
+	if !slices.IsSorted(names) {
+		t.Errorf("Names() not sorted: %v", names)
+	}
+	if len(names) != 10 {
+		t.Errorf("got %d names, want 10: %v", len(names), names)
+	}
+	for _, n := range names {
+		if !strings.HasPrefix(n, "UPDATER_") {
+			t.Errorf("name %q lacks the UPDATER_ prefix", n)
+		}
+		// Every known name must be accepted as such, or the unknown-name check
+		// would reject the documented settings.
+		if _, err := (env{n: ""}).load(); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+	names[0] = "mutated"
+	if Names()[0] == "mutated" {
+		t.Error("Names() shares its slice between calls")
+	}
+}
+
+func TestDistance(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0},
+		{"abc", "", 3},
+		{"kitten", "sitting", 3},
+		{"SCHEDUEL", "SCHEDULE", 1}, // transposition is one edit
+		{"DRYRUN", "DRY_RUN", 1},
+	} {
+		if got := distance(tt.a, tt.b); got != tt.want {
+			t.Errorf("distance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// FuzzSchedule guards against robfig/cron panicking on input we pass through.
+func FuzzSchedule(f *testing.F) {
+	for _, s := range []string{"@every 1m", "*/5 * * * *", "TZ=UTC", "CRON_TZ=UTC @hourly", "0-59/0 * * * *"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = env{"UPDATER_SCHEDULE": s}.load()
+	})
+}

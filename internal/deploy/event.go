@@ -1,0 +1,64 @@
+package deploy
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+)
+
+// Release is one deploy: a service moving from one digest to another.
+type Release struct {
+	ID          string    `json:"id"`
+	ServiceID   string    `json:"service_id"`
+	ServiceName string    `json:"service"`
+	Stack       string    `json:"stack,omitempty"`
+	Ref         string    `json:"ref"`
+	From        string    `json:"from_digest,omitempty"`
+	To          string    `json:"to_digest"`
+	Started     time.Time `json:"started"`
+}
+
+// Kind is what happened to a deploy.
+type Kind string
+
+const (
+	Started   Kind = "started"
+	Succeeded Kind = "succeeded"
+	Failed    Kind = "failed"
+)
+
+// Phase is the step of a deploy an event is about. A failure names the
+// phase it failed in, so a reader knows what was and was not done.
+type Phase string
+
+const (
+	PhasePrepare  Phase = "prepare"  // before the service was touched
+	PhaseUpdate   Phase = "update"   // the spec write itself
+	PhaseRollout  Phase = "rollout"  // Swarm replacing tasks
+	PhaseRollback Phase = "rollback" // returning to the previous version
+)
+
+// Event is one report about a deploy.
+type Event struct {
+	Kind    Kind
+	Release Release
+	Phase   Phase
+	// Reason says why a deploy failed, in words for people.
+	Reason string
+	// RolledBack is true when a failed deploy is back on its previous
+	// version; false on a failure means the service was never changed,
+	// unless Phase is PhaseRollback (the rollback itself did not finish).
+	RolledBack bool
+	// Resumed is true when the updater found this deploy in flight after
+	// a restart and followed it to its end.
+	Resumed  bool
+	Duration time.Duration
+}
+
+// newID names a deploy for logs and reports; uniqueness, not secrecy, is
+// what matters.
+func newID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

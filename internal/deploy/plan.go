@@ -1,0 +1,171 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// Action is what a cycle does with one service.
+type Action string
+
+const (
+	ActDeploy     Action = "deploy"        // the tag moved: deploy the new digest
+	ActNone       Action = "up-to-date"    // runs what the tag points to
+	ActSkipFailed Action = "skip-failed"   // the tag points to a digest that failed before
+	ActUntagged   Action = "skip-untagged" // pinned to a digest with no tag to follow
+	ActError      Action = "registry-error"
+)
+
+// Plan is the decision for one service in one cycle.
+type Plan struct {
+	Target Target
+	// Want is the digest the tag points to now ("" when unknown).
+	Want   string
+	Action Action
+	Reason string
+}
+
+// plan lists the watched services, resolves each distinct tag once, and
+// decides what to do with each service.
+func (p *Pipeline) plan(ctx context.Context) ([]Plan, error) {
+	targets, err := p.Lister.List(ctx)
+	p.track("docker", "", err)
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	p.warn(targets)
+	failed, err := p.Ledger.Failed(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read failed digests: %w", err)
+	}
+	refs := make([]string, 0, len(targets))
+	for _, t := range targets {
+		if Tagged(t.Ref()) {
+			refs = append(refs, t.Ref())
+		}
+	}
+	digests := p.resolve(ctx, refs)
+	return decide(targets, digests, failed), nil
+}
+
+// lookup is one registry answer.
+type lookup struct {
+	digest string
+	err    error
+}
+
+// decide is the planning rule, apart from all I/O.
+func decide(targets []Target, digests map[string]lookup, failed map[string]map[string]bool) []Plan {
+	plans := make([]Plan, 0, len(targets))
+	for _, t := range targets {
+		pl := Plan{Target: t}
+		l, ok := digests[t.Ref()]
+		switch {
+		case !Tagged(t.Ref()):
+			pl.Action, pl.Reason = ActUntagged, "the image is pinned to a digest without a tag: nothing to follow"
+		case !ok || l.err != nil:
+			pl.Action = ActError
+			if l.err != nil {
+				pl.Reason = l.err.Error()
+			}
+		case l.digest == t.Digest():
+			pl.Want, pl.Action = l.digest, ActNone
+		case failed[t.ID][l.digest]:
+			pl.Want, pl.Action, pl.Reason = l.digest, ActSkipFailed, "this digest failed before; waiting for the tag to move"
+		default:
+			pl.Want, pl.Action = l.digest, ActDeploy
+			if t.Digest() == "" {
+				// Without a pinned digest we cannot know what the tasks run;
+				// deploying pins it, and every later cycle compares exactly.
+				pl.Reason = "the service image carries no digest yet"
+			}
+		}
+		plans = append(plans, pl)
+	}
+	return plans
+}
+
+// resolve asks the registry about each distinct ref once, at most
+// Concurrency at a time.
+func (p *Pipeline) resolve(ctx context.Context, refs []string) map[string]lookup {
+	out := make(map[string]lookup, len(refs))
+	for _, r := range refs {
+		out[r] = lookup{}
+	}
+	n := max(p.Concurrency, 1)
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		sema = make(chan struct{}, n)
+	)
+	for ref := range out {
+		wg.Add(1)
+		sema <- struct{}{}
+		go func() {
+			defer func() { <-sema; wg.Done() }()
+			d, err := p.Registry.Digest(ctx, ref)
+			mu.Lock()
+			out[ref] = lookup{digest: d, err: err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for ref, l := range out {
+		p.track("registry", ref, l.err)
+	}
+	return out
+}
+
+// track logs the start and the end of an outage once each, instead of an
+// error every cycle while a registry or Docker is down.
+// part is "docker" or "registry"; image narrows a registry outage to the
+// ref that failed, since one registry can be down while another is up.
+func (p *Pipeline) track(part, image string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.outages == nil {
+		p.outages = map[string]string{}
+	}
+	key := part + " " + image
+	_, down := p.outages[key]
+	log := p.Log.With("step", part)
+	if image != "" {
+		log = log.With("image", image)
+	}
+	switch {
+	case err != nil && !down:
+		p.outages[key] = err.Error()
+		log.Error(part+" unreachable; retrying every cycle, logged again when it recovers", "err", err)
+	case err != nil:
+		log.Debug(part+" still unreachable", "err", err)
+	case down:
+		delete(p.outages, key)
+		log.Info(part + " reachable again")
+	}
+}
+
+// warn says once per service when its update_config makes promotion
+// prove less than it could.
+func (p *Pipeline) warn(targets []Target) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.warned == nil {
+		p.warned = map[string]bool{}
+	}
+	for _, t := range targets {
+		if p.warned[t.ID] {
+			continue
+		}
+		p.warned[t.ID] = true
+		if !t.Healthcheck {
+			p.Log.Warn("no health check in the service spec: unless the image defines a HEALTHCHECK, a task counts as healthy as soon as it runs", "service", t.Name)
+		}
+		if !t.StartFirst {
+			p.Log.Warn("update_config order is not start-first: the old task stops before the new one proves healthy", "service", t.Name)
+		}
+		if !t.RollbackOnFailure {
+			p.Log.Warn("update_config failure_action is not rollback: the updater rolls back itself, after Swarm pauses or the deploy timeout", "service", t.Name)
+		}
+	}
+}

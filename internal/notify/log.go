@@ -1,0 +1,44 @@
+// Package notify tells people and systems about deploys.
+package notify
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// Log writes each deploy event as one structured log line. It is the
+// notifier that is always there, whatever else is configured.
+type Log struct {
+	Logger *slog.Logger
+}
+
+var _ deploy.Reporter = Log{}
+
+// Report logs e with the fixed vocabulary of keys.
+func (l Log) Report(e deploy.Event) {
+	r := e.Release
+	attrs := []slog.Attr{
+		slog.String("deploy_id", r.ID),
+		slog.String("service", r.ServiceName),
+		slog.String("image", r.Ref),
+		slog.String("from_digest", r.From),
+		slog.String("to_digest", r.To),
+	}
+	if r.Stack != "" {
+		attrs = append(attrs, slog.String("stack", r.Stack))
+	}
+	level := slog.LevelInfo
+	if e.Kind != deploy.Started {
+		attrs = append(attrs, slog.String("step", string(e.Phase)), slog.Duration("duration", e.Duration))
+	}
+	if e.Kind == deploy.Failed {
+		level = slog.LevelError
+		attrs = append(attrs, slog.String("err", e.Reason), slog.Bool("rolled_back", e.RolledBack))
+	}
+	if e.Resumed {
+		attrs = append(attrs, slog.Bool("resumed", true))
+	}
+	l.Logger.LogAttrs(context.Background(), level, "deploy "+string(e.Kind), attrs...)
+}

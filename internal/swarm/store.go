@@ -1,0 +1,157 @@
+package swarm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// The updater keeps its own records (failed digests, deploys in flight) as
+// Swarm config objects: they live in the Raft store, so they survive an
+// updater restart and the loss of a node, and they stay out of the user's
+// service spec, where any write would become the PreviousSpec that `docker
+// service rollback` returns to, and would reset UpdateStatus.
+const (
+	kindLabel    = "io.updater.kind"
+	serviceLabel = "io.updater.service"
+	digestLabel  = "io.updater.digest"
+
+	kindFailed   = "failed-digest"
+	kindInFlight = "deploy-in-flight"
+)
+
+// Failed returns every service's failed digests, in one call.
+func (s *Swarm) Failed(ctx context.Context) (map[string]map[string]bool, error) {
+	items, err := s.records(ctx, kindFailed, "")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]bool{}
+	for _, c := range items {
+		svc, d := c.Spec.Labels[serviceLabel], c.Spec.Labels[digestLabel]
+		if out[svc] == nil {
+			out[svc] = map[string]bool{}
+		}
+		out[svc][d] = true
+	}
+	return out, nil
+}
+
+// MarkFailed remembers that digest failed on the service.
+func (s *Swarm) MarkFailed(ctx context.Context, serviceID, digest, reason string) error {
+	name := recordName("failed", serviceID, digest)
+	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
+			kindLabel: kindFailed, serviceLabel: serviceID, digestLabel: digest,
+		}},
+		Data: []byte(reason + "\n"),
+	}})
+	if err != nil && !isConflict(err) {
+		return fmt.Errorf("record failed digest %s: %w", name, err)
+	}
+	return nil
+}
+
+// Forget drops the service's failed-digest records.
+func (s *Swarm) Forget(ctx context.Context, serviceID string) error {
+	return s.removeAll(ctx, kindFailed, serviceID)
+}
+
+// Begin records a deploy in flight.
+func (s *Swarm) Begin(ctx context.Context, r deploy.Release) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode deploy record: %w", err)
+	}
+	name := recordName("deploy", r.ServiceID, r.ID)
+	_, err = s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
+			kindLabel: kindInFlight, serviceLabel: r.ServiceID,
+		}},
+		Data: data,
+	}})
+	if err != nil {
+		return fmt.Errorf("record deploy %s: %w", name, err)
+	}
+	return nil
+}
+
+// End removes the record of a finished deploy.
+func (s *Swarm) End(ctx context.Context, r deploy.Release) error {
+	name := recordName("deploy", r.ServiceID, r.ID)
+	if _, err := s.api.ConfigRemove(ctx, name, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+		return fmt.Errorf("remove deploy record %s: %w", name, err)
+	}
+	return nil
+}
+
+// InFlight returns the deploys begun and not ended.
+func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
+	items, err := s.records(ctx, kindInFlight, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]deploy.Release, 0, len(items))
+	for _, c := range items {
+		data := c.Spec.Data
+		if len(data) == 0 {
+			// Some engine versions leave Data out of list answers.
+			res, err := s.api.ConfigInspect(ctx, c.ID, client.ConfigInspectOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("read deploy record %s: %w", c.Spec.Name, err)
+			}
+			data = res.Config.Spec.Data
+		}
+		var r deploy.Release
+		if err := json.Unmarshal(data, &r); err != nil {
+			return nil, fmt.Errorf("decode deploy record %s: %w", c.Spec.Name, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (s *Swarm) records(ctx context.Context, kind, serviceID string) ([]swarm.Config, error) {
+	f := make(client.Filters).Add("label", kindLabel+"="+kind)
+	if serviceID != "" {
+		f.Add("label", serviceLabel+"="+serviceID)
+	}
+	res, err := s.api.ConfigList(ctx, client.ConfigListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list %s records: %w", kind, err)
+	}
+	return res.Items, nil
+}
+
+func (s *Swarm) removeAll(ctx context.Context, kind, serviceID string) error {
+	items, err := s.records(ctx, kind, serviceID)
+	if err != nil {
+		return err
+	}
+	for _, c := range items {
+		if _, err := s.api.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+			return fmt.Errorf("remove record %s: %w", c.Spec.Name, err)
+		}
+	}
+	return nil
+}
+
+// recordName fits Swarm's 64-character limit on object names while staying
+// unique per service and key.
+func recordName(kind, serviceID, key string) string {
+	key = strings.TrimPrefix(key, "sha256:")
+	return fmt.Sprintf("updater-%s-%.12s-%.16s", kind, serviceID, key)
+}
+
+func isConflict(err error) bool {
+	return errdefs.IsConflict(err) || strings.Contains(err.Error(), "already exists")
+}
+
+func isNotFound(err error) bool { return notFound(err) != err }

@@ -1,0 +1,247 @@
+// Package swarm is the updater's only door to the Docker Engine API: it
+// lists watched services, updates them pinned to a digest, reports how a
+// rollout goes, rolls back, and keeps the updater's own records in Swarm
+// config objects.
+package swarm
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/registry"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// StackLabel is the label `docker stack deploy` puts on every service.
+const StackLabel = "com.docker.stack.namespace"
+
+// Config selects the services to watch.
+type Config struct {
+	// Label is the opt-in label; a service is watched when it is "true".
+	Label string
+	// Stack restricts watching to one stack namespace; "" watches all.
+	Stack string
+	// Retries bounds re-tries of a spec write that Swarm refused as out of
+	// sequence (the version moved between our read and write).
+	Retries int
+}
+
+// Swarm talks to one Docker Engine that is a swarm manager.
+type Swarm struct {
+	api *client.Client
+	cfg Config
+}
+
+// New connects with Docker's own environment (DOCKER_HOST, DOCKER_TLS_*,
+// DOCKER_API_VERSION). The API version is negotiated on the first call, so
+// one binary works with Engine API 1.41 (Docker 20.10) up to the newest.
+func New(cfg Config) (*Swarm, error) {
+	api, err := client.New(client.FromEnv)
+	if err != nil {
+		return nil, fmt.Errorf("create docker client: %w", err)
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 5
+	}
+	return &Swarm{api: api, cfg: cfg}, nil
+}
+
+// Close releases the client's connections.
+func (s *Swarm) Close() error { return s.api.Close() }
+
+// Ping checks that the engine answers and is an active swarm manager, so a
+// misplaced updater says so at start instead of failing every cycle.
+func (s *Swarm) Ping(ctx context.Context) error {
+	info, err := s.api.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return fmt.Errorf("reach docker: %w", err)
+	}
+	sw := info.Info.Swarm
+	if sw.LocalNodeState != swarm.LocalNodeStateActive {
+		return fmt.Errorf("docker is not in swarm mode (node state %q): run `docker swarm init` or deploy the updater on a swarm manager", sw.LocalNodeState)
+	}
+	if !sw.ControlAvailable {
+		return errors.New("this docker node is a swarm worker: place the updater on a manager (deploy.placement.constraints: [node.role == manager])")
+	}
+	return nil
+}
+
+// List returns the watched services with one API call.
+func (s *Swarm) List(ctx context.Context) ([]deploy.Target, error) {
+	f := make(client.Filters).Add("label", s.cfg.Label+"=true")
+	if s.cfg.Stack != "" {
+		f.Add("label", StackLabel+"="+s.cfg.Stack)
+	}
+	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	out := make([]deploy.Target, 0, len(res.Items))
+	for _, svc := range res.Items {
+		if svc.Spec.TaskTemplate.ContainerSpec == nil {
+			continue // plugin services have no image to follow
+		}
+		out = append(out, target(svc))
+	}
+	return out, nil
+}
+
+func target(svc swarm.Service) deploy.Target {
+	t := deploy.Target{
+		ID:          svc.ID,
+		Name:        svc.Spec.Name,
+		Stack:       svc.Spec.Labels[StackLabel],
+		Image:       svc.Spec.TaskTemplate.ContainerSpec.Image,
+		Version:     svc.Version.Index,
+		Healthcheck: hasHealthcheck(svc.Spec.TaskTemplate.ContainerSpec),
+	}
+	if svc.UpdateStatus != nil {
+		t.UpdateState = string(svc.UpdateStatus.State)
+	}
+	if uc := svc.Spec.UpdateConfig; uc != nil {
+		t.StartFirst = uc.Order == swarm.UpdateOrderStartFirst
+		t.RollbackOnFailure = uc.FailureAction == swarm.UpdateFailureActionRollback
+	}
+	return t
+}
+
+func hasHealthcheck(c *swarm.ContainerSpec) bool {
+	h := c.Healthcheck
+	return h != nil && len(h.Test) > 0 && h.Test[0] != "NONE"
+}
+
+// Update writes the pinned image into the service spec, re-reading the spec
+// and trying again when Swarm answers "update out of sequence" (a 500, not
+// a conflict), which happens whenever the version moved, a rollout included.
+func (s *Swarm) Update(ctx context.Context, t deploy.Target, image string, creds deploy.Credentials) error {
+	auth, err := encodeAuth(creds)
+	if err != nil {
+		return err
+	}
+	return s.retry(ctx, t.ID, func(svc swarm.Service) error {
+		spec := svc.Spec
+		if spec.TaskTemplate.ContainerSpec == nil {
+			return fmt.Errorf("service %s has no container spec", t.Name)
+		}
+		spec.TaskTemplate.ContainerSpec.Image = image
+		// Sent every time, like --with-registry-auth: without it Swarm keeps
+		// the auth stored at creation, which may be stale or absent, and
+		// workers fail with "No such image".
+		_, err := s.api.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{
+			Version:             svc.Version,
+			Spec:                spec,
+			EncodedRegistryAuth: auth,
+		})
+		return err
+	})
+}
+
+// Rollback asks Swarm to put the previous spec back.
+func (s *Swarm) Rollback(ctx context.Context, serviceID string) error {
+	return s.retry(ctx, serviceID, func(svc swarm.Service) error {
+		_, err := s.api.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{
+			Version:  svc.Version,
+			Spec:     svc.Spec,
+			Rollback: "previous",
+		})
+		return err
+	})
+}
+
+// retry inspects the service and runs write with what it read, again while
+// Swarm says the version moved.
+func (s *Swarm) retry(ctx context.Context, serviceID string, write func(swarm.Service) error) error {
+	var err error
+	for attempt := 0; attempt < s.cfg.Retries; attempt++ {
+		res, ierr := s.api.ServiceInspect(ctx, serviceID, client.ServiceInspectOptions{})
+		if ierr != nil {
+			return fmt.Errorf("inspect service %s: %w", serviceID, notFound(ierr))
+		}
+		err = write(res.Service)
+		if err == nil || !strings.Contains(err.Error(), "update out of sequence") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 100 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("update service %s: %w", serviceID, err)
+	}
+	return nil
+}
+
+// Rollout reads the service and its tasks: two calls per look.
+func (s *Swarm) Rollout(ctx context.Context, serviceID string) (deploy.Rollout, error) {
+	// The list endpoint, unlike inspect, carries ServiceStatus (desired task
+	// count) on API 1.41.
+	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{
+		Filters: make(client.Filters).Add("id", serviceID),
+		Status:  true,
+	})
+	if err != nil {
+		return deploy.Rollout{}, fmt.Errorf("inspect service %s: %w", serviceID, err)
+	}
+	var svc *swarm.Service
+	for i := range res.Items {
+		if res.Items[i].ID == serviceID { // the id filter matches prefixes
+			svc = &res.Items[i]
+		}
+	}
+	if svc == nil || svc.Spec.TaskTemplate.ContainerSpec == nil {
+		return deploy.Rollout{}, fmt.Errorf("service %s: %w", serviceID, deploy.ErrNotFound)
+	}
+	r := deploy.Rollout{Image: svc.Spec.TaskTemplate.ContainerSpec.Image}
+	if svc.UpdateStatus != nil {
+		r.UpdateState, r.UpdateMessage = string(svc.UpdateStatus.State), svc.UpdateStatus.Message
+	}
+	if svc.ServiceStatus != nil {
+		r.Desired = int(svc.ServiceStatus.DesiredTasks)
+	}
+	tasks, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", serviceID)})
+	if err != nil {
+		return deploy.Rollout{}, fmt.Errorf("list tasks of %s: %w", serviceID, err)
+	}
+	for _, t := range tasks.Items {
+		dt := deploy.Task{ID: t.ID, Node: t.NodeID, State: string(t.Status.State), Desired: string(t.DesiredState),
+			Err: t.Status.Err, Since: t.Status.Timestamp}
+		if t.Spec.ContainerSpec != nil {
+			dt.Image = t.Spec.ContainerSpec.Image
+		}
+		r.Tasks = append(r.Tasks, dt)
+	}
+	return r, nil
+}
+
+func notFound(err error) error {
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("%w: %w", deploy.ErrNotFound, err)
+	}
+	return err
+}
+
+// encodeAuth builds the X-Registry-Auth header value Docker expects.
+func encodeAuth(c deploy.Credentials) (string, error) {
+	if c == (deploy.Credentials{}) {
+		return "", nil
+	}
+	b, err := json.Marshal(registry.AuthConfig{
+		Username: c.Username, Password: c.Password, ServerAddress: c.ServerAddress,
+		IdentityToken: c.IdentityToken, RegistryToken: c.RegistryToken,
+	})
+	if err != nil {
+		return "", fmt.Errorf("encode registry auth: %w", err)
+	}
+	return base64.URLEncoding.EncodeToString(b), nil
+}
