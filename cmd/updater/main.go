@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	_ "time/tzdata" // CRON_TZ schedules in a FROM scratch image
 
 	"github.com/updater-dev/updater/internal/config"
 	"github.com/updater-dev/updater/internal/deploy"

@@ -106,8 +106,14 @@ func classify(te *transport.Error) *statusError {
 		parts = append(parts, where)
 	}
 	parts = append(parts, diags...)
-	if len(diags) == 0 && e.kind == ErrUnauthorized && te.Request != nil && te.Request.URL != nil {
-		parts = append(parts, "check the credentials for "+te.Request.URL.Host)
+	if len(diags) == 0 {
+		// A HEAD answer has no body to explain itself.
+		switch {
+		case e.kind == ErrNotFound:
+			parts = append(parts, "no such repository or tag")
+		case e.kind == ErrUnauthorized && te.Request != nil && te.Request.URL != nil:
+			parts = append(parts, "check the credentials for "+te.Request.URL.Host)
+		}
 	}
 	e.detail = strings.Join(parts, ": ")
 	return e

@@ -1,0 +1,247 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+)
+
+const deployLimit = 2 * time.Minute
+
+// A good version rolls forward, a broken one rolls back and is left alone
+// while the tag stays on it, the next good one deploys; services that did
+// not opt in, or belong to another stack, are never touched.
+func TestRollForwardRollBackAndSkip(t *testing.T) {
+	const stack, repo = "e2eroll", "e2e/roll"
+	v1 := push(t, repo, "v1")
+	app := createService(t, "e2eroll_app", repo, v1, svcOpts{stack: stack, optIn: true, replicas: 2})
+	bystander := createService(t, "e2eroll_bystander", repo, v1, svcOpts{stack: stack})
+	other := createService(t, "e2eother_app", repo, v1, svcOpts{stack: "e2eother", optIn: true})
+	bystanderVer, otherVer := inspect(t, bystander).Version.Index, inspect(t, other).Version.Index
+
+	v2 := push(t, repo, "v2")
+
+	// check is a dry run: it names the action and changes nothing.
+	check := exec.Command(env.bin, "check")
+	check.Env = []string{"UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir()}
+	out, err := check.CombinedOutput()
+	if err != nil {
+		t.Fatalf("updater check: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "e2eroll_app") || !strings.Contains(string(out), "deploy") ||
+		!strings.Contains(string(out), v2[:19]) {
+		t.Fatalf("check output does not plan the deploy of %s:\n%s", v2[:19], out)
+	}
+	if d := specDigest(t, app); d != v1 {
+		t.Fatalf("check changed the service: now on %s", d)
+	}
+
+	u := startUpdater(t, stack)
+
+	// 1. v2 is promoted once every task runs it and is healthy.
+	u.waitLog(t, deployLimit, 1, "deploy succeeded", "service", "e2eroll_app", "to_digest", v2)
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("service pinned to %s, want %s", d, v2)
+	}
+	if img := inspect(t, app).Spec.TaskTemplate.ContainerSpec.Image; img != image(repo)+"@"+v2 {
+		t.Fatalf("spec image %q, want tag pinned to the digest %q", img, image(repo)+"@"+v2)
+	}
+	if !allRunning(t, app, v2) {
+		t.Fatal("deploy reported success before every task ran v2")
+	}
+	if n := u.count("deploy succeeded"); n != 1 {
+		t.Fatalf("%d success events, want 1", n)
+	}
+
+	// 2. A broken v3 fails its health check: Swarm rolls back, the updater
+	// reports it once, names the phase, and remembers the digest.
+	bad := push(t, repo, "broken")
+	u.waitLog(t, deployLimit, 1, "deploy failed", "service", "e2eroll_app", "to_digest", bad)
+	failed := u.find("deploy failed", "to_digest", bad)
+	if failed["step"] != "rollout" || failed["rolled_back"] != true {
+		t.Fatalf("failure event: step=%v rolled_back=%v, want rollout/true: %v", failed["step"], failed["rolled_back"], failed)
+	}
+	waitFor(t, deployLimit, "app back on v2 and healthy", func() bool { return allRunning(t, app, v2) })
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("after the rollback the spec is on %s, want v2 %s", d, v2)
+	}
+	ver := inspect(t, app).Version.Index
+	after := u.cycles()
+	waitFor(t, 30*time.Second, "3 more cycles", func() bool { return u.cycles() >= after+3 })
+	if n := u.count("deploy started", "to_digest", bad); n != 1 {
+		t.Fatalf("the bad digest was started %d times, want once", n)
+	}
+	if n := u.count("deploy failed"); n != 1 {
+		t.Fatalf("%d failure events, want 1", n)
+	}
+	if v := inspect(t, app).Version.Index; v != ver {
+		t.Fatalf("service spec version moved %d -> %d while the tag stayed on the bad digest", ver, v)
+	}
+	if n := records(t, app, "failed-digest"); n != 1 {
+		t.Fatalf("%d failed-digest records in Swarm, want 1", n)
+	}
+
+	// A good v4 deploys, and the failed-digest record is dropped.
+	v4 := push(t, repo, "v4")
+	u.waitLog(t, deployLimit, 1, "deploy succeeded", "service", "e2eroll_app", "to_digest", v4)
+	if !allRunning(t, app, v4) {
+		t.Fatal("v4 reported but not running everywhere")
+	}
+	if n := records(t, app, "failed-digest"); n != 0 {
+		t.Fatalf("%d failed-digest records left after a good deploy, want 0", n)
+	}
+	if n := records(t, app, "deploy-in-flight"); n != 0 {
+		t.Fatalf("%d deploy records left in flight, want 0", n)
+	}
+
+	// 4. Neither the unlabelled service nor the other stack's was touched.
+	for id, ver := range map[string]uint64{bystander: bystanderVer, other: otherVer} {
+		svc := inspect(t, id)
+		if svc.Version.Index != ver || specDigest(t, id) != v1 {
+			t.Fatalf("%s was touched: version %d -> %d, digest %s", svc.Spec.Name, ver, svc.Version.Index, specDigest(t, id))
+		}
+	}
+}
+
+// 3. While the registry fails, nothing is touched and the outage is logged
+// once; when it recovers that is logged and the pending deploy goes out.
+func TestRegistryOutage(t *testing.T) {
+	const stack, repo = "e2eout", "e2e/outage"
+	v1 := push(t, repo, "v1")
+	app := createService(t, "e2eout_app", repo, v1, svcOpts{stack: stack, optIn: true})
+	u := startUpdater(t, stack)
+	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
+	ver := inspect(t, app).Version.Index
+
+	t.Cleanup(func() { env.faults.set(0) })
+	env.faults.set(http.StatusInternalServerError)
+	v2 := push(t, repo, "v2") // pushed past the faults
+	const down = "registry unreachable; retrying every cycle, logged again when it recovers"
+	u.waitLog(t, 30*time.Second, 1, down)
+	after := u.cycles()
+	waitFor(t, 60*time.Second, "3 cycles during a 500 outage", func() bool { return u.cycles() >= after+3 })
+	env.faults.set(http.StatusTooManyRequests)
+	after = u.cycles()
+	waitFor(t, 60*time.Second, "3 cycles during a 429 outage", func() bool { return u.cycles() >= after+3 })
+
+	if n := u.count(down); n != 1 {
+		t.Fatalf("outage logged %d times, want once", n)
+	}
+	if v := inspect(t, app).Version.Index; v != ver {
+		t.Fatalf("service touched during the outage: version %d -> %d", ver, v)
+	}
+	if n := u.count("deploy started"); n != 0 {
+		t.Fatalf("%d deploys started during the outage", n)
+	}
+
+	env.faults.set(0)
+	u.waitLog(t, 30*time.Second, 1, "registry reachable again")
+	u.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2)
+	if !allRunning(t, app, v2) {
+		t.Fatal("v2 reported but not running")
+	}
+}
+
+// 5. An updater killed mid-rollout and started again reports the outcome
+// exactly once and does not start the deploy again.
+func TestKilledMidRollout(t *testing.T) {
+	const stack, repo = "e2ekill", "e2e/kill"
+	v1 := push(t, repo, "v1")
+	app := createService(t, "e2ekill_app", repo, v1, svcOpts{stack: stack, optIn: true, replicas: 2})
+	first := startUpdater(t, stack)
+	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return first.cycles() >= 1 })
+
+	v2 := push(t, repo, "v2")
+	first.waitLog(t, 30*time.Second, 1, "deploy started", "to_digest", v2)
+	waitFor(t, 30*time.Second, "the rollout to begin", func() bool { return specDigest(t, app) == v2 })
+	first.stop(9) // SIGKILL: no chance to clean up
+	if n := first.count("deploy succeeded") + first.count("deploy failed"); n != 0 {
+		t.Fatalf("the first updater already reported the outcome (%d events): kill came too late to test anything", n)
+	}
+	if allRunning(t, app, v2) {
+		t.Fatal("the rollout had finished before the kill: kill came too late to test anything")
+	}
+	if n := records(t, app, "deploy-in-flight"); n != 1 {
+		t.Fatalf("%d in-flight records after the kill, want 1", n)
+	}
+
+	second := startUpdater(t, stack)
+	second.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2, "resumed", "true")
+	after := second.cycles()
+	waitFor(t, 30*time.Second, "2 more cycles", func() bool { return second.cycles() >= after+2 })
+	if n := second.count("deploy started"); n != 0 {
+		t.Fatalf("the restarted updater started the deploy again (%d times)", n)
+	}
+	if n := second.count("deploy succeeded") + second.count("deploy failed"); n != 1 {
+		t.Fatalf("%d outcome events after the restart, want exactly 1", n)
+	}
+	if !allRunning(t, app, v2) {
+		t.Fatal("reported success but v2 is not running everywhere")
+	}
+	if n := records(t, app, "deploy-in-flight"); n != 0 {
+		t.Fatalf("%d in-flight records left, want 0", n)
+	}
+}
+
+// A service created without a digest (docker service create
+// --no-resolve-image) is deployed once to pin it; after that it compares
+// exactly like any other.
+func TestUnpinnedServiceGetsPinned(t *testing.T) {
+	const stack, repo = "e2epin", "e2e/pin"
+	v1 := push(t, repo, "v1")
+	app := createService(t, "e2epin_app", repo, v1, svcOpts{stack: stack, optIn: true, unpinned: true})
+	u := startUpdater(t, stack)
+	u.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v1, "from_digest", "")
+	if img := inspect(t, app).Spec.TaskTemplate.ContainerSpec.Image; img != image(repo)+"@"+v1 {
+		t.Fatalf("spec image %q, want %q", img, image(repo)+"@"+v1)
+	}
+	after := u.cycles()
+	waitFor(t, 30*time.Second, "2 more cycles", func() bool { return u.cycles() >= after+2 })
+	if n := u.count("deploy started"); n != 1 {
+		t.Fatalf("%d deploys of an unchanged pinned tag, want 1", n)
+	}
+}
+
+// 6. Bad configuration exits 2 naming the variable, the value and what is
+// valid, before any contact with Docker.
+func TestBadConfig(t *testing.T) {
+	cmd := exec.Command(env.bin, "run")
+	cmd.Env = []string{
+		"DOCKER_HOST=unix:///nonexistent/docker.sock", // contact would fail differently (exit 1)
+		"UPDATER_SCHEDUEL=@every 1m",
+		"UPDATER_SCHEDULE=every 5 minutes",
+		"UPDATER_DEPLOY_TIMEOUT=10 minutes",
+	}
+	out, err := cmd.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want code 2\n%s", err, out)
+	}
+	for _, want := range []string{
+		"UPDATER_SCHEDUEL", "did you mean UPDATER_SCHEDULE",
+		`UPDATER_SCHEDULE="every 5 minutes"`, "@every 1m",
+		`UPDATER_DEPLOY_TIMEOUT="10 minutes"`, "10m",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("message lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// records counts the updater's Swarm records of kind about a service.
+func records(t *testing.T, serviceID, kind string) int {
+	t.Helper()
+	f := make(client.Filters).Add("label", "io.updater.service="+serviceID).Add("label", "io.updater.kind="+kind)
+	res, err := env.docker.ConfigList(context.Background(), client.ConfigListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Items)
+}
