@@ -4,12 +4,15 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 )
 
@@ -244,4 +247,48 @@ func records(t *testing.T, serviceID, kind string) int {
 		t.Fatal(err)
 	}
 	return len(res.Items)
+}
+
+// The updater's resident memory while it watches 100 services, each
+// cycle asking the registry about their tag: the figure for the docs, and
+// a bound so a leak or a bloated dependency shows up here.
+func TestIdleRSSWatching100Services(t *testing.T) {
+	const stack, repo, n = "e2erss", "e2e/rss", 100
+	v1 := push(t, repo, "v1")
+	ctx := context.Background()
+	zero := uint64(0)
+	for i := range n {
+		res, err := env.docker.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: swarm.ServiceSpec{
+			Annotations: swarm.Annotations{Name: fmt.Sprintf("e2erss_s%03d", i), Labels: map[string]string{
+				"com.docker.stack.namespace": stack, "updater.enable": "true"}},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: image(repo) + "@" + v1}},
+			// Scaled to zero: watched like any other, no containers to run.
+			Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &zero}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { removeService(res.ID) })
+	}
+	u := startUpdater(t, stack)
+	u.waitLog(t, time.Minute, 1, "cycle done", "services", fmt.Sprint(n))
+	after := u.cycles()
+	waitFor(t, time.Minute, "10 more cycles", func() bool { return u.cycles() >= after+10 })
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", u.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kb int
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			fmt.Sscanf(strings.TrimPrefix(line, "VmRSS:"), "%d", &kb)
+		}
+	}
+	t.Logf("idle RSS watching %d services after %d cycles: %.1f MiB", n, u.cycles(), float64(kb)/1024)
+	if kb == 0 || kb > 30*1024 {
+		t.Fatalf("RSS %d KiB, want (0, 30 MiB]", kb)
+	}
+	if s := u.count("deploy started"); s != 0 {
+		t.Fatalf("%d deploys started with nothing to deploy", s)
+	}
 }
