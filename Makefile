@@ -4,6 +4,7 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 IMAGE    ?= updater:$(VERSION)
+GO_IMAGE ?= golang:1.26-bookworm
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
@@ -32,8 +33,10 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/e2e/
 
+# Without Docker Hub the builder image is made from the local Go toolchain.
 image: ## build the updater image from the Dockerfile
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+	@docker image inspect $(GO_IMAGE) >/dev/null 2>&1 || docker pull -q $(GO_IMAGE) 2>/dev/null || scripts/offline-go-image.sh $(GO_IMAGE)
+	docker build -q --build-arg GO_IMAGE=$(GO_IMAGE) --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean: ## remove build output
 	rm -rf bin

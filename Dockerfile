@@ -1,0 +1,31 @@
+# The updater image: a static binary on scratch (a few MB).
+#
+# GO_IMAGE is the builder. On a normal machine the public golang image is
+# pulled; on a machine without Docker Hub, tag a local Go toolchain image
+# under that name or pass --build-arg GO_IMAGE=… (see `make image`).
+ARG GO_IMAGE=golang:1.26-bookworm
+
+FROM ${GO_IMAGE} AS build
+WORKDIR /src
+ENV CGO_ENABLED=0 GOFLAGS=-trimpath
+COPY go.mod go.sum ./
+RUN ["go", "mod", "download"]
+COPY cmd ./cmd
+COPY internal ./internal
+ARG VERSION=dev
+RUN ["sh", "-c", "go build -ldflags \"-s -w -X main.version=${VERSION}\" -o /out/updater ./cmd/updater"]
+
+FROM scratch
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="updater" \
+      org.opencontainers.image.description="Continuous deployment for Docker Swarm stacks: digest watch, health-gated promotion, rollback" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Registries are reached over HTTPS: the builder's CA bundle comes along.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/updater /updater
+# Root by default: the Docker socket is root:docker 0660. To run as a
+# non-root user, add `user: "65534:<gid of the docker group on the host>"`
+# in the stack file.
+ENTRYPOINT ["/updater"]
+CMD ["run"]

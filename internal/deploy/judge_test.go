@@ -1,0 +1,252 @@
+package deploy
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+var (
+	oldD   = "sha256:" + strings.Repeat("a", 64)
+	newD   = "sha256:" + strings.Repeat("b", 64)
+	otherD = "sha256:" + strings.Repeat("c", 64)
+)
+
+const testRef = "127.0.0.1:5000/app:1"
+
+func pinned(d string) string { return Pin(testRef, d) }
+
+// up is a task Swarm wants running, on digest d, in state.
+func up(d, state string) Task {
+	return Task{ID: "t-" + d[7:9] + "-" + state, Image: pinned(d), State: state, Desired: "running"}
+}
+
+// down is a replaced task (desired shutdown) on digest d.
+func down(d, state, err string) Task {
+	return Task{ID: "t-" + d[7:9] + "-down", Image: pinned(d), State: state, Desired: "shutdown", Err: err}
+}
+
+func TestJudge(t *testing.T) {
+	const unhealthy = "dockerexec: unhealthy container"
+	tests := []struct {
+		name    string
+		r       Rollout
+		want    verdict
+		reasons []string // substrings the reason must contain
+	}{
+		{
+			name: "updating",
+			r:    Rollout{Image: pinned(newD), UpdateState: "updating", Desired: 2, Tasks: []Task{up(newD, "running"), up(newD, "running")}},
+			want: pending,
+		},
+		{
+			name: "completed, every desired task on want and running",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 2,
+				Tasks: []Task{up(newD, "running"), up(newD, "running")}},
+			want: healthy,
+		},
+		{
+			name: "no state yet, every desired task on want and running",
+			r:    Rollout{Image: pinned(newD), Desired: 1, Tasks: []Task{up(newD, "running")}},
+			want: healthy,
+		},
+		{
+			name: "completed, one task still on the old digest",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 2,
+				Tasks: []Task{up(newD, "running"), up(oldD, "running")}},
+			want: pending,
+		},
+		{
+			name: "completed, a task still starting",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 2,
+				Tasks: []Task{up(newD, "running"), up(newD, "starting")}},
+			want: pending,
+		},
+		{
+			name: "completed, fewer running than desired",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 3,
+				Tasks: []Task{up(newD, "running"), up(newD, "running")}},
+			want: pending,
+		},
+		{
+			name: "paused, with the task errors of the new digest",
+			r: Rollout{Image: pinned(newD), UpdateState: "paused", UpdateMessage: "update paused due to failure", Desired: 1,
+				Tasks: []Task{up(oldD, "running"), down(newD, "failed", unhealthy), down(oldD, "failed", "old trouble")}},
+			want:    failing,
+			reasons: []string{"Swarm paused the update: update paused due to failure", "(task errors: " + unhealthy + ")"},
+		},
+		{
+			name: "rollback started",
+			r: Rollout{Image: pinned(oldD), UpdateState: "rollback_started", UpdateMessage: "rollback initiated", Desired: 1,
+				Tasks: []Task{up(oldD, "starting"), down(newD, "failed", unhealthy)}},
+			want:    rollingBack,
+			reasons: []string{"Swarm is rolling back: rollback initiated", unhealthy},
+		},
+		{
+			name: "rollback completed",
+			r: Rollout{Image: pinned(oldD), UpdateState: "rollback_completed", UpdateMessage: "rollback completed", Desired: 1,
+				Tasks: []Task{up(oldD, "running")}},
+			want:    rolledBack,
+			reasons: []string{"Swarm rolled back: rollback completed"},
+		},
+		{
+			name: "rollback paused",
+			r: Rollout{Image: pinned(oldD), UpdateState: "rollback_paused", UpdateMessage: "rollback paused", Desired: 1,
+				Tasks: []Task{up(oldD, "failed")}},
+			want:    stuck,
+			reasons: []string{"Swarm paused the rollback: rollback paused"},
+		},
+		{
+			name: "spec changed to another digest by someone else",
+			r: Rollout{Image: pinned(otherD), UpdateState: "completed", Desired: 1,
+				Tasks: []Task{up(otherD, "running")}},
+			want:    failing,
+			reasons: []string{"spec changed to " + pinned(otherD)},
+		},
+		{
+			name: "spec changed while updating",
+			r:    Rollout{Image: pinned(otherD), UpdateState: "updating", Desired: 1},
+			want: failing,
+		},
+		{
+			name: "scaled to zero and completed",
+			r:    Rollout{Image: pinned(newD), UpdateState: "completed"},
+			want: healthy,
+		},
+		{
+			name: "scaled to zero, no state yet",
+			r:    Rollout{Image: pinned(newD)},
+			want: pending,
+		},
+		{
+			name: "shutdown tasks do not count, even failed ones on the new digest",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 1,
+				Tasks: []Task{up(newD, "running"), down(newD, "failed", unhealthy), down(oldD, "shutdown", "")}},
+			want: healthy,
+		},
+		{
+			name: "shutdown tasks do not make up the count",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 2,
+				Tasks: []Task{up(newD, "running"), down(newD, "running", "")}},
+			want: pending,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := judge(tt.r, newD)
+			if got != tt.want {
+				t.Errorf("judge = %d (%q), want %d", got, why, tt.want)
+			}
+			for _, s := range tt.reasons {
+				if !strings.Contains(why, s) {
+					t.Errorf("reason %q lacks %q", why, s)
+				}
+			}
+			if tt.want == pending || tt.want == healthy {
+				if why != "" {
+					t.Errorf("reason %q, want none for a verdict that is not a failure", why)
+				}
+			}
+		})
+	}
+}
+
+func TestTaskErrorsSortedAndDeduplicated(t *testing.T) {
+	r := Rollout{Tasks: []Task{
+		down(newD, "failed", "b: exit 1"),
+		down(newD, "failed", "a: no such file"),
+		down(newD, "failed", "b: exit 1"),
+		down(oldD, "failed", "from the old version"),
+	}}
+	if got, want := taskErrors(r, newD), " (task errors: a: no such file; b: exit 1)"; got != want {
+		t.Errorf("taskErrors = %q, want %q", got, want)
+	}
+	if got := taskErrors(Rollout{}, newD); got != "" {
+		t.Errorf("taskErrors without tasks = %q, want empty", got)
+	}
+}
+
+func TestRestored(t *testing.T) {
+	tests := []struct {
+		name string
+		r    Rollout
+		want bool
+	}{
+		{"rollback completed", Rollout{Image: pinned(newD), UpdateState: "rollback_completed", Desired: 1, Tasks: []Task{up(newD, "running")}}, true},
+		{"rollback started", Rollout{Image: pinned(oldD), UpdateState: "rollback_started", Desired: 1, Tasks: []Task{up(oldD, "running")}}, false},
+		{"spec still on the bad digest", Rollout{Image: pinned(newD), UpdateState: "paused", Desired: 1, Tasks: []Task{up(oldD, "running")}}, false},
+		{"a task still on the bad digest", Rollout{Image: pinned(oldD), Desired: 2, Tasks: []Task{up(oldD, "running"), up(newD, "running")}}, false},
+		{"a task not yet running", Rollout{Image: pinned(oldD), Desired: 1, Tasks: []Task{up(oldD, "starting")}}, false},
+		{"too few tasks", Rollout{Image: pinned(oldD), Desired: 2, Tasks: []Task{up(oldD, "running")}}, false},
+		{"every task back, failed ones shut down", Rollout{Image: pinned(oldD), Desired: 2,
+			Tasks: []Task{up(oldD, "running"), up(oldD, "running"), down(newD, "failed", "unhealthy")}}, true},
+		{"a third digest counts as away from bad", Rollout{Image: pinned(otherD), Desired: 1, Tasks: []Task{up(otherD, "running")}}, true},
+		{"scaled to zero", Rollout{Image: pinned(oldD)}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := restored(tt.r, newD); got != tt.want {
+				t.Errorf("restored = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecide(t *testing.T) {
+	svc := func(id, image string) Target { return Target{ID: id, Name: "svc-" + id, Image: image} }
+	outage := errors.New("resolve 127.0.0.1:5000/app:1: 503 service unavailable")
+	digests := map[string]lookup{
+		testRef:                      {digest: newD},
+		"127.0.0.1:5000/app:latest":  {digest: newD},
+		"127.0.0.1:5000/down:1":      {err: outage},
+		"127.0.0.1:5000/other:1":     {digest: oldD},
+		"127.0.0.1:5000/never-asked": {digest: newD}, // not a tagged ref: must not be used
+	}
+	failed := map[string]map[string]bool{
+		"failed": {newD: true},
+		"other":  {otherD: true},
+	}
+	tests := []struct {
+		name       string
+		target     Target
+		action     Action
+		want       string
+		reasonHas  string
+		reasonNone bool
+	}{
+		{"tag moved", svc("moved", pinned(oldD)), ActDeploy, newD, "", true},
+		{"up to date", svc("same", pinned(newD)), ActNone, newD, "", true},
+		{"digest failed before", svc("failed", pinned(oldD)), ActSkipFailed, newD, "failed before", false},
+		{"another digest failed before", svc("other", pinned(oldD)), ActDeploy, newD, "", true},
+		{"pinned without a tag", svc("untagged", "127.0.0.1:5000/never-asked@"+oldD), ActUntagged, "", "without a tag", false},
+		{"registry error", svc("down", "127.0.0.1:5000/down:1@"+oldD), ActError, "", outage.Error(), false},
+		{"no answer for the ref", svc("missing", "127.0.0.1:5000/missing:1@"+oldD), ActError, "", "", true},
+		{"unpinned service", svc("unpinned", testRef), ActDeploy, newD, "no digest", false},
+		{"bare repository tracks latest", svc("bare", "127.0.0.1:5000/app"), ActDeploy, newD, "no digest", false},
+	}
+	targets := make([]Target, len(tests))
+	for i, tt := range tests {
+		targets[i] = tt.target
+	}
+	plans := decide(targets, digests, failed)
+	if len(plans) != len(tests) {
+		t.Fatalf("decide returned %d plans for %d targets", len(plans), len(tests))
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pl := plans[i]
+			if pl.Target.ID != tt.target.ID {
+				t.Fatalf("plan %d is for %s, want %s: order must follow the targets", i, pl.Target.ID, tt.target.ID)
+			}
+			if pl.Action != tt.action || pl.Want != tt.want {
+				t.Errorf("plan = %s want %q, want %s want %q", pl.Action, pl.Want, tt.action, tt.want)
+			}
+			if tt.reasonNone && pl.Reason != "" {
+				t.Errorf("reason = %q, want none", pl.Reason)
+			}
+			if !strings.Contains(pl.Reason, tt.reasonHas) {
+				t.Errorf("reason = %q, want it to contain %q", pl.Reason, tt.reasonHas)
+			}
+		})
+	}
+}
