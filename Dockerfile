@@ -27,5 +27,7 @@ COPY --from=build /out/updater /updater
 # Root by default: the Docker socket is root:docker 0660. To run as a
 # non-root user, add `user: "65534:<gid of the docker group on the host>"`
 # in the stack file.
+# Registry credentials: mount a Docker config.json (or a secret) here.
+ENV DOCKER_CONFIG=/config
 ENTRYPOINT ["/updater"]
 CMD ["run"]
