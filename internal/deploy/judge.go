@@ -16,6 +16,7 @@ const (
 	rollingBack // Swarm is already rolling back
 	rolledBack  // back on the previous spec
 	stuck       // a rollback Swarm gave up on: needs a human
+	superseded  // someone else changed or removed the service: theirs to own
 )
 
 // judge decides how a rollout to digest want stands. It is the single
@@ -37,8 +38,9 @@ func judge(r Rollout, want string) (verdict, string) {
 	}
 	if _, d := SplitImage(r.Image); d != want {
 		// The spec no longer asks for want and Swarm reports no rollback:
-		// someone else changed the service under us.
-		return failing, fmt.Sprintf("the service spec changed to %s during the deploy", r.Image)
+		// someone else changed the service under us. Rolling back now would
+		// undo their change, not ours.
+		return superseded, fmt.Sprintf("the service spec changed to %s during the deploy", r.Image)
 	}
 	if r.UpdateState == "updating" {
 		return pending, ""

@@ -100,13 +100,13 @@ func TestJudge(t *testing.T) {
 			name: "spec changed to another digest by someone else",
 			r: Rollout{Image: pinned(otherD), UpdateState: "completed", Desired: 1,
 				Tasks: []Task{up(otherD, "running")}},
-			want:    failing,
+			want:    superseded,
 			reasons: []string{"spec changed to " + pinned(otherD)},
 		},
 		{
 			name: "spec changed while updating",
 			r:    Rollout{Image: pinned(otherD), UpdateState: "updating", Desired: 1},
-			want: failing,
+			want: superseded,
 		},
 		{
 			name: "scaled to zero and completed",

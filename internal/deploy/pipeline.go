@@ -60,9 +60,12 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 	}
 	defer p.running.Unlock()
 	if !p.DryRun {
-		err := p.resume(ctx)
-		p.track("docker", "", err)
-		if err != nil {
+		if err := p.resume(ctx); err != nil {
+			// Recovery is left to the service list in plan, so the two
+			// calls can't log the outage's end and start in turn.
+			if ctx.Err() == nil {
+				p.track("docker", "", err)
+			}
 			return nil, err
 		}
 	}
@@ -169,6 +172,9 @@ func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event 
 			p.Log.Warn("forget failed digests", "service", rel.ServiceName, "err", err)
 		}
 		return p.finish(rel, Event{Kind: Succeeded, Phase: PhaseRollout, Resumed: resumed}, true)
+	case superseded:
+		// Not the image's fault, and no longer ours to roll back.
+		return p.finish(rel, ev, true)
 	case stuck:
 		ev.Phase = PhaseRollback
 	case rolledBack:
@@ -180,18 +186,22 @@ func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event 
 				break
 			}
 		}
-		_, _, err := p.watch(ctx, rel.ServiceID, p.now().Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
+		bv, bwhy, err := p.watch(ctx, rel.ServiceID, p.now().Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
 			if r.UpdateState == "rollback_paused" {
-				return true, stuck, ""
+				return true, stuck, "Swarm paused the rollback: " + r.UpdateMessage
 			}
 			return restored(r, rel.To), rolledBack, ""
 		})
 		if ctx.Err() != nil {
 			return Event{Kind: Failed, Release: rel, Phase: PhaseRollback, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			ev.Phase, ev.Reason = PhaseRollback, ev.Reason+"; roll back: "+err.Error()
-		} else {
+		case bv == stuck:
+			// Not back on the previous version: a person must look.
+			ev.Phase, ev.Reason = PhaseRollback, ev.Reason+"; "+bwhy
+		default:
 			ev.RolledBack = true
 		}
 	}
@@ -210,7 +220,7 @@ func (p *Pipeline) watch(ctx context.Context, serviceID string, deadline time.Ti
 		r, err := p.Services.Rollout(ctx, serviceID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			return failing, "", fmt.Errorf("service %s was removed during the deploy", serviceID)
+			return superseded, "the service was removed during the deploy", nil
 		case err != nil:
 			if lastErr == nil {
 				p.Log.Warn("inspect rollout", "service", serviceID, "err", err)

@@ -537,14 +537,14 @@ func TestCycleLogsRegistryOutageOnce(t *testing.T) {
 	w.cycle(t.Context())
 
 	errs := w.logLines("ERROR", "")
-	if len(errs) != 1 || !strings.Contains(errs[0]["msg"].(string), "registry unreachable") || errs[0]["image"] != ref ||
+	if len(errs) != 1 || !strings.Contains(errs[0]["msg"].(string), "registry failing") || errs[0]["image"] != ref ||
 		!strings.Contains(fmt.Sprint(errs[0]["err"]), "503") {
-		t.Errorf("error lines = %v, want exactly one saying the registry is unreachable for %s", errs, ref)
+		t.Errorf("error lines = %v, want exactly one saying the registry is failing for %s", errs, ref)
 	}
-	if n := len(w.logLines("DEBUG", "still unreachable")); n != 4 {
+	if n := len(w.logLines("DEBUG", "still failing")); n != 4 {
 		t.Errorf("%d debug lines for the ongoing outage, want 4", n)
 	}
-	if back := w.logLines("INFO", "reachable again"); len(back) != 1 || back[0]["image"] != ref {
+	if back := w.logLines("INFO", "recovered"); len(back) != 1 || back[0]["image"] != ref {
 		t.Errorf("recovery lines = %v, want exactly one for %s", back, ref)
 	}
 	if n := len(w.logLines("WARN", "")); n != 0 {
@@ -754,4 +754,75 @@ func TestDeployServiceUpToDate(t *testing.T) {
 	if ev.Kind != deploy.Succeeded || ev.Reason != "already up to date" || len(w.events) != 0 {
 		t.Errorf("DeployService = %+v, events %v: want an up-to-date answer and no report", ev, w.kinds())
 	}
+}
+
+func TestCycleResolvesEachTagOnce(t *testing.T) {
+	w := newWorld(t)
+	w.p.Concurrency = 3
+	for i := range 60 {
+		tg := web(oldD)
+		tg.ID, tg.Name = fmt.Sprintf("svc%d", i), fmt.Sprintf("web%d", i)
+		tg.Image = fmt.Sprintf("127.0.0.1:5000/app%d:1@%s", i%20, oldD)
+		w.targets = append(w.targets, tg)
+	}
+	var (
+		mu            sync.Mutex
+		calls         = map[string]int{}
+		inFlight, top int
+	)
+	w.registry.DigestFn = func(_ context.Context, ref string) (string, error) {
+		mu.Lock()
+		calls[ref]++
+		inFlight++
+		top = max(top, inFlight)
+		mu.Unlock()
+		defer func() { mu.Lock(); inFlight--; mu.Unlock() }()
+		return oldD, nil
+	}
+
+	plans := w.cycle(t.Context())
+
+	if len(calls) != 20 {
+		t.Errorf("asked about %d refs, want 20", len(calls))
+	}
+	for ref, n := range calls {
+		if n != 1 {
+			t.Errorf("asked about %s %d times, want once per cycle", ref, n)
+		}
+	}
+	if top > 3 {
+		t.Errorf("%d lookups in flight, want at most Concurrency = 3", top)
+	}
+	for _, pl := range plans {
+		if pl.Action != deploy.ActNone {
+			t.Errorf("plan for %s = %s, want up to date", pl.Target.Name, pl.Action)
+		}
+	}
+}
+
+// Someone else changed the service mid-deploy: rolling back would undo
+// their change, and the digest did nothing wrong.
+func TestCycleLeavesSupersededDeployAlone(t *testing.T) {
+	const theirs = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	w.script = []deploy.Rollout{
+		rollout("updating", newD, task(oldD, "running")),
+		rollout("", theirs, task(oldD, "running")),
+	}
+
+	w.cycle(t.Context())
+
+	if len(w.rollbacks) != 0 {
+		t.Errorf("Rollback calls = %v: would undo someone else's change", w.rollbacks)
+	}
+	if len(w.marked) != 0 {
+		t.Errorf("MarkFailed calls = %+v: the digest never failed", w.marked)
+	}
+	ev := w.outcome(deploy.Failed)
+	if !strings.Contains(ev.Reason, "changed to") || ev.RolledBack {
+		t.Errorf("outcome %q rolled back %v, want a superseded report", ev.Reason, ev.RolledBack)
+	}
+	w.journalPaired()
 }

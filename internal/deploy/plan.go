@@ -90,8 +90,14 @@ func decide(targets []Target, digests map[string]lookup, failed map[string]map[s
 // Concurrency at a time.
 func (p *Pipeline) resolve(ctx context.Context, refs []string) map[string]lookup {
 	out := make(map[string]lookup, len(refs))
+	// The goroutines write to out, so the loop that starts them must not
+	// range over it: that would be a concurrent map iteration and write.
+	uniq := make([]string, 0, len(refs))
 	for _, r := range refs {
-		out[r] = lookup{}
+		if _, ok := out[r]; !ok {
+			out[r] = lookup{}
+			uniq = append(uniq, r)
+		}
 	}
 	n := max(p.Concurrency, 1)
 	var (
@@ -99,7 +105,7 @@ func (p *Pipeline) resolve(ctx context.Context, refs []string) map[string]lookup
 		wg   sync.WaitGroup
 		sema = make(chan struct{}, n)
 	)
-	for ref := range out {
+	for _, ref := range uniq {
 		wg.Add(1)
 		sema <- struct{}{}
 		go func() {
@@ -136,12 +142,12 @@ func (p *Pipeline) track(part, image string, err error) {
 	switch {
 	case err != nil && !down:
 		p.outages[key] = err.Error()
-		log.Error(part+" unreachable; retrying every cycle, logged again when it recovers", "err", err)
+		log.Error(part+" failing; retrying every cycle, logged again when it recovers", "err", err)
 	case err != nil:
-		log.Debug(part+" still unreachable", "err", err)
+		log.Debug(part+" still failing", "err", err)
 	case down:
 		delete(p.outages, key)
-		log.Info(part + " reachable again")
+		log.Info(part + " recovered")
 	}
 }
 

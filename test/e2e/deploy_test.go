@@ -126,7 +126,7 @@ func TestRegistryOutage(t *testing.T) {
 	t.Cleanup(func() { env.faults.set(0) })
 	env.faults.set(http.StatusInternalServerError)
 	v2 := push(t, repo, "v2") // pushed past the faults
-	const down = "registry unreachable; retrying every cycle, logged again when it recovers"
+	const down = "registry failing; retrying every cycle, logged again when it recovers"
 	u.waitLog(t, 30*time.Second, 1, down)
 	after := u.cycles()
 	waitFor(t, 60*time.Second, "3 cycles during a 500 outage", func() bool { return u.cycles() >= after+3 })
@@ -145,7 +145,7 @@ func TestRegistryOutage(t *testing.T) {
 	}
 
 	env.faults.set(0)
-	u.waitLog(t, 30*time.Second, 1, "registry reachable again")
+	u.waitLog(t, 30*time.Second, 1, "registry recovered")
 	u.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2)
 	if !allRunning(t, app, v2) {
 		t.Fatal("v2 reported but not running")
