@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,6 +210,14 @@ func TestUnpinnedServiceGetsPinned(t *testing.T) {
 	waitFor(t, 30*time.Second, "2 more cycles", func() bool { return u.cycles() >= after+2 })
 	if n := u.count("deploy started"); n != 1 {
 		t.Fatalf("%d deploys of an unchanged pinned tag, want 1", n)
+	}
+
+	// SIGTERM stops it cleanly.
+	if err := u.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v, want 0", err)
+	}
+	if u.count("updater stopped") != 1 {
+		t.Fatal(`no "updater stopped" line after SIGTERM`)
 	}
 }
 

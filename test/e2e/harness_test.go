@@ -305,19 +305,35 @@ func removeService(id string) {
 	}
 }
 
-// removeImages deletes the images the suite made dockerd pull.
+// removeImages deletes the images the suite made dockerd pull. Swarm
+// removes task containers a little after their service, and an image in
+// use can't go, so it retries until none is left or a minute passed.
 func removeImages(ctx context.Context) {
-	res, err := env.docker.ImageList(ctx, client.ImageListOptions{All: true})
-	if err != nil {
-		return
-	}
-	for _, img := range res.Items {
-		for _, d := range append(img.RepoDigests, img.RepoTags...) {
-			if strings.HasPrefix(d, env.faulty+"/") {
-				env.docker.ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
-				break
+	deadline := time.Now().Add(time.Minute)
+	for {
+		left := 0
+		res, err := env.docker.ImageList(ctx, client.ImageListOptions{All: true})
+		if err != nil {
+			log.Printf("e2e: list images for cleanup: %v", err)
+			return
+		}
+		for _, img := range res.Items {
+			for _, ref := range append(img.RepoDigests, img.RepoTags...) {
+				if strings.HasPrefix(ref, env.faulty+"/") {
+					left++
+					env.docker.ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
+					break
+				}
 			}
 		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			log.Printf("e2e: %d test images still in use after a minute; left behind", left)
+			return
+		}
+		time.Sleep(time.Second)
 	}
 }
 
@@ -431,14 +447,15 @@ func startUpdater(t *testing.T, stack string, extra ...string) *updater {
 	return u
 }
 
-// stop signals the process (only the one this test started) and waits.
-func (u *updater) stop(sig syscall.Signal) {
+// stop signals the process (only the one this test started), waits, and
+// returns how it exited.
+func (u *updater) stop(sig syscall.Signal) error {
 	if u.cmd.ProcessState != nil {
-		return
+		return nil
 	}
 	u.cmd.Process.Signal(sig)
 	<-u.done
-	u.cmd.Wait()
+	return u.cmd.Wait()
 }
 
 func (u *updater) log() string {

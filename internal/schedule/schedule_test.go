@@ -1,0 +1,70 @@
+package schedule
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A panicking cycle is logged and the schedule goes on; Run returns once
+// ctx ends and the running cycle has returned.
+func TestRunRecoversPanicsAndStops(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		buf   bytes.Buffer
+		calls atomic.Int32
+	)
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), nil))
+	ctx, cancel := context.WithCancel(t.Context())
+	second := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, "@every 1s", log, func(context.Context) {
+			switch calls.Add(1) {
+			case 1:
+				panic("boom")
+			case 2:
+				close(second)
+			}
+		})
+	}()
+	select {
+	case <-second:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no second tick after a panicking first one")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after ctx ended")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(buf.String(), "boom") || !strings.Contains(buf.String(), "level=ERROR") {
+		t.Fatalf("panic not logged as an error:\n%s", buf.String())
+	}
+}
+
+func TestRunRefusesBadSpec(t *testing.T) {
+	err := Run(t.Context(), "every minute", slog.Default(), func(context.Context) {})
+	if err == nil || !strings.Contains(err.Error(), "every minute") {
+		t.Fatalf("err = %v, want one naming the spec", err)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
