@@ -39,7 +39,7 @@ type Pipeline struct {
 
 	running sync.Mutex // one cycle or deploy at a time, whoever triggers it
 	mu      sync.Mutex // guards the maps below
-	outages map[string]string
+	outages map[string]bool
 	warned  map[string]bool
 }
 
@@ -101,8 +101,10 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error) {
 	p.running.Lock()
 	defer p.running.Unlock()
-	if err := p.resume(ctx); err != nil {
-		return Event{}, err
+	if !p.DryRun {
+		if err := p.resume(ctx); err != nil {
+			return Event{}, err
+		}
 	}
 	targets, err := p.Lister.List(ctx)
 	if err != nil {
@@ -122,6 +124,11 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error
 		if want == t.Digest() {
 			return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
 				Ref: t.Ref(), From: want, To: want}, Reason: "already up to date"}, nil
+		}
+		if p.DryRun {
+			p.Log.Info("dry run: would deploy", "service", t.Name, "image", t.Ref(), "from_digest", t.Digest(), "to_digest", want)
+			return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
+				Ref: t.Ref(), From: t.Digest(), To: want}, Reason: "dry run: nothing changed"}, nil
 		}
 		return p.deploy(ctx, t, want), nil
 	}

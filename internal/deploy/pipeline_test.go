@@ -26,7 +26,7 @@ const ref = "127.0.0.1:5000/app:1"
 func pinned(d string) string { return deploy.Pin(ref, d) }
 
 func web(d string) deploy.Target {
-	return deploy.Target{ID: "svc1", Name: "web", Stack: "site", Image: pinned(d), Version: 7,
+	return deploy.Target{ID: "svc1", Name: "web", Stack: "site", Image: pinned(d),
 		StartFirst: true, RollbackOnFailure: true, Healthcheck: true}
 }
 
@@ -825,4 +825,20 @@ func TestCycleLeavesSupersededDeployAlone(t *testing.T) {
 		t.Errorf("outcome %q rolled back %v, want a superseded report", ev.Reason, ev.RolledBack)
 	}
 	w.journalPaired()
+}
+
+func TestDeployServiceDryRunChangesNothing(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	w.p.DryRun = true
+	w.services.UpdateFn = nil // a call would panic
+
+	ev, err := w.p.DeployService(t.Context(), "web")
+	if err != nil {
+		t.Fatalf("DeployService: %v", err)
+	}
+	if ev.Release.To != newD || !strings.Contains(ev.Reason, "dry run") || len(w.events) != 0 {
+		t.Errorf("DeployService = %+v, events %v: want a dry-run answer naming %s and no report", ev, w.kinds(), newD)
+	}
 }

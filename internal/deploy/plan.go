@@ -131,17 +131,17 @@ func (p *Pipeline) track(part, image string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.outages == nil {
-		p.outages = map[string]string{}
+		p.outages = map[string]bool{}
 	}
 	key := part + " " + image
-	_, down := p.outages[key]
+	down := p.outages[key]
 	log := p.Log.With("step", part)
 	if image != "" {
 		log = log.With("image", image)
 	}
 	switch {
 	case err != nil && !down:
-		p.outages[key] = err.Error()
+		p.outages[key] = true
 		log.Error(part+" failing; retrying every cycle, logged again when it recovers", "err", err)
 	case err != nil:
 		log.Debug(part+" still failing", "err", err)

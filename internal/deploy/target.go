@@ -5,10 +5,7 @@
 // package imports nothing but the standard library.
 package deploy
 
-import (
-	"strings"
-	"time"
-)
+import "strings"
 
 // Target is one watched Swarm service as the updater sees it in one cycle.
 type Target struct {
@@ -18,11 +15,6 @@ type Target struct {
 	// Image is the image exactly as the service spec carries it, for example
 	// "127.0.0.1:5000/app:latest@sha256:…".
 	Image string
-	// Version is the spec version the Target was read at; an update sends it
-	// back so Swarm can refuse a write based on a stale read.
-	Version uint64
-	// UpdateState is Swarm's UpdateStatus.State ("" when Swarm has none).
-	UpdateState string
 	// StartFirst and RollbackOnFailure describe the service's update_config;
 	// without them health-gated promotion proves less, and we say so.
 	StartFirst        bool
@@ -87,6 +79,3 @@ func Short(digest string) string {
 	}
 	return digest
 }
-
-// clock lets tests drive time.
-type clock interface{ Now() time.Time }

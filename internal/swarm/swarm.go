@@ -101,11 +101,7 @@ func target(svc swarm.Service) deploy.Target {
 		Name:        svc.Spec.Name,
 		Stack:       svc.Spec.Labels[StackLabel],
 		Image:       svc.Spec.TaskTemplate.ContainerSpec.Image,
-		Version:     svc.Version.Index,
 		Healthcheck: hasHealthcheck(svc.Spec.TaskTemplate.ContainerSpec),
-	}
-	if svc.UpdateStatus != nil {
-		t.UpdateState = string(svc.UpdateStatus.State)
 	}
 	if uc := svc.Spec.UpdateConfig; uc != nil {
 		t.StartFirst = uc.Order == swarm.UpdateOrderStartFirst
