@@ -464,11 +464,11 @@ func (u *updater) log() string {
 	return u.raw.String()
 }
 
-// count returns how many log lines have msg and all the given key/values.
-func (u *updater) count(msg string, kv ...string) int {
+// matching returns the log lines with msg and all the given key/values.
+func (u *updater) matching(msg string, kv ...string) []map[string]any {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	n := 0
+	var out []map[string]any
 next:
 	for _, l := range u.lines {
 		if l["msg"] != msg {
@@ -479,26 +479,17 @@ next:
 				continue next
 			}
 		}
-		n++
+		out = append(out, l)
 	}
-	return n
+	return out
 }
 
-// find returns the first log line with msg and the key/values.
+func (u *updater) count(msg string, kv ...string) int { return len(u.matching(msg, kv...)) }
+
+// find returns the first log line with msg and the key/values, or nil.
 func (u *updater) find(msg string, kv ...string) map[string]any {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-next:
-	for _, l := range u.lines {
-		if l["msg"] != msg {
-			continue
-		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			if fmt.Sprint(l[kv[i]]) != kv[i+1] {
-				continue next
-			}
-		}
-		return l
+	if m := u.matching(msg, kv...); len(m) > 0 {
+		return m[0]
 	}
 	return nil
 }
