@@ -16,6 +16,9 @@ type Release struct {
 	From        string    `json:"from_digest,omitempty"`
 	To          string    `json:"to_digest"`
 	Started     time.Time `json:"started"`
+	// Labels are the new image's labels (org.opencontainers.image.*), for
+	// reports that link a deploy to its commit; empty when unknown.
+	Labels map[string]string `json:"-"`
 }
 
 // Kind is what happened to a deploy.
@@ -23,8 +26,14 @@ type Kind string
 
 const (
 	Started   Kind = "started"
+	Progress  Kind = "progress" // a step moved: see Event.Step
 	Succeeded Kind = "succeeded"
 	Failed    Kind = "failed"
+	// Outage and Recovered are about the updater's view of Docker or a
+	// registry, not a deploy: reported once when failing starts and once
+	// when it ends. Release.Ref names the image for a registry outage.
+	Outage    Kind = "outage"
+	Recovered Kind = "recovered"
 )
 
 // Phase is the step of a deploy an event is about. A failure names the
@@ -53,6 +62,18 @@ type Event struct {
 	// a restart and followed it to its end.
 	Resumed  bool
 	Duration time.Duration
+	// Step is set on Progress events.
+	Step *Step
+	// Part is "docker" or "registry" on Outage and Recovered events.
+	Part string
+}
+
+// Step is how one step of a deploy stands.
+type Step struct {
+	Phase Phase
+	// Done and Total count, during a rollout, the desired tasks that run
+	// the new digest and are healthy.
+	Done, Total int
 }
 
 // newID names a deploy for logs and reports; uniqueness, not secrecy, is

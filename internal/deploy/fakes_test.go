@@ -58,9 +58,17 @@ func (f *fakeServices) Rollback(ctx context.Context, serviceID string) error {
 type fakeRegistry struct {
 	DigestFn      func(ctx context.Context, ref string) (string, error)
 	CredentialsFn func(ctx context.Context, ref string) (deploy.Credentials, error)
+	LabelsFn      func(ctx context.Context, ref string) (map[string]string, error)
 }
 
 var _ deploy.Registry = (*fakeRegistry)(nil)
+
+func (f *fakeRegistry) Labels(ctx context.Context, ref string) (map[string]string, error) {
+	if f.LabelsFn == nil {
+		return nil, nil
+	}
+	return f.LabelsFn(ctx, ref)
+}
 
 func (f *fakeRegistry) Digest(ctx context.Context, ref string) (string, error) {
 	if f.DigestFn == nil {

@@ -109,3 +109,14 @@ func taskErrors(r Rollout, want string) string {
 	sort.Strings(errs)
 	return " (task errors: " + strings.Join(errs, "; ") + ")"
 }
+
+// progress counts the desired tasks that already run want and are healthy.
+func progress(r Rollout, want string) Step {
+	s := Step{Phase: PhaseRollout, Total: r.Desired}
+	for _, t := range r.Tasks {
+		if _, d := SplitImage(t.Image); t.Desired == "running" && d == want && t.State == "running" {
+			s.Done++
+		}
+	}
+	return s
+}

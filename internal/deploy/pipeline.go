@@ -139,6 +139,13 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error
 func (p *Pipeline) deploy(ctx context.Context, t Target, want string) Event {
 	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
 		Ref: t.Ref(), From: t.Digest(), To: want, Started: p.now()}
+	// Labels only make reports richer: a registry that won't give them is
+	// no reason to hold a deploy back.
+	if labels, err := p.Registry.Labels(ctx, Pin(rel.Ref, want)); err != nil {
+		p.Log.Warn("read image labels", "service", t.Name, "image", rel.Ref, "to_digest", want, "err", err)
+	} else {
+		rel.Labels = labels
+	}
 	// The journal entry comes first: from here on, a crash is found and
 	// reported on restart rather than forgotten.
 	if err := p.Journal.Begin(ctx, rel); err != nil {
@@ -162,8 +169,14 @@ func (p *Pipeline) deploy(ctx context.Context, t Target, want string) Event {
 // returns without a report and leaves the journal entry, so the next run
 // resumes the deploy instead of forgetting it.
 func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event {
+	last := Step{Phase: PhaseRollout, Done: -1}
 	v, why, err := p.watch(ctx, rel.ServiceID, rel.Started.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
 		v, why := judge(r, rel.To)
+		// Progress is reported when it changes, not on every look.
+		if s := progress(r, rel.To); s != last && v == pending {
+			last = s
+			p.report(Event{Kind: Progress, Release: rel, Phase: PhaseRollout, Step: &s, Resumed: resumed})
+		}
 		return v != pending, v, why
 	})
 	if ctx.Err() != nil {

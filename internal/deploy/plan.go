@@ -143,11 +143,13 @@ func (p *Pipeline) track(part, image string, err error) {
 	case err != nil && !down:
 		p.outages[key] = true
 		log.Error(part+" failing; retrying every cycle, logged again when it recovers", "err", err)
+		p.report(Event{Kind: Outage, Part: part, Release: Release{Ref: image}, Reason: err.Error()})
 	case err != nil:
 		log.Debug(part+" still failing", "err", err)
 	case down:
 		delete(p.outages, key)
 		log.Info(part + " recovered")
+		p.report(Event{Kind: Recovered, Part: part, Release: Release{Ref: image}})
 	}
 }
 

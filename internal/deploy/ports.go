@@ -35,6 +35,9 @@ type Registry interface {
 	// Credentials are the pull credentials for ref's registry, zero when
 	// anonymous.
 	Credentials(ctx context.Context, ref string) (Credentials, error)
+	// Labels are the labels of the image ref (pinned to a digest) names.
+	// For an index it reads the linux/amd64 image, or else the first.
+	Labels(ctx context.Context, ref string) (map[string]string, error)
 }
 
 // Ledger remembers digests that failed, somewhere that outlives the

@@ -16,8 +16,12 @@ type Log struct {
 
 var _ deploy.Reporter = Log{}
 
-// Report logs e with the fixed vocabulary of keys.
+// Report logs e with the fixed vocabulary of keys. Outages are logged by
+// the pipeline where they are detected, so they are not repeated here.
 func (l Log) Report(e deploy.Event) {
+	if e.Kind == deploy.Outage || e.Kind == deploy.Recovered {
+		return
+	}
 	r := e.Release
 	attrs := []slog.Attr{
 		slog.String("deploy_id", r.ID),
@@ -30,6 +34,12 @@ func (l Log) Report(e deploy.Event) {
 		attrs = append(attrs, slog.String("stack", r.Stack))
 	}
 	level := slog.LevelInfo
+	if e.Kind == deploy.Progress {
+		level = slog.LevelDebug
+		if e.Step != nil {
+			attrs = append(attrs, slog.Int("done", e.Step.Done), slog.Int("total", e.Step.Total))
+		}
+	}
 	if e.Kind != deploy.Started {
 		attrs = append(attrs, slog.String("step", string(e.Phase)), slog.Duration("duration", e.Duration))
 	}

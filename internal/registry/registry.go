@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/updater-dev/updater/internal/deploy"
@@ -124,6 +125,64 @@ func (c *Client) Digest(ctx context.Context, ref string) (string, error) {
 	}
 	c.keep(repo, p)
 	return desc.Digest.String(), nil
+}
+
+// Labels returns the labels of the image ref names. It costs GETs (the
+// manifest, an index's child manifest, the config blob), so it is for a
+// deploy, never for a poll. For a multi-arch index it reads linux/amd64,
+// or the first image when there is none.
+func (c *Client) Labels(ctx context.Context, ref string) (map[string]string, error) {
+	r, err := parseRef(ref)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	p, _, err := c.session(r.Context())
+	if err != nil {
+		return nil, fmt.Errorf("read labels of %s: %w", ref, err)
+	}
+	desc, err := p.Get(ctx, r)
+	if err != nil {
+		return nil, describe(ctx, ref, err)
+	}
+	var img v1.Image
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return nil, describe(ctx, ref, err)
+		}
+		img, err = pick(idx)
+		if err != nil {
+			return nil, describe(ctx, ref, err)
+		}
+	} else if img, err = desc.Image(); err != nil {
+		return nil, describe(ctx, ref, err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, describe(ctx, ref, err)
+	}
+	return cfg.Config.Labels, nil
+}
+
+// pick chooses the image of an index whose labels stand for all of it.
+func pick(idx v1.ImageIndex) (v1.Image, error) {
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Manifests) == 0 {
+		return nil, errors.New("the index lists no images")
+	}
+	chosen := m.Manifests[0]
+	for _, d := range m.Manifests {
+		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == "amd64" {
+			chosen = d
+			break
+		}
+	}
+	return idx.Image(chosen.Digest)
 }
 
 // Credentials returns what a Docker node needs to pull ref (for

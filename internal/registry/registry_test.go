@@ -21,6 +21,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -822,3 +825,42 @@ func mustParse(t *testing.T, ref string) name.Reference {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestLabelsOfImageAndIndex(t *testing.T) {
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Labels: map[string]string{"org.opencontainers.image.revision": "abc123"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/labels/app:1"
+	if err := remote.Write(mustParse(t, ref), img); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Config{Keychain: authn.NewMultiKeychain()})
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Labels(t.Context(), ref+"@"+d.String())
+	if err != nil || got["org.opencontainers.image.revision"] != "abc123" {
+		t.Fatalf("Labels = %v, %v; want the revision label", got, err)
+	}
+
+	idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{
+		Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	iref := host + "/labels/multi:1"
+	if err := remote.WriteIndex(mustParse(t, iref), idx); err != nil {
+		t.Fatal(err)
+	}
+	got, err = c.Labels(t.Context(), iref)
+	if err != nil || got["org.opencontainers.image.revision"] != "abc123" {
+		t.Fatalf("Labels(index) = %v, %v; want the linux/amd64 image's labels", got, err)
+	}
+}
