@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -213,14 +214,27 @@ func (w *world) cycle(ctx context.Context) []deploy.Plan {
 	return plans
 }
 
+// kinds lists the kinds of the events reported, progress left out.
 func (w *world) kinds() []deploy.Kind {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ks := make([]deploy.Kind, len(w.events))
-	for i, e := range w.events {
-		ks[i] = e.Kind
+	var ks []deploy.Kind
+	for _, e := range w.milestones() {
+		ks = append(ks, e.Kind)
 	}
 	return ks
+}
+
+// milestones are the events other than progress; the caller holds w.mu
+// or is the only goroutine left.
+func (w *world) milestones() []deploy.Event {
+	var out []deploy.Event
+	for _, e := range w.events {
+		if e.Kind != deploy.Progress {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // outcome asserts the events were Started then one outcome of kind, both
@@ -230,10 +244,11 @@ func (w *world) outcome(kind deploy.Kind) deploy.Event {
 	if got, want := w.kinds(), []deploy.Kind{deploy.Started, kind}; !slices.Equal(got, want) {
 		w.t.Fatalf("events = %v, want %v", got, want)
 	}
-	if w.events[0].Release.ID == "" || w.events[0].Release != w.events[1].Release {
-		w.t.Errorf("started and outcome disagree on the release:\n%+v\n%+v", w.events[0].Release, w.events[1].Release)
+	ev := w.milestones()
+	if ev[0].Release.ID == "" || !reflect.DeepEqual(ev[0].Release, ev[1].Release) {
+		w.t.Errorf("started and outcome disagree on the release:\n%+v\n%+v", ev[0].Release, ev[1].Release)
 	}
-	return w.events[1]
+	return ev[1]
 }
 
 // journalPaired asserts one Begin and one End, for the same deploy.
@@ -488,7 +503,7 @@ func TestCycleJournalRefused(t *testing.T) {
 	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Failed}) {
 		t.Fatalf("events = %v, want one Failed and no Started", got)
 	}
-	if ev := w.events[0]; ev.Phase != deploy.PhasePrepare || !strings.Contains(ev.Reason, "permission denied") {
+	if ev := w.milestones()[0]; ev.Phase != deploy.PhasePrepare || !strings.Contains(ev.Reason, "permission denied") {
 		t.Errorf("outcome phase %s reason %q", ev.Phase, ev.Reason)
 	}
 	if len(w.ended) != 0 {
@@ -624,7 +639,7 @@ func TestResumeReportsFinishedDeployOnce(t *testing.T) {
 	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Succeeded}) {
 		t.Fatalf("events = %v, want one Succeeded and no Started", got)
 	}
-	if ev := w.events[0]; !ev.Resumed || ev.Release.ID != "left-over" {
+	if ev := w.milestones()[0]; !ev.Resumed || ev.Release.ID != "left-over" {
 		t.Errorf("event resumed %v release %s, want a resumed left-over", ev.Resumed, ev.Release.ID)
 	}
 	if !slices.Equal(ids(w.ended), []string{"left-over"}) || len(w.open) != 0 {
@@ -647,7 +662,7 @@ func TestResumeDeployThatNeverStarted(t *testing.T) {
 	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Failed}) {
 		t.Fatalf("events = %v, want one Failed", got)
 	}
-	if ev := w.events[0]; ev.Phase != deploy.PhasePrepare || ev.RolledBack || !ev.Resumed {
+	if ev := w.milestones()[0]; ev.Phase != deploy.PhasePrepare || ev.RolledBack || !ev.Resumed {
 		t.Errorf("event phase %s rolled back %v resumed %v, want prepare, false, true", ev.Phase, ev.RolledBack, ev.Resumed)
 	}
 	if !slices.Equal(ids(w.ended), []string{"left-over"}) {
@@ -697,7 +712,7 @@ func TestCycleStoppedMidRolloutResumesLater(t *testing.T) {
 	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started, deploy.Succeeded}) {
 		t.Fatalf("events = %v, want Started then the resumed Succeeded", got)
 	}
-	if ev := w.events[1]; !ev.Resumed || ev.Release.ID != id {
+	if ev := w.milestones()[1]; !ev.Resumed || ev.Release.ID != id {
 		t.Errorf("outcome resumed %v for %s, want resumed for %s", ev.Resumed, ev.Release.ID, id)
 	}
 	w.journalPaired()
@@ -842,3 +857,31 @@ func TestDeployServiceDryRunChangesNothing(t *testing.T) {
 		t.Errorf("DeployService = %+v, events %v: want a dry-run answer naming %s and no report", ev, w.kinds(), newD)
 	}
 }
+
+// Rollout progress is reported when it changes, not on every look.
+func TestCycleReportsRolloutProgressOnChange(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	w.script = []deploy.Rollout{
+		withDesired(2, rollout("updating", newD, task(oldD, "running"), task(oldD, "running"))),
+		withDesired(2, rollout("updating", newD, task(oldD, "running"), task(oldD, "running"))),
+		withDesired(2, rollout("updating", newD, task(newD, "running"), task(oldD, "running"))),
+		withDesired(2, rollout("completed", newD, task(newD, "running"), task(newD, "running"))),
+	}
+
+	w.cycle(t.Context())
+
+	var steps []string
+	for _, e := range w.events {
+		if e.Kind == deploy.Progress {
+			steps = append(steps, fmt.Sprintf("%d/%d", e.Step.Done, e.Step.Total))
+		}
+	}
+	if want := []string{"0/2", "1/2"}; !slices.Equal(steps, want) {
+		t.Errorf("progress %v, want %v", steps, want)
+	}
+	w.outcome(deploy.Succeeded)
+}
+
+func withDesired(n int, r deploy.Rollout) deploy.Rollout { r.Desired = n; return r }
