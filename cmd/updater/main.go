@@ -69,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack})
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Log: log})
 	if err != nil {
 		log.Error("start", "err", err)
 		return 1
@@ -84,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Services:      sw,
 		Ledger:        sw,
 		Journal:       sw,
+		Jobs:          sw,
+		Migrations:    sw,
 		Registry:      registry.New(registry.Config{Timeout: cfg.RegistryTimeout}),
 		Reporter:      notify.Log{Logger: log},
 		Log:           log,

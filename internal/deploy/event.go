@@ -42,6 +42,8 @@ type Phase string
 
 const (
 	PhasePrepare  Phase = "prepare"  // before the service was touched
+	PhaseBackup   Phase = "backup"   // the backup hook
+	PhaseMigrate  Phase = "migrate"  // the migration hook, in the new image
 	PhaseUpdate   Phase = "update"   // the spec write itself
 	PhaseRollout  Phase = "rollout"  // Swarm replacing tasks
 	PhaseRollback Phase = "rollback" // returning to the previous version
@@ -71,9 +73,15 @@ type Event struct {
 // Step is how one step of a deploy stands.
 type Step struct {
 	Phase Phase
+	// State is "started", "succeeded", "failed" or "skipped" for a hook;
+	// "" for rollout progress.
+	State string
 	// Done and Total count, during a rollout, the desired tasks that run
 	// the new digest and are healthy.
 	Done, Total int
+	// ExitCode and LogTail tell how a hook job ended.
+	ExitCode int
+	LogTail  []string
 }
 
 // newID names a deploy for logs and reports; uniqueness, not secrecy, is

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -23,7 +25,11 @@ type Pipeline struct {
 	Registry Registry
 	Ledger   Ledger
 	Journal  Journal
-	Reporter Reporter
+	// Jobs and Migrations run hooks; both may be nil when no service
+	// has any.
+	Jobs       Jobs
+	Migrations Migrations
+	Reporter   Reporter
 	Log      *slog.Logger
 
 	// Timeout bounds one rollout, and separately the rollback after it.
@@ -73,6 +79,8 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	groups := map[string][]Plan{}
+	var order []string
 	for _, pl := range plans {
 		if pl.Action != ActDeploy {
 			continue
@@ -82,10 +90,24 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 				"from_digest", pl.Target.Digest(), "to_digest", pl.Want)
 			continue
 		}
+		key := "service:" + pl.Target.ID
+		if g := pl.Target.Hooks.Group; g != "" && pl.Target.HooksErr == nil {
+			key = "group:" + pl.Target.Stack + "/" + g
+		}
+		if groups[key] == nil {
+			order = append(order, key)
+		}
+		groups[key] = append(groups[key], pl)
+	}
+	for _, key := range order {
 		if ctx.Err() != nil {
 			break
 		}
-		p.deploy(ctx, pl.Target, pl.Want)
+		if g := groups[key]; strings.HasPrefix(key, "group:") {
+			p.deployGroup(ctx, g)
+		} else {
+			p.deploy(ctx, g[0].Target, g[0].Want)
+		}
 	}
 	return plans, nil
 }
@@ -135,52 +157,33 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error
 	return Event{}, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
 }
 
-// deploy takes one service from its digest to want and reports how it went.
-func (p *Pipeline) deploy(ctx context.Context, t Target, want string) Event {
-	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-		Ref: t.Ref(), From: t.Digest(), To: want, Started: p.now()}
-	// Labels only make reports richer: a registry that won't give them is
-	// no reason to hold a deploy back.
-	if labels, err := p.Registry.Labels(ctx, Pin(rel.Ref, want)); err != nil {
-		p.Log.Warn("read image labels", "service", t.Name, "image", rel.Ref, "to_digest", want, "err", err)
-	} else {
-		rel.Labels = labels
-	}
-	// The journal entry comes first: from here on, a crash is found and
-	// reported on restart rather than forgotten.
-	if err := p.Journal.Begin(ctx, rel); err != nil {
-		return p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "record the deploy in Swarm: " + err.Error()}, false)
-	}
-	p.report(Event{Kind: Started, Release: rel})
-	creds, err := p.Registry.Credentials(ctx, rel.Ref)
-	if err != nil {
-		return p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "get registry credentials: " + err.Error()}, true)
-	}
-	if err := p.Services.Update(ctx, t, Pin(rel.Ref, want), creds); err != nil {
-		// Not remembered as a bad digest: the image never ran, and the cause
-		// (Docker unreachable, a spec Swarm refuses) is not the image's.
-		return p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error()}, true)
-	}
-	return p.follow(ctx, rel, false)
-}
-
 // follow watches a started rollout to its end, rolls back what is not
 // healthy, and reports. When ctx ends first (the updater is stopping) it
 // returns without a report and leaves the journal entry, so the next run
 // resumes the deploy instead of forgetting it.
 func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event {
+	ev, final := p.settle(ctx, rel, resumed)
+	if !final {
+		return ev
+	}
+	return p.finish(rel, ev, true)
+}
+
+// settle is follow without the report: the outcome, and whether it is
+// final (false when the updater is stopping).
+func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event, bool) {
 	last := Step{Phase: PhaseRollout, Done: -1}
 	v, why, err := p.watch(ctx, rel.ServiceID, rel.Started.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
 		v, why := judge(r, rel.To)
 		// Progress is reported when it changes, not on every look.
-		if s := progress(r, rel.To); s != last && v == pending {
+		if s := progress(r, rel.To); (s.Done != last.Done || s.Total != last.Total) && v == pending {
 			last = s
 			p.report(Event{Kind: Progress, Release: rel, Phase: PhaseRollout, Step: &s, Resumed: resumed})
 		}
 		return v != pending, v, why
 	})
 	if ctx.Err() != nil {
-		return Event{Kind: Failed, Release: rel, Phase: PhaseRollout, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}
+		return Event{Kind: Failed, Release: rel, Phase: PhaseRollout, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}, false
 	}
 	ev := Event{Kind: Failed, Phase: PhaseRollout, Reason: why, Resumed: resumed}
 	if err != nil {
@@ -191,10 +194,10 @@ func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event 
 		if err := p.Ledger.Forget(ctx, rel.ServiceID); err != nil {
 			p.Log.Warn("forget failed digests", "service", rel.ServiceName, "err", err)
 		}
-		return p.finish(rel, Event{Kind: Succeeded, Phase: PhaseRollout, Resumed: resumed}, true)
+		return Event{Kind: Succeeded, Phase: PhaseRollout, Resumed: resumed}, true
 	case superseded:
 		// Not the image's fault, and no longer ours to roll back.
-		return p.finish(rel, ev, true)
+		return ev, true
 	case stuck:
 		ev.Phase = PhaseRollback
 	case rolledBack:
@@ -213,7 +216,7 @@ func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event 
 			return restored(r, rel.To), rolledBack, ""
 		})
 		if ctx.Err() != nil {
-			return Event{Kind: Failed, Release: rel, Phase: PhaseRollback, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}
+			return Event{Kind: Failed, Release: rel, Phase: PhaseRollback, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}, false
 		}
 		switch {
 		case err != nil:
@@ -228,7 +231,7 @@ func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event 
 	if err := p.Ledger.MarkFailed(ctx, rel.ServiceID, rel.To, ev.Reason); err != nil {
 		p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
 	}
-	return p.finish(rel, ev, true)
+	return ev, true
 }
 
 // watch inspects a rollout every WatchInterval until done says it is
@@ -286,11 +289,26 @@ func (p *Pipeline) finish(rel Release, ev Event, journaled bool) Event {
 }
 
 // resume follows every deploy a previous run left in flight to its end.
+// One that stopped before its spec write is carried on from where it
+// stopped (a migration already recorded is not run again); one that got
+// further is watched to its outcome. Either way the outcome is reported
+// once, and no deploy is started twice.
 func (p *Pipeline) resume(ctx context.Context) error {
 	open, err := p.Journal.InFlight(ctx)
 	if err != nil {
 		return fmt.Errorf("read deploys in flight: %w", err)
 	}
+	if len(open) == 0 {
+		return nil
+	}
+	// A job of the run that died may still be running: it goes first, so
+	// nothing it does can race what resumes.
+	if p.Jobs != nil {
+		if err := p.Jobs.Clean(ctx); err != nil {
+			return fmt.Errorf("remove jobs left behind: %w", err)
+		}
+	}
+	var targets []Target
 	for _, rel := range open {
 		r, err := p.Services.Rollout(ctx, rel.ServiceID)
 		if errors.Is(err, ErrNotFound) {
@@ -300,15 +318,23 @@ func (p *Pipeline) resume(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("inspect service %s: %w", rel.ServiceName, err)
 		}
-		_, d := SplitImage(r.Image)
-		if d != rel.To && r.UpdateState != "rollback_started" && r.UpdateState != "rollback_completed" && r.UpdateState != "rollback_paused" {
-			// The updater stopped between recording the deploy and writing
-			// the spec: nothing ran, and the next plan starts it afresh.
-			p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the updater stopped before the service was updated", Resumed: true}, true)
-			continue
-		}
 		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
-		p.follow(ctx, rel, true)
+		_, d := SplitImage(r.Image)
+		if d == rel.To || strings.HasPrefix(r.UpdateState, "rollback_") {
+			p.follow(ctx, rel, true)
+		} else {
+			if targets == nil {
+				if targets, err = p.Lister.List(ctx); err != nil {
+					return fmt.Errorf("list services: %w", err)
+				}
+			}
+			i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
+			if i < 0 {
+				p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true)
+				continue
+			}
+			p.proceed(ctx, targets[i], rel, true)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

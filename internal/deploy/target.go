@@ -22,6 +22,10 @@ type Target struct {
 	// Healthcheck is true when the spec defines a health check; false means
 	// "none in the spec", the image may still carry one.
 	Healthcheck bool
+	// Hooks are read from the service's labels; HooksErr says why they
+	// could not be, and then the service is not deployed.
+	Hooks    Hooks
+	HooksErr error
 }
 
 // Ref is the tag the service tracks: the image without its digest.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -33,6 +34,8 @@ type Config struct {
 	// Retries bounds re-tries of a spec write that Swarm refused as out of
 	// sequence (the version moved between our read and write).
 	Retries int
+	// Log is for what the adapter cleans up on its own; nil: slog.Default.
+	Log *slog.Logger
 }
 
 // Swarm talks to one Docker Engine that is a swarm manager.
@@ -53,6 +56,13 @@ func New(cfg Config) (*Swarm, error) {
 		cfg.Retries = 5
 	}
 	return &Swarm{api: api, cfg: cfg}, nil
+}
+
+func (s *Swarm) log() *slog.Logger {
+	if s.cfg.Log != nil {
+		return s.cfg.Log
+	}
+	return slog.Default()
 }
 
 // Close releases the client's connections.
@@ -90,12 +100,12 @@ func (s *Swarm) List(ctx context.Context) ([]deploy.Target, error) {
 		if svc.Spec.TaskTemplate.ContainerSpec == nil {
 			continue // plugin services have no image to follow
 		}
-		out = append(out, target(svc))
+		out = append(out, target(svc, s.cfg.Label))
 	}
 	return out, nil
 }
 
-func target(svc swarm.Service) deploy.Target {
+func target(svc swarm.Service, label string) deploy.Target {
 	t := deploy.Target{
 		ID:          svc.ID,
 		Name:        svc.Spec.Name,
@@ -103,6 +113,7 @@ func target(svc swarm.Service) deploy.Target {
 		Image:       svc.Spec.TaskTemplate.ContainerSpec.Image,
 		Healthcheck: hasHealthcheck(svc.Spec.TaskTemplate.ContainerSpec),
 	}
+	t.Hooks, t.HooksErr = parseHooks(svc.Spec.Labels, label)
 	if uc := svc.Spec.UpdateConfig; uc != nil {
 		t.StartFirst = uc.Order == swarm.UpdateOrderStartFirst
 		t.RollbackOnFailure = uc.FailureAction == swarm.UpdateFailureActionRollback

@@ -1,0 +1,283 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// deploy takes one service from its digest to want and reports how it went.
+func (p *Pipeline) deploy(ctx context.Context, t Target, want string) Event {
+	rel, ev, ok := p.begin(ctx, t, want)
+	if !ok {
+		return ev
+	}
+	return p.proceed(ctx, t, rel, false)
+}
+
+// begin records and announces a deploy. ok is false when it could not be
+// recorded; ev then is the reported failure.
+func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Release, ev Event, ok bool) {
+	rel = Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
+		Ref: t.Ref(), From: t.Digest(), To: want, Started: p.now()}
+	// Labels only make reports richer: a registry that won't give them is
+	// no reason to hold a deploy back.
+	if labels, err := p.Registry.Labels(ctx, Pin(rel.Ref, want)); err != nil {
+		p.Log.Warn("read image labels", "service", t.Name, "image", rel.Ref, "to_digest", want, "err", err)
+	} else {
+		rel.Labels = labels
+	}
+	// The journal entry comes first: from here on, a crash is found and
+	// carried on or reported on restart rather than forgotten.
+	if err := p.Journal.Begin(ctx, rel); err != nil {
+		return rel, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "record the deploy in Swarm: " + err.Error()}, false), false
+	}
+	p.report(Event{Kind: Started, Release: rel})
+	return rel, Event{}, true
+}
+
+// proceed runs a begun deploy: hooks, the spec write, the rollout.
+func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed bool) Event {
+	creds, err := p.Registry.Credentials(ctx, rel.Ref)
+	if err != nil {
+		return p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "get registry credentials: " + err.Error(), Resumed: resumed}, true)
+	}
+	if ev, ok := p.prepare(ctx, t, []Release{rel}, creds, resumed); !ok {
+		return p.fail(ctx, rel, ev)
+	}
+	return p.update(ctx, t, rel, creds, resumed)
+}
+
+// update writes the pinned image and follows the rollout.
+func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Credentials, resumed bool) Event {
+	if err := p.Services.Update(ctx, t, Pin(rel.Ref, rel.To), creds); err != nil {
+		// Not remembered as a bad digest: the image never ran, and the cause
+		// (Docker unreachable, a spec Swarm refuses) is not the image's.
+		return p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error(), Resumed: resumed}, true)
+	}
+	return p.follow(ctx, rel, resumed)
+}
+
+// fail ends a deploy that failed before the service was touched. A hook
+// that failed fails again next cycle, so the digest is remembered: the
+// failure is reported once, not every cycle, until the tag moves or a
+// person runs `updater deploy`. A stopping updater reports nothing.
+func (p *Pipeline) fail(ctx context.Context, rel Release, ev Event) Event {
+	if ctx.Err() != nil {
+		return Event{Kind: Failed, Release: rel, Phase: ev.Phase, Reason: "updater stopped; the deploy resumes on restart"}
+	}
+	if err := p.Ledger.MarkFailed(ctx, rel.ServiceID, rel.To, ev.Reason); err != nil {
+		p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
+	}
+	return p.finish(rel, ev, true)
+}
+
+// prepare runs the hooks of t for the releases deployed together with it:
+// the backup, then the migration in the new image, once per digest. ok is
+// false when one failed or could not run; ev then is the failure.
+func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds Credentials, resumed bool) (ev Event, ok bool) {
+	if t.HooksErr != nil {
+		return Event{Kind: Failed, Phase: PhasePrepare, Reason: t.HooksErr.Error(), Resumed: resumed}, false
+	}
+	h, rel := t.Hooks, rels[0]
+	if (h.Backup != nil || h.Migrate != nil) && (p.Jobs == nil || p.Migrations == nil) {
+		return Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service has hooks but this updater runs none", Resumed: resumed}, false
+	}
+	key := migrationKey(t)
+	if h.Migrate != nil {
+		done, err := p.Migrations.Migrated(ctx, key, rel.To)
+		if err != nil {
+			return Event{Kind: Failed, Phase: PhaseMigrate, Reason: "read migration records: " + err.Error(), Resumed: resumed}, false
+		}
+		if done {
+			// The backup went before this migration already; the data has
+			// moved on since, so a second backup would not be the one that
+			// matters, and the migration must not run twice.
+			p.step(rels, Step{Phase: PhaseMigrate, State: "skipped"}, resumed)
+			return Event{}, true
+		}
+	}
+	if h.Backup != nil {
+		image := h.Backup.Image
+		if image == "" {
+			image = t.Image // the version that wrote the data
+		}
+		if ev, ok := p.hook(ctx, t, rels, PhaseBackup, *h.Backup, image, false, creds, resumed); !ok {
+			return ev, false
+		}
+	}
+	if h.Migrate != nil {
+		image := h.Migrate.Image
+		if image == "" {
+			image = Pin(rel.Ref, rel.To)
+		}
+		if ev, ok := p.hook(ctx, t, rels, PhaseMigrate, *h.Migrate, image, true, creds, resumed); !ok {
+			return ev, false
+		}
+		if err := p.Migrations.MarkMigrated(ctx, key, rel.To); err != nil {
+			// The migration ran; carrying on is right. Only a restart before
+			// the update would run it again, and migrations must bear that.
+			p.Log.Error("record migration", "service", t.Name, "to_digest", rel.To, "err", err)
+		}
+	}
+	return Event{}, true
+}
+
+// hook runs one hook job and reports its start and end.
+func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Phase, h Hook, image string, inheritEnv bool, creds Credentials, resumed bool) (Event, bool) {
+	rel := rels[0]
+	owner := t.Name
+	if t.Hooks.Group != "" {
+		owner = t.Hooks.Group
+	}
+	p.step(rels, Step{Phase: phase, State: "started"}, resumed)
+	res, err := p.Jobs.Run(ctx, Job{
+		Name:       jobName(owner, phase, rel.ID),
+		Phase:      phase,
+		Service:    t.ID,
+		InheritEnv: inheritEnv,
+		Image:      image,
+		Command:    h.Command,
+		Env:        append(hookEnv(rel), h.Env...),
+		Mounts:     h.Mounts,
+		Timeout:    t.Hooks.Timeout,
+	}, creds)
+	s := Step{Phase: phase, State: "succeeded", ExitCode: res.ExitCode, LogTail: res.LogTail}
+	switch {
+	case err != nil:
+		s.State = "failed"
+		p.step(rels, s, resumed)
+		return Event{Kind: Failed, Phase: phase, Reason: fmt.Sprintf("%s: %v", phase, err), Step: &s, Resumed: resumed}, false
+	case res.ExitCode != 0:
+		s.State = "failed"
+		p.step(rels, s, resumed)
+		reason := fmt.Sprintf("%s exited with code %d", phase, res.ExitCode)
+		if n := len(res.LogTail); n > 0 {
+			reason += ": " + res.LogTail[n-1]
+		}
+		return Event{Kind: Failed, Phase: phase, Reason: reason, Step: &s, Resumed: resumed}, false
+	}
+	p.step(rels, s, resumed)
+	return Event{}, true
+}
+
+// step reports a hook's progress on every release it serves.
+func (p *Pipeline) step(rels []Release, s Step, resumed bool) {
+	for _, rel := range rels {
+		p.report(Event{Kind: Progress, Release: rel, Phase: s.Phase, Step: &s, Resumed: resumed})
+	}
+}
+
+// migrationKey names what a migration belongs to: the group when the
+// service is in one (one migration for all of it), else the service.
+func migrationKey(t Target) string {
+	if t.Hooks.Group != "" {
+		return "group:" + t.Stack + "/" + t.Hooks.Group
+	}
+	return "service:" + t.ID
+}
+
+// deployGroup deploys services that move together: one backup, one
+// migration, then each service updated and health-gated in turn. When one
+// fails, those already promoted are rolled back too, so the group never
+// runs half old, half new.
+func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
+	lead := hookOwner(plans)
+	var (
+		rels    []Release
+		targets []Target
+	)
+	for _, pl := range plans {
+		rel, ev, ok := p.begin(ctx, pl.Target, pl.Want)
+		if !ok {
+			p.Log.Error("group deploy not started", "service", pl.Target.Name, "err", ev.Reason)
+			continue
+		}
+		rels, targets = append(rels, rel), append(targets, pl.Target)
+	}
+	if len(rels) == 0 {
+		return nil
+	}
+	events := make([]Event, 0, len(rels))
+	creds, err := p.Registry.Credentials(ctx, rels[0].Ref)
+	if err != nil {
+		for _, rel := range rels {
+			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "get registry credentials: " + err.Error()}, true))
+		}
+		return events
+	}
+	if ev, ok := p.prepare(ctx, lead, rels, creds, false); !ok {
+		for _, rel := range rels {
+			events = append(events, p.fail(ctx, rel, ev))
+		}
+		return events
+	}
+	// Every spec first, then every rollout: the group spends as little
+	// time as possible half old, half new.
+	var written []int
+	for i, rel := range rels {
+		if err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds); err != nil {
+			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error()}, true))
+			continue
+		}
+		written = append(written, i)
+	}
+	outcomes := make([]Event, len(rels))
+	failed := ""
+	for _, i := range written {
+		ev, final := p.settle(ctx, rels[i], false)
+		if !final {
+			return events // stopping: every written release resumes on restart
+		}
+		outcomes[i] = ev
+		if ev.Kind == Failed && failed == "" {
+			failed = rels[i].ServiceName
+		}
+	}
+	if failed == "" && len(written) < len(rels) {
+		failed = "a spec write"
+	}
+	for _, i := range written {
+		ev := outcomes[i]
+		if failed != "" && ev.Kind == Succeeded {
+			ev = p.unwind(ctx, rels[i], fmt.Sprintf("rolled back with its group: %s failed", failed))
+		}
+		events = append(events, p.finish(rels[i], ev, true))
+	}
+	return events
+}
+
+// unwind rolls back a promoted release of a group that failed elsewhere.
+// Its digest is remembered as failed too: deploying it alone next cycle
+// would leave the group half old, half new.
+func (p *Pipeline) unwind(ctx context.Context, rel Release, reason string) Event {
+	ev := Event{Kind: Failed, Phase: PhaseRollback, Reason: reason}
+	defer func() {
+		if err := p.Ledger.MarkFailed(ctx, rel.ServiceID, rel.To, reason); err != nil {
+			p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
+		}
+	}()
+	if err := p.Services.Rollback(ctx, rel.ServiceID); err != nil {
+		ev.Reason += "; roll back: " + err.Error()
+	} else if _, _, err := p.watch(ctx, rel.ServiceID, p.now().Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
+		return restored(r, rel.To), rolledBack, ""
+	}); err != nil {
+		ev.Reason += "; roll back: " + err.Error()
+	} else {
+		ev.RolledBack = true
+	}
+	return ev
+}
+
+// hookOwner is the member of a group whose labels define the group's
+// hooks: the first, by name, that has any.
+func hookOwner(plans []Plan) Target {
+	lead := plans[0].Target
+	for _, pl := range plans {
+		h := pl.Target.Hooks
+		if (h.Backup != nil || h.Migrate != nil) && (lead.Hooks.Backup == nil && lead.Hooks.Migrate == nil || strings.Compare(pl.Target.Name, lead.Name) < 0) {
+			lead = pl.Target
+		}
+	}
+	return lead
+}

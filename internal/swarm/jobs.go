@@ -1,0 +1,240 @@
+package swarm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+const (
+	jobLabel     = "io.updater.job" // on job services: the ID of the service the job serves
+	jobStepLabel = "io.updater.step"
+	kindMigrated = "migrated"
+	keyLabel     = "io.updater.key"
+
+	logTailLines = 20
+)
+
+// ErrJobTimeout means a job did not finish within its timeout.
+var ErrJobTimeout = errors.New("job timed out")
+
+// Run runs a hook as a one-off Swarm job (replicated-job mode, no
+// restarts: the default restart policy would retry a failing migration
+// forever), waits for it, keeps the tail of its logs and removes it.
+func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials) (deploy.JobResult, error) {
+	src, err := s.api.ServiceInspect(ctx, j.Service, client.ServiceInspectOptions{})
+	if err != nil {
+		return deploy.JobResult{}, fmt.Errorf("inspect service %s: %w", j.Service, notFound(err))
+	}
+	auth, err := encodeAuth(creds)
+	if err != nil {
+		return deploy.JobResult{}, err
+	}
+	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: jobSpec(j, src.Service.Spec), EncodedRegistryAuth: auth})
+	if err != nil {
+		return deploy.JobResult{}, fmt.Errorf("create job %s: %w", j.Name, err)
+	}
+	defer func() {
+		// A fresh context: the job must go also when ctx has ended (timeout,
+		// updater shutdown), or it would run on unobserved.
+		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := s.api.ServiceRemove(rctx, res.ID, client.ServiceRemoveOptions{}); err != nil && !isNotFound(err) {
+			s.log().Error("remove job", "service", j.Name, "err", err)
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, j.Timeout)
+	defer cancel()
+	task, err := s.awaitJob(ctx, res.ID)
+	out := deploy.JobResult{LogTail: s.logTail(res.ID)}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return out, fmt.Errorf("%w after %s", ErrJobTimeout, j.Timeout)
+		}
+		return out, fmt.Errorf("wait for job %s: %w", j.Name, err)
+	}
+	switch task.Status.State {
+	case swarm.TaskStateComplete:
+		return out, nil
+	case swarm.TaskStateFailed:
+		if cs := task.Status.ContainerStatus; cs != nil && cs.ExitCode != 0 {
+			out.ExitCode = cs.ExitCode
+			return out, nil
+		}
+	}
+	// Rejected (no such image, a mount Swarm refuses) or failed before the
+	// container ran: the job never did its work.
+	return out, fmt.Errorf("job %s %s: %s", j.Name, task.Status.State, firstNonEmpty(task.Status.Err, task.Status.Message))
+}
+
+func jobSpec(j deploy.Job, src swarm.ServiceSpec) swarm.ServiceSpec {
+	one := uint64(1)
+	c := &swarm.ContainerSpec{Image: j.Image, Command: j.Command}
+	if sc := src.TaskTemplate.ContainerSpec; sc != nil {
+		c.Secrets, c.Configs = sc.Secrets, sc.Configs
+		if j.InheritEnv {
+			c.Env = append(c.Env, sc.Env...)
+		}
+	}
+	c.Env = append(c.Env, j.Env...)
+	for _, m := range j.Mounts {
+		mt := mount.TypeVolume
+		if strings.HasPrefix(m.Source, "/") {
+			mt = mount.TypeBind
+		}
+		c.Mounts = append(c.Mounts, mount.Mount{Type: mt, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	return swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: j.Name, Labels: map[string]string{
+			jobLabel: j.Service, jobStepLabel: string(j.Phase),
+			// A job belongs to the stack it serves, for `docker stack ps`.
+			StackLabel: src.Labels[StackLabel],
+		}},
+		Mode: swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &one, TotalCompletions: &one}},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: c,
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+			// Where the service runs and what it is attached to: the job
+			// reaches the database the way the service does.
+			Networks:  src.TaskTemplate.Networks,
+			Placement: src.TaskTemplate.Placement,
+		},
+	}
+}
+
+// awaitJob waits for the job's task to reach a final state.
+func (s *Swarm) awaitJob(ctx context.Context, id string) (swarm.Task, error) {
+	for {
+		res, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+		if err != nil && ctx.Err() != nil {
+			return swarm.Task{}, ctx.Err()
+		}
+		if err == nil {
+			for _, t := range res.Items {
+				switch t.Status.State {
+				case swarm.TaskStateComplete, swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned:
+					return t, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return swarm.Task{}, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// logTail returns the job's last lines of output, best effort: logs make
+// a report useful but are no reason to fail it.
+func (s *Swarm) logTail(id string) []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := s.api.ServiceLogs(ctx, id, client.ServiceLogsOptions{ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(logTailLines)})
+	if err != nil {
+		return nil
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	if _, err := stdcopy.StdCopy(&buf, &buf, io.LimitReader(rc, 1<<20)); err != nil && buf.Len() == 0 {
+		return nil
+	}
+	var lines []string
+	sc := bufio.NewScanner(&buf)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > logTailLines {
+		lines = lines[len(lines)-logTailLines:]
+	}
+	return lines
+}
+
+// Clean removes every job service: only one updater acts on a swarm, so
+// any job that exists when it (re)starts was left by a run that died.
+func (s *Swarm) Clean(ctx context.Context) error {
+	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("label", jobLabel)})
+	if err != nil {
+		return fmt.Errorf("list jobs: %w", err)
+	}
+	for _, svc := range res.Items {
+		if _, err := s.api.ServiceRemove(ctx, svc.ID, client.ServiceRemoveOptions{}); err != nil && !isNotFound(err) {
+			return fmt.Errorf("remove job %s: %w", svc.Spec.Name, err)
+		}
+		s.log().Warn("removed a job left by an earlier run", "service", svc.Spec.Name, "step", svc.Spec.Labels[jobStepLabel])
+	}
+	return nil
+}
+
+// Migrated reports whether the migration for key ran for digest.
+func (s *Swarm) Migrated(ctx context.Context, key, digest string) (bool, error) {
+	f := make(client.Filters).Add("label", kindLabel+"="+kindMigrated).Add("label", keyLabel+"="+hashKey(key)).Add("label", digestLabel+"="+digest)
+	res, err := s.api.ConfigList(ctx, client.ConfigListOptions{Filters: f})
+	if err != nil {
+		return false, fmt.Errorf("list migration records: %w", err)
+	}
+	return len(res.Items) > 0, nil
+}
+
+// MarkMigrated records that the migration for key ran for digest.
+func (s *Swarm) MarkMigrated(ctx context.Context, key, digest string) error {
+	h := hashKey(key)
+	name := recordName("migrated", h, digest)
+	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
+			kindLabel: kindMigrated, keyLabel: h, digestLabel: digest,
+		}},
+		Data: []byte(key + " " + digest + "\n"),
+	}})
+	if err != nil && !isConflict(err) {
+		return fmt.Errorf("record migration %s: %w", name, err)
+	}
+	// Only the newest record per key matters: a tag moving back to an old
+	// digest runs that version's migrations again, which they must bear.
+	items, err := s.api.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).
+		Add("label", kindLabel+"="+kindMigrated).Add("label", keyLabel+"="+h)})
+	if err != nil {
+		return nil // the record that matters is written
+	}
+	for _, c := range items.Items {
+		if c.Spec.Name != name {
+			if _, err := s.api.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+				s.log().Warn("remove old migration record", "record", c.Spec.Name, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// hashKey turns "group:stack/name" into something a config name and a
+// label filter take as is.
+func hashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return "no reason given"
+}

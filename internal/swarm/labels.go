@@ -1,0 +1,198 @@
+package swarm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kballard/go-shellquote"
+	"github.com/robfig/cron/v3"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// The labels that configure a service's hooks. Read here because they are
+// part of the service object; what they mean is decided in deploy.
+const (
+	labelBackupImage    = "updater.backup.image"
+	labelBackupCommand  = "updater.backup.command"
+	labelBackupMounts   = "updater.backup.mounts"
+	labelBackupEnv      = "updater.backup.env"
+	labelBackupSchedule = "updater.backup.schedule"
+	labelMigrateImage   = "updater.migrate.image"
+	labelMigrateCommand = "updater.migrate.command"
+	labelMigrateEnv     = "updater.migrate.env"
+	labelHooksTimeout   = "updater.hooks.timeout"
+	labelGroup          = "updater.group"
+
+	defaultHookTimeout = 5 * time.Minute
+)
+
+var (
+	nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+	envRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// parseHooks reads the hook labels. optIn is the opt-in label, which is
+// the only other "updater." label a service may carry. Every problem is
+// reported, each naming the label, its value and what would be valid.
+func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
+	var errs []error
+	bad := func(label, reason string) {
+		errs = append(errs, fmt.Errorf("label %s=%q: %s", label, labels[label], reason))
+	}
+	known := map[string]bool{optIn: true}
+	for _, l := range []string{labelBackupImage, labelBackupCommand, labelBackupMounts, labelBackupEnv, labelBackupSchedule,
+		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup} {
+		known[l] = true
+	}
+	var unknown []string
+	for l := range labels {
+		if strings.HasPrefix(l, "updater.") && !known[l] {
+			unknown = append(unknown, l)
+		}
+	}
+	sort.Strings(unknown)
+	for _, l := range unknown {
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout or updater.group", l))
+	}
+
+	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}
+	if v, ok := labels[labelHooksTimeout]; ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > 24*time.Hour {
+			bad(labelHooksTimeout, `use a Go duration between 1s and 24h, like "5m"`)
+		}
+		h.Timeout = d
+	}
+	if h.Group != "" && !nameRE.MatchString(h.Group) {
+		bad(labelGroup, "use letters, digits, '.', '_' and '-', starting with a letter or digit")
+	}
+	hook := func(image, command, env, mounts string) *deploy.Hook {
+		if _, ok := labels[command]; !ok {
+			for _, l := range []string{image, env, mounts} {
+				if _, set := labels[l]; set && l != "" {
+					bad(l, "has no effect without "+command+": set the command too")
+				}
+			}
+			return nil
+		}
+		hk := &deploy.Hook{Image: labels[image]}
+		var err error
+		if hk.Command, err = parseCommand(labels[command]); err != nil {
+			bad(command, err.Error())
+		}
+		if hk.Env, err = parseEnv(labels[env]); err != nil {
+			bad(env, err.Error())
+		}
+		if hk.Mounts, err = parseMounts(labels[mounts]); err != nil {
+			bad(mounts, err.Error())
+		}
+		if hk.Image != "" && strings.ContainsAny(hk.Image, " \t\n") {
+			bad(image, "an image reference has no whitespace: use repo[:tag][@digest]")
+		}
+		return hk
+	}
+	h.Backup = hook(labelBackupImage, labelBackupCommand, labelBackupEnv, labelBackupMounts)
+	h.Migrate = hook(labelMigrateImage, labelMigrateCommand, labelMigrateEnv, "")
+	if h.BackupSchedule != "" {
+		if h.Backup == nil {
+			bad(labelBackupSchedule, "has no effect without "+labelBackupCommand+": set the command too")
+		} else if !validCron(h.BackupSchedule) {
+			bad(labelBackupSchedule, `use a 5-field cron expression like "0 * * * *" or a descriptor like "@hourly"`)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return deploy.Hooks{}, fmt.Errorf("invalid hook labels: %w", err)
+	}
+	return h, nil
+}
+
+// parseCommand accepts a JSON array (exec form, as in a Dockerfile) or a
+// shell-quoted string, split like a shell would split it but without
+// expanding anything: $VARS reach the job as written, and no shell runs
+// unless the command names one.
+func parseCommand(v string) ([]string, error) {
+	v = strings.TrimSpace(v)
+	var args []string
+	if strings.HasPrefix(v, "[") {
+		if err := json.Unmarshal([]byte(v), &args); err != nil {
+			return nil, fmt.Errorf(`not a JSON array of strings (%v): use ["cmd", "arg"] or cmd arg`, err)
+		}
+	} else {
+		var err error
+		if args, err = shellquote.Split(v); err != nil {
+			return nil, fmt.Errorf(`cannot split it into words (%v): balance the quotes, like sh -c 'pg_dump -f /backup/x'`, err)
+		}
+	}
+	if len(args) == 0 || args[0] == "" {
+		return nil, errors.New(`empty command: name a program, like pg_dump -f /backup/db.dump`)
+	}
+	return args, nil
+}
+
+// parseEnv reads KEY=value entries separated by newlines or commas.
+func parseEnv(v string) ([]string, error) {
+	var out []string
+	for _, e := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == '\n' }) {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || !envRE.MatchString(k) {
+			return nil, fmt.Errorf("entry %q is not KEY=value: use KEY=value pairs separated by commas, keys of letters, digits and _", e)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// parseMounts reads source:target[:ro] entries separated by commas. A
+// source is a volume name, or an absolute host path for a bind mount.
+func parseMounts(v string) ([]deploy.Mount, error) {
+	var out []deploy.Mount
+	for _, e := range strings.Split(v, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		parts := strings.Split(e, ":")
+		if len(parts) < 2 || len(parts) > 3 || len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw" {
+			return nil, fmt.Errorf("entry %q: use volume:/path or /host/path:/path, optionally followed by :ro", e)
+		}
+		m := deploy.Mount{Source: parts[0], Target: parts[1], ReadOnly: len(parts) == 3 && parts[2] == "ro"}
+		if !cleanAbs(m.Target) {
+			return nil, fmt.Errorf("entry %q: the target %q must be a clean absolute path like /backup", e, m.Target)
+		}
+		if strings.HasPrefix(m.Source, "/") {
+			if !cleanAbs(m.Source) || m.Source == "/" {
+				return nil, fmt.Errorf("entry %q: the host path %q must be a clean absolute path other than /", e, m.Source)
+			}
+		} else if !nameRE.MatchString(m.Source) {
+			return nil, fmt.Errorf("entry %q: %q is neither a volume name (letters, digits, '.', '_', '-') nor an absolute host path", e, m.Source)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// validCron parses spec like the scheduler will. robfig/cron v3.0.1
+// panics on a time zone with no schedule after it ("TZ=UTC"), and a label
+// is user input: that is a bad value, not a crash.
+func validCron(spec string) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	_, err := cron.ParseStandard(spec)
+	return err == nil
+}
+
+func cleanAbs(p string) bool { return strings.HasPrefix(p, "/") && path.Clean(p) == p }
