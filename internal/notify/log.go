@@ -36,8 +36,13 @@ func (l Log) Report(e deploy.Event) {
 	level := slog.LevelInfo
 	if e.Kind == deploy.Progress {
 		level = slog.LevelDebug
-		if e.Step != nil {
-			attrs = append(attrs, slog.Int("done", e.Step.Done), slog.Int("total", e.Step.Total))
+		if s := e.Step; s != nil && s.State != "" {
+			attrs = append(attrs, slog.String("state", s.State))
+			if s.State == "failed" {
+				attrs = append(attrs, slog.Int("exit_code", s.ExitCode))
+			}
+		} else if s != nil {
+			attrs = append(attrs, slog.Int("done", s.Done), slog.Int("total", s.Total))
 		}
 	}
 	if e.Kind != deploy.Started {
