@@ -107,9 +107,11 @@ func buildBinaries(dir string) error {
 		return fmt.Errorf("build updater: %v\n%s", err, out)
 	}
 	env.apps = map[string][]byte{}
-	for _, v := range []string{"v1", "v2", "v3", "v4", "broken"} {
+	// Versions and the database schema each one migrates to; badmig's
+	// migration fails halfway.
+	for v, schema := range map[string]string{"v1": "1", "v2": "2", "v3": "2", "v4": "2", "broken": "2", "badmig": "99"} {
 		out := filepath.Join(dir, "app-"+v)
-		if msg, err := goBuild(root, out, "-X main.version="+v, "./test/e2e/testapp"); err != nil {
+		if msg, err := goBuild(root, out, "-X main.version="+v+" -X main.schema="+schema, "./test/e2e/testapp"); err != nil {
 			return fmt.Errorf("build test app %s: %v\n%s", v, err, msg)
 		}
 		b, err := os.ReadFile(out)
@@ -247,6 +249,12 @@ type svcOpts struct {
 	optIn    bool
 	replicas uint64
 	unpinned bool
+	// For services that reach the host's PostgreSQL: host networking (the
+	// app listens where LISTEN in env says), stop-first since two tasks
+	// can't share a port.
+	hostNet bool
+	env     []string
+	labels  map[string]string
 }
 
 // createService creates a service the way `docker stack deploy` would,
@@ -256,6 +264,9 @@ func createService(t *testing.T, svcName, repo, digest string, o svcOpts) string
 	t.Helper()
 	ctx := context.Background()
 	labels := map[string]string{"com.docker.stack.namespace": o.stack}
+	for k, v := range o.labels {
+		labels[k] = v
+	}
 	if o.optIn {
 		labels["updater.enable"] = "true"
 	}
@@ -281,6 +292,12 @@ func createService(t *testing.T, svcName, repo, digest string, o svcOpts) string
 		RollbackConfig: &swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStartFirst, Monitor: time.Second},
 		// No VIP: this kernel has no IPVS.
 		EndpointSpec: &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR},
+	}
+	spec.TaskTemplate.ContainerSpec.Env = o.env
+	if o.hostNet {
+		spec.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: "host"}}
+		spec.EndpointSpec = nil
+		spec.UpdateConfig.Order, spec.RollbackConfig.Order = swarm.UpdateOrderStopFirst, swarm.UpdateOrderStopFirst
 	}
 	res, err := env.docker.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
 	if err != nil {

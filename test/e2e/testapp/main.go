@@ -1,29 +1,60 @@
 // Command testapp is the tiny HTTP service the e2e suite deploys. Its
-// version is set at build time: go build -ldflags "-X main.version=v2".
+// version and schema are set at build time:
+//
+//	go build -ldflags "-X main.version=v2 -X main.schema=2"
+//
 // Version "broken" fails its /health endpoint, so its HEALTHCHECK never
 // passes and a start-first update to it fails and rolls back.
 //
-//	testapp          serve :8080 (/ prints the version, /health is the probe)
-//	testapp health   exit 0 iff http://127.0.0.1:8080/health answers 200
+//	testapp          serve $LISTEN (default :8080): / prints the version, /health is the probe
+//	testapp health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
+//	testapp migrate  bring the database at $DATABASE_URL to this build's schema
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
-var version = "v1"
+var (
+	version = "v1"
+	// schema is the newest migration this build knows; 99 is a migration
+	// that fails halfway, inside its transaction.
+	schema = "1"
+)
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "health" {
-		c := http.Client{Timeout: 2 * time.Second}
-		r, err := c.Get("http://127.0.0.1:8080/health")
-		if err != nil || r.StatusCode != http.StatusOK {
-			os.Exit(1)
+	listen := os.Getenv("LISTEN")
+	if listen == "" {
+		listen = ":8080"
+	}
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "health":
+			c := http.Client{Timeout: 2 * time.Second}
+			host := listen
+			if strings.HasPrefix(host, ":") {
+				host = "127.0.0.1" + host
+			}
+			r, err := c.Get("http://" + host + "/health")
+			if err != nil || r.StatusCode != http.StatusOK {
+				os.Exit(1)
+			}
+			os.Exit(0)
+		case "migrate":
+			if err := migrate(context.Background()); err != nil {
+				fmt.Fprintln(os.Stderr, "migrate:", err)
+				os.Exit(3)
+			}
+			os.Exit(0)
 		}
-		os.Exit(0)
 	}
 	http.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		if version == "broken" || os.Getenv("BROKEN") == "1" {
@@ -33,8 +64,78 @@ func main() {
 		fmt.Fprintln(w, "ok")
 	})
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, version) })
-	if err := http.ListenAndServe(":8080", nil); err != nil {
+	if err := http.ListenAndServe(listen, nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// migrations are applied in order, each in its own transaction, and
+// recorded in schema_migrations: running migrate twice changes nothing
+// the second time. Every run that applies something adds a row to
+// migration_runs, so a test can count runs.
+var migrations = map[int][]string{
+	1: {
+		`CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)`,
+		`INSERT INTO items (name) VALUES ('apple'), ('pear'), ('plum')`,
+	},
+	2: {
+		`ALTER TABLE items ADD COLUMN price integer NOT NULL DEFAULT 0`,
+		`UPDATE items SET price = 100`,
+	},
+	99: {
+		`CREATE TABLE half_done (id integer)`,
+		`SELECT 1 / 0`, // fails: the transaction takes half_done away with it
+	},
+}
+
+func migrate(ctx context.Context) error {
+	target, err := strconv.Atoi(schema)
+	if err != nil {
+		return fmt.Errorf("bad schema %q", schema)
+	}
+	conn, err := pgx.Connect(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY)`,
+		`CREATE TABLE IF NOT EXISTS migration_runs (version integer, app text, at timestamptz DEFAULT now())`,
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return err
+		}
+	}
+	for v := 1; v <= target; v++ {
+		steps, ok := migrations[v]
+		if !ok {
+			continue
+		}
+		var done bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)`, v).Scan(&done); err != nil {
+			return err
+		}
+		if done {
+			continue
+		}
+		fmt.Printf("applying migration %d (app %s)\n", v, version)
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			for _, q := range steps {
+				if _, err := tx.Exec(ctx, q); err != nil {
+					return fmt.Errorf("migration %d: %w", v, err)
+				}
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO migration_runs (version, app) VALUES ($1, $2)`, v, version)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Println("schema at", target)
+	return nil
 }
