@@ -1,0 +1,188 @@
+package slack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	slackgo "github.com/slack-go/slack"
+
+	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/notify"
+)
+
+// ErrRejected means Slack refused the credentials: retrying will not help,
+// a person must fix the setting.
+var ErrRejected = errors.New("slack rejected the token")
+
+// BotConfig configures a Bot.
+type BotConfig struct {
+	Token   string
+	Channel string // an ID (C0123…) or a name (#deploys)
+	// APIURL is the Web API base ending in "/"; "" means Slack's.
+	APIURL string
+}
+
+// Bot posts one message per deploy with a bot token, edits it as the
+// deploy moves and answers in its thread with the details of a failure.
+type Bot struct {
+	api     *slackgo.Client
+	channel string
+	redact  notify.Redactor
+	now     func() time.Time
+
+	// Only the dispatcher's one worker calls Notify, so these maps need no
+	// lock (see notify.Notifier).
+	deploys map[string]*thread
+	outages map[string]time.Time
+}
+
+// thread is a deploy's message in Slack.
+type thread struct {
+	story
+	channel, ts string // the message, once posted: channel is the ID Slack answered with
+	shown       string // the fallback text last sent, to skip edits that change nothing
+	replied     bool
+}
+
+var _ notify.Notifier = (*Bot)(nil)
+
+// NewBot returns a Bot. No request is made until Check or Notify.
+func NewBot(cfg BotConfig) *Bot {
+	opts := []slackgo.Option{slackgo.OptionHTTPClient(&http.Client{Timeout: 30 * time.Second})}
+	if cfg.APIURL != "" {
+		opts = append(opts, slackgo.OptionAPIURL(cfg.APIURL))
+	}
+	return &Bot{
+		api:     slackgo.New(cfg.Token, opts...),
+		channel: cfg.Channel,
+		redact:  notify.NewRedactor(cfg.Token),
+		now:     time.Now,
+		deploys: map[string]*thread{},
+		outages: map[string]time.Time{},
+	}
+}
+
+// Check asks Slack whether the token is valid (auth.test). An error
+// wrapping ErrRejected is a bad setting; any other error says only that
+// Slack could not be asked.
+func (b *Bot) Check(ctx context.Context) error {
+	_, err := b.api.AuthTestContext(ctx)
+	if err == nil {
+		return nil
+	}
+	var se slackgo.SlackErrorResponse
+	if errors.As(err, &se) && rejected[se.Err] {
+		return fmt.Errorf("%w: %s", ErrRejected, se.Err)
+	}
+	return b.redact.Error(fmt.Errorf("check slack token: %w", err))
+}
+
+// rejected are the auth.test answers that mean the token itself is bad.
+var rejected = map[string]bool{"invalid_auth": true, "not_authed": true, "account_inactive": true,
+	"token_revoked": true, "token_expired": true, "no_permission": true, "missing_scope": true}
+
+// Notify posts, edits or replies for e.
+func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
+	switch e.Kind {
+	case deploy.Outage, deploy.Recovered:
+		return b.outage(ctx, e)
+	case deploy.Started, deploy.Progress, deploy.Succeeded, deploy.Failed:
+	default:
+		return false, nil
+	}
+	th := b.deploys[e.Release.ID]
+	if th == nil {
+		// A deploy first seen after its start (the updater restarted and
+		// resumed it, or the start was given up) gets a message now.
+		th = &thread{}
+		b.deploys[e.Release.ID] = th
+	}
+	th.apply(e)
+	text, blocks := th.render()
+	if th.ts == "" {
+		if err := b.post(ctx, th, text, blocks); err != nil {
+			return classify(err)
+		}
+	} else if text != th.shown || e.Kind == deploy.Succeeded || e.Kind == deploy.Failed {
+		_, _, _, err := b.api.UpdateMessageContext(ctx, th.channel, th.ts,
+			slackgo.MsgOptionText(text, false), slackgo.MsgOptionBlocks(blocks...))
+		var se slackgo.SlackErrorResponse
+		if errors.As(err, &se) && se.Err == "message_not_found" {
+			// Someone deleted it: a new message beats an outcome nobody sees.
+			err = b.post(ctx, th, text, blocks)
+		}
+		if err != nil {
+			return classify(b.redact.Error(fmt.Errorf("update slack message: %w", err)))
+		}
+		th.shown = text
+	}
+	if e.Kind == deploy.Failed && !th.replied {
+		_, _, err := b.api.PostMessageContext(ctx, th.channel, slackgo.MsgOptionText(th.details(), false),
+			slackgo.MsgOptionTS(th.ts))
+		if err != nil {
+			return classify(b.redact.Error(fmt.Errorf("post slack thread reply: %w", err)))
+		}
+		th.replied = true
+	}
+	if e.Kind == deploy.Succeeded || e.Kind == deploy.Failed {
+		delete(b.deploys, e.Release.ID)
+	}
+	return false, nil
+}
+
+func (b *Bot) post(ctx context.Context, th *thread, text string, blocks []slackgo.Block) error {
+	ch, ts, err := b.api.PostMessageContext(ctx, b.channel,
+		slackgo.MsgOptionText(text, false), slackgo.MsgOptionBlocks(blocks...))
+	if err != nil {
+		return b.redact.Error(fmt.Errorf("post slack message to %s: %w", b.channel, err))
+	}
+	th.channel, th.ts, th.shown = ch, ts, text
+	return nil
+}
+
+func (b *Bot) outage(ctx context.Context, e deploy.Event) (bool, error) {
+	key := e.Part + " " + e.Release.Ref
+	var lasted time.Duration
+	if e.Kind == deploy.Outage {
+		if _, ok := b.outages[key]; !ok {
+			b.outages[key] = b.now()
+		}
+	} else if since, ok := b.outages[key]; ok {
+		lasted = b.now().Sub(since)
+	}
+	text := outageText(e, lasted)
+	if _, _, err := b.api.PostMessageContext(ctx, b.channel, slackgo.MsgOptionText(text, false)); err != nil {
+		return classify(b.redact.Error(fmt.Errorf("post slack message to %s: %w", b.channel, err)))
+	}
+	if e.Kind == deploy.Recovered {
+		delete(b.outages, key)
+	}
+	return false, nil
+}
+
+// temporary are Slack error codes worth another try.
+var temporary = map[string]bool{"ratelimited": true, "internal_error": true, "fatal_error": true,
+	"service_unavailable": true, "request_timeout": true}
+
+// classify says whether err is worth retrying and carries Slack's
+// requested wait for a 429.
+func classify(err error) (bool, error) {
+	var rl *slackgo.RateLimitedError
+	if errors.As(err, &rl) {
+		return true, notify.RetryAfter(err, max(rl.RetryAfter, time.Second))
+	}
+	var sc slackgo.StatusCodeError
+	if errors.As(err, &sc) {
+		return sc.Retryable(), err
+	}
+	var se slackgo.SlackErrorResponse
+	if errors.As(err, &se) {
+		return temporary[se.Err], err
+	}
+	// Timeouts, refused connections, an answer that is not JSON (a proxy's
+	// error page): all may pass.
+	return true, err
+}
