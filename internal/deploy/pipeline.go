@@ -30,7 +30,7 @@ type Pipeline struct {
 	Jobs       Jobs
 	Migrations Migrations
 	Reporter   Reporter
-	Log      *slog.Logger
+	Log        *slog.Logger
 
 	// Timeout bounds one rollout, and separately the rollback after it.
 	Timeout time.Duration
