@@ -112,6 +112,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	log.Info("updater started", "version", version, "schedule", cfg.Schedule, "label", cfg.Label, "stack", cfg.Stack, "dry_run", p.DryRun)
+	// Scheduled backups follow the labels the cycles read.
+	var backups *schedule.Backups
+	if !p.DryRun {
+		backups = schedule.NewBackups(ctx, log, func(ctx context.Context, t deploy.Target) {
+			if err := p.Backup(ctx, t); err != nil {
+				log.Error("scheduled backup", "service", t.Name, "err", err)
+			}
+		})
+		defer backups.Stop()
+	}
 	cycle := func(ctx context.Context) {
 		start := time.Now()
 		plans, err := p.Cycle(ctx)
@@ -124,6 +134,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			log.Debug("cycle failed", "err", err, "duration", time.Since(start))
 		default:
 			log.Debug("cycle done", "services", len(plans), "duration", time.Since(start))
+			if backups != nil {
+				targets := make([]deploy.Target, len(plans))
+				for i, pl := range plans {
+					targets[i] = pl.Target
+				}
+				backups.Sync(targets)
+			}
 		}
 	}
 	// The first cycle runs at once: a restarted updater finishes or reports

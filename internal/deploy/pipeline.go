@@ -43,10 +43,11 @@ type Pipeline struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	running sync.Mutex // one cycle or deploy at a time, whoever triggers it
-	mu      sync.Mutex // guards the maps below
-	outages map[string]bool
-	warned  map[string]bool
+	running   sync.Mutex // one cycle or deploy at a time, whoever triggers it
+	mu        sync.Mutex // guards the maps below
+	outages   map[string]bool
+	backingUp map[string]bool // services whose scheduled backup runs
+	warned    map[string]bool
 }
 
 func (p *Pipeline) now() time.Time {

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -280,4 +281,49 @@ func hookOwner(plans []Plan) Target {
 		}
 	}
 	return lead
+}
+
+// Backup runs the service's backup hook on its own, as its schedule
+// says: the same job a deploy runs first, reported as progress of a
+// release with no new digest. A backup still running when the next one is
+// due makes that one skip, not queue.
+func (p *Pipeline) Backup(ctx context.Context, t Target) error {
+	if t.HooksErr != nil {
+		return t.HooksErr
+	}
+	if t.Hooks.Backup == nil {
+		return fmt.Errorf("service %s has no backup hook", t.Name)
+	}
+	if p.Jobs == nil {
+		return fmt.Errorf("service %s has a backup hook but this updater runs no jobs", t.Name)
+	}
+	p.mu.Lock()
+	if p.backingUp == nil {
+		p.backingUp = map[string]bool{}
+	}
+	busy := p.backingUp[t.ID]
+	p.backingUp[t.ID] = true
+	p.mu.Unlock()
+	if busy {
+		p.Log.Warn("scheduled backup skipped: the previous one is still running", "service", t.Name)
+		return nil
+	}
+	defer func() {
+		p.mu.Lock()
+		delete(p.backingUp, t.ID)
+		p.mu.Unlock()
+	}()
+	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), Started: p.now()}
+	creds, err := p.Registry.Credentials(ctx, rel.Ref)
+	if err != nil {
+		return fmt.Errorf("get registry credentials: %w", err)
+	}
+	image := t.Hooks.Backup.Image
+	if image == "" {
+		image = t.Image
+	}
+	if ev, ok := p.hook(ctx, t, []Release{rel}, PhaseBackup, *t.Hooks.Backup, image, false, creds, false); !ok {
+		return errors.New(ev.Reason)
+	}
+	return nil
 }

@@ -1,4 +1,5 @@
-// Package schedule runs cycles on a cron schedule, one at a time.
+// Package schedule runs cycles on a cron schedule, one at a time, and
+// scheduled backups beside them.
 package schedule
 
 import (
@@ -7,6 +8,8 @@ import (
 	"log/slog"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/updater-dev/updater/internal/deploy"
 )
 
 // Run calls cycle on every tick of spec until ctx ends, then waits for a
@@ -34,3 +37,64 @@ func (l logger) Info(msg string, kv ...any) { l.log.Debug("cron: "+msg, kv...) }
 func (l logger) Error(err error, msg string, kv ...any) {
 	l.log.Error("cron: "+msg, append(kv, "err", err)...)
 }
+
+// Backups keeps one cron entry per service whose labels schedule
+// backups, following the labels as they change between cycles.
+type Backups struct {
+	ctx     context.Context
+	log     *slog.Logger
+	cron    *cron.Cron
+	run     func(context.Context, deploy.Target)
+	entries map[string]backupEntry // by service ID
+}
+
+type backupEntry struct {
+	fingerprint string
+	id          cron.EntryID
+}
+
+// NewBackups starts a scheduler that calls run for each due backup until
+// Stop. run must refuse to overlap a backup of the same service still
+// running (deploy.Pipeline.Backup does).
+func NewBackups(ctx context.Context, log *slog.Logger, run func(context.Context, deploy.Target)) *Backups {
+	l := logger{log}
+	b := &Backups{ctx: ctx, log: log, run: run, entries: map[string]backupEntry{},
+		cron: cron.New(cron.WithLogger(l), cron.WithChain(cron.Recover(l)))}
+	b.cron.Start()
+	return b
+}
+
+// Sync makes the entries match targets: a service with a valid backup
+// schedule has exactly one entry, built from its labels as they are now.
+// Sync is called from one goroutine (the cycle).
+func (b *Backups) Sync(targets []deploy.Target) {
+	seen := map[string]bool{}
+	for _, t := range targets {
+		if t.HooksErr != nil || t.Hooks.Backup == nil || t.Hooks.BackupSchedule == "" {
+			continue
+		}
+		seen[t.ID] = true
+		fp := fmt.Sprintf("%s %+v %s", t.Hooks.BackupSchedule, *t.Hooks.Backup, t.Image)
+		if e, ok := b.entries[t.ID]; ok && e.fingerprint == fp {
+			continue
+		} else if ok {
+			b.cron.Remove(e.id)
+		}
+		id, err := b.cron.AddFunc(t.Hooks.BackupSchedule, func() { b.run(b.ctx, t) })
+		if err != nil {
+			b.log.Error("schedule backups", "service", t.Name, "err", err)
+			continue
+		}
+		b.entries[t.ID] = backupEntry{fingerprint: fp, id: id}
+		b.log.Info("backups scheduled", "service", t.Name, "schedule", t.Hooks.BackupSchedule)
+	}
+	for id, e := range b.entries {
+		if !seen[id] {
+			b.cron.Remove(e.id)
+			delete(b.entries, id)
+		}
+	}
+}
+
+// Stop stops scheduling and waits for running backups to return.
+func (b *Backups) Stop() { <-b.cron.Stop().Done() }

@@ -3,12 +3,15 @@ package schedule
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/updater-dev/updater/internal/deploy"
 )
 
 // A panicking cycle is logged and the schedule goes on; Run returns once
@@ -68,3 +71,32 @@ func TestRunRefusesBadSpec(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// Backups follows the labels: a scheduled service gets runs, a service
+// whose schedule is gone gets none.
+func TestBackupsFollowLabels(t *testing.T) {
+	ran := make(chan string, 16)
+	b := NewBackups(t.Context(), slog.New(slog.NewTextHandler(io.Discard, nil)), func(_ context.Context, tg deploy.Target) {
+		ran <- tg.Name
+	})
+	defer b.Stop()
+	withSchedule := func(name, spec string) deploy.Target {
+		return deploy.Target{ID: name, Name: name, Hooks: deploy.Hooks{Backup: &deploy.Hook{Command: []string{"true"}}, BackupSchedule: spec}}
+	}
+	b.Sync([]deploy.Target{withSchedule("db", "@every 1s"), {ID: "web", Name: "web"}})
+	select {
+	case name := <-ran:
+		if name != "db" {
+			t.Fatalf("backup ran for %s, want db", name)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no scheduled backup ran")
+	}
+	if len(b.entries) != 1 {
+		t.Fatalf("%d entries, want 1", len(b.entries))
+	}
+	b.Sync([]deploy.Target{withSchedule("db", "")})
+	if len(b.entries) != 0 || len(b.cron.Entries()) != 0 {
+		t.Fatalf("entries %v / cron %d after the schedule was removed, want none", b.entries, len(b.cron.Entries()))
+	}
+}
