@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/robfig/cron/v3"
 
@@ -45,6 +46,7 @@ type Backups struct {
 	log     *slog.Logger
 	cron    *cron.Cron
 	run     func(context.Context, deploy.Target)
+	mu      sync.Mutex             // two cycles' Syncs may meet
 	entries map[string]backupEntry // by service ID
 }
 
@@ -66,8 +68,9 @@ func NewBackups(ctx context.Context, log *slog.Logger, run func(context.Context,
 
 // Sync makes the entries match targets: a service with a valid backup
 // schedule has exactly one entry, built from its labels as they are now.
-// Sync is called from one goroutine (the cycle).
 func (b *Backups) Sync(targets []deploy.Target) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	seen := map[string]bool{}
 	for _, t := range targets {
 		if t.HooksErr != nil || t.Hooks.Backup == nil || t.Hooks.BackupSchedule == "" {

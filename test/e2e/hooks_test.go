@@ -600,3 +600,29 @@ func (p *dockerProxy) release() {
 		p.service = ""
 	}
 }
+
+// updater.backup.schedule runs the backup job on its own schedule, with
+// no deploy; stopping the updater leaves no job behind.
+func TestScheduledBackups(t *testing.T) {
+	const stack, repo = "e2esched", "e2e/sched"
+	dbURL := createDB(t, "e2esched")
+	dir := backupDir(t)
+	v1 := push(t, repo, "v1")
+	migrateTo(t, "v1", dbURL)
+	hookService(t, stack, "e2esched_app", repo, v1, dbURL, dir, map[string]string{
+		"updater.backup.schedule": "@every 2s",
+		"updater.migrate.command": "",
+	})
+	u := startUpdater(t, stack)
+	u.waitLog(t, deployLimit, 2, "deploy progress", "step", "backup", "state", "succeeded")
+	if n := len(dumps(t, dir)); n < 2 {
+		t.Fatalf("%d backup files after two reported backups", n)
+	}
+	if err := u.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if n := u.count("deploy started"); n != 0 {
+		t.Fatalf("%d deploys started: scheduled backups must not deploy", n)
+	}
+	noJobsLeft(t)
+}
