@@ -170,10 +170,14 @@ func (w *worker) enqueue(e deploy.Event) {
 	defer w.dropMu.Unlock()
 	select {
 	case w.queue <- e:
-		w.dropping = false
+		// Half empty again before the next drop is news: a queue that
+		// hovers at full logs once, not on every other event.
+		if len(w.queue) < cap(w.queue)/2 {
+			w.dropping = false
+		}
 	default:
-		// One line per run of drops: the queue is full only when the
-		// notifier has been stuck for a long while.
+		// The queue is full only when the notifier has been stuck for a
+		// long while.
 		if !w.dropping {
 			w.log.Warn("notification queue full; dropping events until it drains",
 				"deploy_id", e.Release.ID, "service", e.Release.ServiceName, "kind", string(e.Kind))

@@ -2,6 +2,7 @@ package slack
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -43,7 +44,7 @@ type Bot struct {
 type thread struct {
 	story
 	channel, ts string // the message, once posted: channel is the ID Slack answered with
-	shown       string // the fallback text last sent, to skip edits that change nothing
+	shown       string // the message last sent, to skip edits that change nothing
 	replied     bool
 }
 
@@ -102,11 +103,12 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	}
 	th.apply(e)
 	text, blocks := th.render()
+	shown := fingerprint(text, blocks)
 	if th.ts == "" {
 		if err := b.post(ctx, th, text, blocks); err != nil {
 			return classify(err)
 		}
-	} else if text != th.shown || e.Kind == deploy.Succeeded || e.Kind == deploy.Failed {
+	} else if shown != th.shown || e.Kind == deploy.Succeeded || e.Kind == deploy.Failed {
 		_, _, _, err := b.api.UpdateMessageContext(ctx, th.channel, th.ts,
 			slackgo.MsgOptionText(text, false), slackgo.MsgOptionBlocks(blocks...))
 		var se slackgo.SlackErrorResponse
@@ -117,8 +119,8 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		if err != nil {
 			return classify(b.redact.Error(fmt.Errorf("update slack message: %w", err)))
 		}
-		th.shown = text
 	}
+	th.shown = shown
 	if e.Kind == deploy.Failed && !th.replied {
 		_, _, err := b.api.PostMessageContext(ctx, th.channel, slackgo.MsgOptionText(th.details(), false),
 			slackgo.MsgOptionTS(th.ts))
@@ -139,8 +141,15 @@ func (b *Bot) post(ctx context.Context, th *thread, text string, blocks []slackg
 	if err != nil {
 		return b.redact.Error(fmt.Errorf("post slack message to %s: %w", b.channel, err))
 	}
-	th.channel, th.ts, th.shown = ch, ts, text
+	th.channel, th.ts = ch, ts
 	return nil
+}
+
+// fingerprint identifies a message's content, to tell whether an edit
+// would change anything.
+func fingerprint(text string, blocks []slackgo.Block) string {
+	b, _ := json.Marshal(blocks)
+	return text + "\x00" + string(b)
 }
 
 func (b *Bot) outage(ctx context.Context, e deploy.Event) (bool, error) {

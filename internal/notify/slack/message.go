@@ -36,6 +36,7 @@ const (
 	running stepState = iota
 	done
 	failed
+	skipped // a migration that ran for this digest before
 )
 
 // story is what a deploy's message shows, built up event by event.
@@ -78,12 +79,24 @@ func (s *story) apply(e deploy.Event) {
 			return
 		}
 		key := string(e.Step.Phase)
-		detail := ""
-		if e.Step.Total > 0 {
-			detail = fmt.Sprintf("%d/%d", e.Step.Done, e.Step.Total)
+		switch e.Step.State {
+		case "", "started":
+			// A rollout reports its count of healthy tasks; a hook, that it began.
+			detail := ""
+			if e.Step.Total > 0 {
+				detail = fmt.Sprintf("%d/%d", e.Step.Done, e.Step.Total)
+			}
+			s.finishRunning(key)
+			s.upsert(key, detail, running)
+		case "succeeded":
+			s.upsert(key, "", done)
+		case "skipped":
+			s.upsert(key, "", skipped)
+		case "failed":
+			s.upsert(key, fmt.Sprintf("exit %d", e.Step.ExitCode), failed)
+		default:
+			s.upsert(key, e.Step.State, running)
 		}
-		s.finishRunning(key)
-		s.upsert(key, detail, running)
 	case deploy.Succeeded:
 		s.finishRunning("")
 		s.upsert("healthy", "", done)
@@ -110,8 +123,10 @@ func (st step) label() string {
 	name := st.key
 	switch st.key {
 	case string(deploy.PhaseRollout):
-		name = "rolling"
-		if st.state == done {
+		switch st.state {
+		case running:
+			name = "rolling"
+		case done:
 			name = "rolled out"
 		}
 	case "migrate":
@@ -125,6 +140,8 @@ func (st step) label() string {
 		return name + " ✓"
 	case failed:
 		return name + " ✗"
+	case skipped:
+		return name + " skipped (done before)"
 	}
 	return name + " …"
 }
@@ -157,13 +174,14 @@ func (s *story) render() (string, []slackgo.Block) {
 	emoji, words := s.headline()
 	final := s.last.Kind == deploy.Succeeded || s.last.Kind == deploy.Failed
 
-	text := fmt.Sprintf("%s: %s (%s → %s", r.ServiceName, words, short(r.From), short(r.To))
+	// The fallback text is mrkdwn as well: escaped like the blocks.
+	text := fmt.Sprintf("%s: %s (%s → %s", esc(r.ServiceName), words, short(r.From), short(r.To))
 	if final {
 		text += ", " + duration(s.last.Duration)
 	}
 	text += ")"
 	if s.last.Kind == deploy.Failed && s.last.Reason != "" {
-		text += ": " + s.last.Reason
+		text += ": " + esc(s.last.Reason)
 	}
 
 	head := fmt.Sprintf("%s *%s*: %s", emoji, esc(r.ServiceName), words)
@@ -218,14 +236,25 @@ func (s *story) details() string {
 		b.WriteString("; the service is back on its previous version.")
 	case e.Phase == deploy.PhaseRollback:
 		b.WriteString("; the rollback did not finish, so the service may run either version.")
-	case e.Phase == deploy.PhasePrepare || e.Phase == deploy.PhaseUpdate:
-		b.WriteString("; the service was not changed.")
-	default:
+	case e.Phase == deploy.PhaseRollout:
 		b.WriteString(".")
+	default:
+		// Every other step (preparation, hooks, the spec write) comes
+		// before the service runs the new image.
+		b.WriteString("; the service was not changed.")
 	}
-	fmt.Fprintf(&b, "\nImage `%s`, digest `%s` (remembered as failed: it is not tried again until the tag moves).", esc(s.rel.Ref), s.rel.To)
+	fmt.Fprintf(&b, "\nImage `%s`, digest `%s`.", esc(s.rel.Ref), s.rel.To)
 	if e.Reason != "" {
-		b.WriteString("\n```" + truncate(esc(e.Reason), maxReply-b.Len()-8) + "```")
+		b.WriteString("\n```" + truncate(esc(e.Reason), maxReply/2) + "```")
+	}
+	if e.Step != nil && len(e.Step.LogTail) > 0 {
+		// The end of the log is what explains a failed job, so the cut is
+		// made at the front.
+		tail := esc(strings.Join(e.Step.LogTail, "\n"))
+		if room := maxReply - b.Len() - 64; len(tail) > room && room > 0 {
+			tail = "…" + strings.ToValidUTF8(tail[len(tail)-room:], "")
+		}
+		fmt.Fprintf(&b, "\nLast lines of the %s job (exit code %d):\n```%s```", e.Step.Phase, e.Step.ExitCode, tail)
 	}
 	return b.String()
 }
@@ -269,7 +298,7 @@ func short(d string) string {
 
 func duration(d time.Duration) string {
 	if d < time.Second {
-		return "<1s"
+		return "under 1s"
 	}
 	return d.Round(time.Second).String()
 }

@@ -1,0 +1,421 @@
+package slack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	slackgo "github.com/slack-go/slack"
+
+	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/notify"
+	"github.com/updater-dev/updater/internal/notify/fakeapi"
+)
+
+const token = "xoxb-test-0000-secret"
+
+func newSlack(t *testing.T) *fakeapi.Slack {
+	t.Helper()
+	s, err := fakeapi.NewSlack(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func release() deploy.Release {
+	return deploy.Release{ID: "d1", ServiceID: "svc1", ServiceName: "shop_web", Stack: "shop",
+		Ref: "registry.example.com/shop/web:latest", From: "sha256:" + strings.Repeat("a", 64),
+		To: "sha256:" + strings.Repeat("b", 64), Started: time.Unix(1700000000, 0),
+		Labels: map[string]string{
+			notify.LabelRevision: "0123456789abcdef0123456789abcdef01234567",
+			notify.LabelSource:   "https://github.com/acme/shop",
+			notify.LabelVersion:  "2.4.1",
+		}}
+}
+
+func notifyAll(t *testing.T, n notify.Notifier, events ...deploy.Event) {
+	t.Helper()
+	for _, e := range events {
+		if _, err := n.Notify(context.Background(), e); err != nil {
+			t.Fatalf("Notify(%s): %v", e.Kind, err)
+		}
+	}
+}
+
+func progress(rel deploy.Release, done, total int) deploy.Event {
+	return deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout,
+		Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: done, Total: total}}
+}
+
+// One message per deploy: posted on start, edited as it moves and at the
+// end, always the same ts, with the channel ID Slack answered.
+func TestBotEditsOneMessage(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "#deploys", APIURL: fake.APIURL})
+	rel := release()
+	notifyAll(t, b,
+		deploy.Event{Kind: deploy.Started, Release: rel},
+		progress(rel, 0, 2), progress(rel, 1, 2),
+		deploy.Event{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout, Duration: 42 * time.Second},
+	)
+	calls := fake.Accepted()
+	want := []string{"chat.postMessage", "chat.update", "chat.update", "chat.update"}
+	if len(calls) != len(want) {
+		t.Fatalf("calls %v, want %v", methods(calls), want)
+	}
+	for i, c := range calls {
+		if c.Method != want[i] || c.TS != calls[0].TS {
+			t.Fatalf("call %d: %s ts=%s, want %s ts=%s", i, c.Method, c.TS, want[i], calls[0].TS)
+		}
+		if i > 0 && c.Channel != "C0DEPLOYS" {
+			t.Fatalf("chat.update to channel %q, want the ID C0DEPLOYS", c.Channel)
+		}
+	}
+	first, last := calls[0].Content(), calls[3].Content()
+	for _, s := range []string{"shop_web", "deploying", "shop", "registry.example.com/shop/web:latest",
+		"sha256:aaaaaaaaaaaa", "sha256:bbbbbbbbbbbb", "2.4.1",
+		"https://github.com/acme/shop/commit/0123456789abcdef0123456789abcdef01234567"} {
+		if !strings.Contains(first, s) {
+			t.Errorf("start message lacks %q:\n%s", s, first)
+		}
+	}
+	if !strings.Contains(calls[2].Content(), "rolling 1/2") {
+		t.Errorf("progress edit lacks the task count:\n%s", calls[2].Content())
+	}
+	for _, s := range []string{"deploy succeeded", "42s", "rolled out 1/2 ✓", "healthy ✓"} {
+		if !strings.Contains(last, s) {
+			t.Errorf("final message lacks %q:\n%s", s, last)
+		}
+	}
+	if len(b.deploys) != 0 {
+		t.Errorf("%d deploys still tracked after the end", len(b.deploys))
+	}
+}
+
+// A rollback: the message says so with the task error, and the thread
+// gets the details.
+func TestBotFailureRepliesInThread(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	rel := release()
+	reason := "Swarm rolled back: update paused (task errors: dockerexec: unhealthy container)"
+	notifyAll(t, b,
+		deploy.Event{Kind: deploy.Started, Release: rel},
+		progress(rel, 0, 1),
+		deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseRollout, RolledBack: true, Reason: reason, Duration: time.Minute},
+	)
+	calls := fake.Accepted()
+	if len(calls) != 4 {
+		t.Fatalf("calls %v, want post, update, update, reply", methods(calls))
+	}
+	final, reply := calls[2], calls[3]
+	if final.Method != "chat.update" || !strings.Contains(final.Content(), "rolled back") || !strings.Contains(final.Content(), "unhealthy container") {
+		t.Errorf("final edit %s:\n%s", final.Method, final.Content())
+	}
+	if reply.Method != "chat.postMessage" || reply.ThreadTS != calls[0].TS {
+		t.Fatalf("reply %s in thread %q, want a reply to %s", reply.Method, reply.ThreadTS, calls[0].TS)
+	}
+	for _, s := range []string{"failed in step `rollout`", "back on its previous version", "unhealthy container", rel.To} {
+		if !strings.Contains(reply.Text, s) {
+			t.Errorf("reply lacks %q:\n%s", s, reply.Text)
+		}
+	}
+}
+
+// Hook steps show as they go; a failed migration's log tail goes to the
+// thread. Phases this package has no name for show as they are.
+func TestBotHookSteps(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	rel := release()
+	step := func(phase deploy.Phase, state string, code int, tail ...string) deploy.Event {
+		return deploy.Event{Kind: deploy.Progress, Release: rel, Phase: phase,
+			Step: &deploy.Step{Phase: phase, State: state, ExitCode: code, LogTail: tail}}
+	}
+	failedStep := step("migrate", "failed", 3, "applying 0042_add_index", "ERROR: relation \"orders\" does not exist")
+	notifyAll(t, b,
+		deploy.Event{Kind: deploy.Started, Release: rel},
+		step("backup", "started", 0), step("backup", "succeeded", 0),
+		step("warmup", "started", 0), // a phase from the future
+		step("migrate", "started", 0), failedStep,
+		deploy.Event{Kind: deploy.Failed, Release: rel, Phase: "migrate", Step: failedStep.Step,
+			Reason: `migrate exited with code 3: ERROR: relation "orders" does not exist`},
+	)
+	calls := fake.Accepted()
+	if n := len(calls); n != 8 {
+		t.Fatalf("calls %v, want a post, 6 edits and a reply", methods(calls))
+	}
+	if c := calls[3].Content(); !strings.Contains(c, "backup ✓") || !strings.Contains(c, "warmup …") {
+		t.Errorf("after warmup started:\n%s", c)
+	}
+	final := calls[6].Content()
+	for _, s := range []string{"backup ✓", "warmup ✓", "migration exit 3 ✗", "the service was not changed"} {
+		if !strings.Contains(final, s) {
+			t.Errorf("final message lacks %q:\n%s", s, final)
+		}
+	}
+	reply := calls[7].Text
+	for _, s := range []string{"exit code 3", "applying 0042_add_index", "relation &quot;orders&quot;", "not changed"} {
+		if !strings.Contains(strings.ReplaceAll(reply, `"`, "&quot;"), s) {
+			t.Errorf("reply lacks %q:\n%s", s, reply)
+		}
+	}
+}
+
+// A deploy first seen mid-way (resumed after a restart, or its start was
+// given up) still gets one message.
+func TestBotDeploySeenFirstMidway(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	rel := release()
+	notifyAll(t, b,
+		deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout, Resumed: true,
+			Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 1, Total: 2}},
+		deploy.Event{Kind: deploy.Succeeded, Release: rel, Resumed: true},
+	)
+	calls := fake.Accepted()
+	if len(calls) != 2 || calls[0].Method != "chat.postMessage" || calls[1].Method != "chat.update" {
+		t.Fatalf("calls %v", methods(calls))
+	}
+	if !strings.Contains(calls[1].Content(), "after an updater restart") {
+		t.Errorf("resumed deploy not marked:\n%s", calls[1].Content())
+	}
+}
+
+func TestBotDeletedMessageIsPostedAgain(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	rel := release()
+	b.deploys[rel.ID] = &thread{story: story{rel: rel}, channel: "C0DEPLOYS", ts: "1600000000.000001"}
+	notifyAll(t, b, deploy.Event{Kind: deploy.Succeeded, Release: rel})
+	calls := fake.Accepted()
+	if len(calls) != 1 || calls[0].Method != "chat.postMessage" || !strings.Contains(calls[0].Content(), "succeeded") {
+		t.Fatalf("calls %v", methods(calls))
+	}
+}
+
+func TestBotOutageMessages(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	now := time.Unix(1700000000, 0)
+	b.now = func() time.Time { return now }
+	down := deploy.Event{Kind: deploy.Outage, Part: "registry", Release: deploy.Release{Ref: "r.example.com/app:latest"}, Reason: "HEAD: 503"}
+	notifyAll(t, b, down)
+	now = now.Add(5 * time.Minute)
+	notifyAll(t, b, deploy.Event{Kind: deploy.Recovered, Part: "registry", Release: down.Release})
+	calls := fake.Accepted()
+	if len(calls) != 2 {
+		t.Fatalf("calls %v, want two posts", methods(calls))
+	}
+	if c := calls[0].Text; !strings.Contains(c, "registry") || !strings.Contains(c, "r.example.com/app:latest") || !strings.Contains(c, "HEAD: 503") {
+		t.Errorf("outage message: %s", c)
+	}
+	if c := calls[1].Text; !strings.Contains(c, "recovered after 5m0s") {
+		t.Errorf("recovery message: %s", c)
+	}
+}
+
+func TestBotErrors(t *testing.T) {
+	rel := release()
+	started := deploy.Event{Kind: deploy.Started, Release: rel}
+	t.Run("wrong token", func(t *testing.T) {
+		fake := newSlack(t)
+		b := NewBot(BotConfig{Token: "xoxb-wrong-secret", Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+		retry, err := b.Notify(context.Background(), started)
+		if retry || err == nil || !strings.Contains(err.Error(), "invalid_auth") {
+			t.Fatalf("retry=%v err=%v, want invalid_auth, not retried", retry, err)
+		}
+		if strings.Contains(err.Error(), "xoxb-wrong-secret") {
+			t.Fatalf("error shows the token: %v", err)
+		}
+		if err := b.Check(context.Background()); !errors.Is(err, ErrRejected) {
+			t.Fatalf("Check: %v, want ErrRejected", err)
+		}
+	})
+	t.Run("good token", func(t *testing.T) {
+		fake := newSlack(t)
+		if err := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL}).Check(context.Background()); err != nil {
+			t.Fatalf("Check: %v", err)
+		}
+	})
+	t.Run("unknown channel", func(t *testing.T) {
+		fake := newSlack(t)
+		b := NewBot(BotConfig{Token: token, Channel: "#nope", APIURL: fake.APIURL})
+		retry, err := b.Notify(context.Background(), started)
+		if retry || err == nil || !strings.Contains(err.Error(), "channel_not_found") {
+			t.Fatalf("retry=%v err=%v", retry, err)
+		}
+	})
+	t.Run("rate limited", func(t *testing.T) {
+		fake := newSlack(t)
+		fake.RateLimit("chat.postMessage", 1, 2*time.Second)
+		b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+		retry, err := b.Notify(context.Background(), started)
+		if d, ok := notify.RetryAfterOf(err); !retry || !ok || d != 2*time.Second {
+			t.Fatalf("retry=%v wait=%v err=%v, want a retry after 2s", retry, d, err)
+		}
+		if _, err := b.Notify(context.Background(), started); err != nil {
+			t.Fatalf("second try: %v", err)
+		}
+		if n := len(fake.Accepted()); n != 1 {
+			t.Fatalf("%d messages, want 1", n)
+		}
+	})
+	t.Run("server error", func(t *testing.T) {
+		fake := newSlack(t)
+		fake.Fail("chat.postMessage", 1, http.StatusServiceUnavailable)
+		b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+		if retry, err := b.Notify(context.Background(), started); !retry || err == nil {
+			t.Fatalf("retry=%v err=%v, want a retryable error", retry, err)
+		}
+	})
+	t.Run("down", func(t *testing.T) {
+		fake := newSlack(t)
+		fake.Close()
+		b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+		retry, err := b.Notify(context.Background(), started)
+		if !retry || err == nil || strings.Contains(err.Error(), token) {
+			t.Fatalf("retry=%v err=%v, want retryable, without the token", retry, err)
+		}
+		if err := b.Check(context.Background()); err == nil || errors.Is(err, ErrRejected) {
+			t.Fatalf("Check against a closed port: %v, want an error that is not a rejection", err)
+		}
+	})
+}
+
+// Through the dispatcher, as in production: a 429 with Retry-After 1 is
+// waited out and the message arrives exactly once.
+func TestBotRateLimitThroughDispatcher(t *testing.T) {
+	fake := newSlack(t)
+	fake.RateLimit("chat.postMessage", 1, time.Second)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	d := notify.NewDispatcher(discard(), notify.Policy{Backoff: time.Millisecond}, notify.Named{Name: "slack", Notifier: b})
+	d.Report(deploy.Event{Kind: deploy.Started, Release: release()})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	calls := fake.Calls()
+	if len(calls) != 2 || calls[0].Status != http.StatusTooManyRequests || !calls[1].Accepted() {
+		t.Fatalf("calls %+v, want a 429 then an accepted post", calls)
+	}
+	if gap := calls[1].At.Sub(calls[0].At); gap < time.Second {
+		t.Fatalf("retried after %s, before the Retry-After of 1s", gap)
+	}
+}
+
+func TestWebhookStartAndEndOnly(t *testing.T) {
+	fake := newSlack(t)
+	w := NewWebhook(fake.WebhookURL)
+	rel := release()
+	notifyAll(t, w,
+		deploy.Event{Kind: deploy.Started, Release: rel},
+		progress(rel, 0, 1), progress(rel, 1, 1),
+		deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseRollout, RolledBack: true,
+			Reason: "dockerexec: unhealthy container"},
+		deploy.Event{Kind: deploy.Outage, Part: "docker", Reason: "Cannot connect to the Docker daemon"},
+		deploy.Event{Kind: deploy.Recovered, Part: "docker"},
+	)
+	calls := fake.Accepted()
+	if len(calls) != 4 {
+		t.Fatalf("%d webhook posts, want start, end, outage, recovery", len(calls))
+	}
+	if !strings.Contains(calls[0].Content(), "deploying") || !strings.Contains(calls[1].Content(), "rolled back") ||
+		!strings.Contains(calls[1].Content(), "unhealthy container") || !strings.Contains(calls[1].Content(), "rollout 1/1 ✗") {
+		t.Errorf("start:\n%s\nend:\n%s", calls[0].Content(), calls[1].Content())
+	}
+	if !strings.Contains(calls[2].Text, "Docker failing") || !strings.Contains(calls[3].Text, "Docker recovered") {
+		t.Errorf("outage %q, recovery %q", calls[2].Text, calls[3].Text)
+	}
+}
+
+func TestWebhookErrors(t *testing.T) {
+	started := deploy.Event{Kind: deploy.Started, Release: release()}
+	fake := newSlack(t)
+	secret := fake.WebhookURL[strings.LastIndex(fake.WebhookURL, "/")+1:]
+	noSecret := func(t *testing.T, err error) {
+		t.Helper()
+		if err != nil && strings.Contains(err.Error(), secret) {
+			t.Fatalf("error shows the webhook URL: %v", err)
+		}
+	}
+	t.Run("wrong URL", func(t *testing.T) {
+		w := NewWebhook(fake.WebhookURL + "x")
+		retry, err := w.Notify(context.Background(), started)
+		noSecret(t, err)
+		if retry || err == nil || !strings.Contains(err.Error(), "404") || !strings.Contains(err.Error(), "no_service") {
+			t.Fatalf("retry=%v err=%v, want 404 no_service, not retried", retry, err)
+		}
+	})
+	t.Run("rate limited", func(t *testing.T) {
+		fake.RateLimit("webhook", 1, time.Second)
+		retry, err := NewWebhook(fake.WebhookURL).Notify(context.Background(), started)
+		noSecret(t, err)
+		if d, ok := notify.RetryAfterOf(err); !retry || !ok || d != time.Second {
+			t.Fatalf("retry=%v wait=%v err=%v", retry, d, err)
+		}
+	})
+	t.Run("down", func(t *testing.T) {
+		down := newSlack(t)
+		down.Close()
+		retry, err := NewWebhook(down.WebhookURL).Notify(context.Background(), started)
+		if !retry || err == nil {
+			t.Fatalf("retry=%v err=%v", retry, err)
+		}
+		if s := down.WebhookURL[strings.LastIndex(down.WebhookURL, "/")+1:]; strings.Contains(err.Error(), s) {
+			t.Fatalf("error shows the webhook URL: %v", err)
+		}
+	})
+}
+
+func TestRenderEscapesAndLinks(t *testing.T) {
+	rel := release()
+	rel.ServiceName = "<!channel> & co"
+	rel.From = ""
+	s := &story{}
+	s.apply(deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseUpdate, Reason: "<@U123> said no"})
+	text, blocks := s.render()
+	// The fallback text is mrkdwn too: an unescaped <!channel> pings everyone.
+	if strings.Contains(text, "<!channel>") || strings.Contains(text, "<@U123>") {
+		t.Errorf("fallback text carries an unescaped mention: %q", text)
+	}
+	all := contentOf(t, blocks)
+	if strings.Contains(all, "<!channel>") || strings.Contains(all, "<@U123>") {
+		t.Errorf("blocks carry an unescaped mention:\n%s", all)
+	}
+	for _, want := range []string{"&lt;!channel&gt; &amp; co", "unpinned", "the service was not changed",
+		"<https://github.com/acme/shop/commit/0123456789abcdef0123456789abcdef01234567|0123456>"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("blocks lack %q:\n%s", want, all)
+		}
+	}
+}
+
+func methods(calls []fakeapi.SlackCall) []string {
+	var out []string
+	for _, c := range calls {
+		out = append(out, c.Method)
+	}
+	return out
+}
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func contentOf(t *testing.T, blocks []slackgo.Block) string {
+	t.Helper()
+	b, err := json.Marshal(blocks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Undo JSON's HTML escaping so the test reads what Slack reads.
+	return strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&").Replace(string(b))
+}
