@@ -8,7 +8,7 @@ GO_IMAGE ?= golang:1.26-bookworm
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help build test unit e2e bench lint image clean
+.PHONY: help build test unit e2e bench bench-e2e lint image clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,9 @@ e2e: ## end-to-end tests: real dockerd in swarm mode, real registry
 
 bench: ## benchmarks: one cycle over 1,000 services sharing 200 tags
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/...
+
+bench-e2e: ## benchmarks on the real swarm: hook job overhead
+	E2E_REQUIRED=1 $(GO) test -tags e2e -run '^$$' -bench . -benchtime 5x -count 5 ./test/e2e/
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: run gofmt -w on the files above'; exit 1; }

@@ -135,7 +135,7 @@ func (s *Swarm) awaitJob(ctx context.Context, id string) (swarm.Task, error) {
 		select {
 		case <-ctx.Done():
 			return swarm.Task{}, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond): // a task list is cheap; hooks are on the deploy path
 		}
 	}
 }

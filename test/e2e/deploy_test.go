@@ -248,7 +248,7 @@ func TestBadConfig(t *testing.T) {
 }
 
 // records counts the updater's Swarm records of kind about a service.
-func records(t *testing.T, serviceID, kind string) int {
+func records(t testing.TB, serviceID, kind string) int {
 	t.Helper()
 	f := make(client.Filters).Add("label", "io.updater.service="+serviceID).Add("label", "io.updater.kind="+kind)
 	res, err := env.docker.ConfigList(context.Background(), client.ConfigListOptions{Filters: f})

@@ -196,7 +196,7 @@ func startRegistry() (func(), error) {
 
 // push builds a FROM-scratch image of the test app at version and pushes it
 // as repo:latest; every push makes a new digest. It returns the digest.
-func push(t *testing.T, repo, version string) string {
+func push(t testing.TB, repo, version string) string {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -261,7 +261,7 @@ type svcOpts struct {
 // createService creates a service the way `docker stack deploy` would,
 // with the update_config health-gated promotion needs, and waits until it
 // runs.
-func createService(t *testing.T, svcName, repo, digest string, o svcOpts) string {
+func createService(t testing.TB, svcName, repo, digest string, o svcOpts) string {
 	t.Helper()
 	ctx := context.Background()
 	labels := map[string]string{"com.docker.stack.namespace": o.stack}
@@ -355,7 +355,7 @@ func removeImages(ctx context.Context) {
 	}
 }
 
-func inspect(t *testing.T, id string) swarm.Service {
+func inspect(t testing.TB, id string) swarm.Service {
 	t.Helper()
 	res, err := env.docker.ServiceInspect(context.Background(), id, client.ServiceInspectOptions{})
 	if err != nil {
@@ -366,7 +366,7 @@ func inspect(t *testing.T, id string) swarm.Service {
 
 // allRunning reports whether every task Swarm wants running is running,
 // and, when digest is set, runs that digest.
-func allRunning(t *testing.T, id, digest string) bool {
+func allRunning(t testing.TB, id, digest string) bool {
 	t.Helper()
 	svc := inspect(t, id)
 	res, err := env.docker.TaskList(context.Background(), client.TaskListOptions{
@@ -388,14 +388,14 @@ func allRunning(t *testing.T, id, digest string) bool {
 	return n > 0 && uint64(n) == *svc.Spec.Mode.Replicated.Replicas
 }
 
-func specDigest(t *testing.T, id string) string {
+func specDigest(t testing.TB, id string) string {
 	_, d, _ := strings.Cut(inspect(t, id).Spec.TaskTemplate.ContainerSpec.Image, "@")
 	return d
 }
 
 // waitFor polls cond until it holds; the suite waits on conditions, never
 // on sleeps.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
@@ -415,7 +415,7 @@ type updater struct {
 	done  chan struct{}
 }
 
-func startUpdater(t *testing.T, stack string, extra ...string) *updater {
+func startUpdater(t testing.TB, stack string, extra ...string) *updater {
 	t.Helper()
 	cfgDir := t.TempDir() // an empty DOCKER_CONFIG: anonymous registry access
 	cmd := exec.Command(env.bin, "run")
@@ -513,7 +513,7 @@ func (u *updater) find(msg string, kv ...string) map[string]any {
 }
 
 // waitLog waits until a line with msg and kv has been logged n times.
-func (u *updater) waitLog(t *testing.T, limit time.Duration, n int, msg string, kv ...string) {
+func (u *updater) waitLog(t testing.TB, limit time.Duration, n int, msg string, kv ...string) {
 	t.Helper()
 	waitFor(t, limit, fmt.Sprintf("%d× %q %v in the updater log", n, msg, kv), func() bool {
 		select {

@@ -49,7 +49,7 @@ var pg struct {
 }
 
 // postgres starts the cluster and builds the backup image, once.
-func postgres(t *testing.T) {
+func postgres(t testing.TB) {
 	t.Helper()
 	pg.once.Do(func() { pg.err = startPostgres() })
 	if pg.err != nil {
@@ -105,7 +105,7 @@ func asPostgres(args ...string) *exec.Cmd {
 }
 
 // createDB makes a fresh database for one test and returns its URL.
-func createDB(t *testing.T, db string) string {
+func createDB(t testing.TB, db string) string {
 	t.Helper()
 	postgres(t)
 	admin := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres", pg.port)
@@ -124,7 +124,7 @@ func createDB(t *testing.T, db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s", pg.port, db)
 }
 
-func query(t *testing.T, dbURL, q string, args ...any) string {
+func query(t testing.TB, dbURL, q string, args ...any) string {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dbURL)
@@ -142,7 +142,7 @@ func query(t *testing.T, dbURL, q string, args ...any) string {
 // backupImage is an image with the host's real pg_dump and the shared
 // objects it loads, a shell, and sleep; made from files, since nothing can
 // be pulled here. It is pushed to the test registry once.
-func backupImage(t *testing.T) string {
+func backupImage(t testing.TB) string {
 	t.Helper()
 	postgres(t)
 	if pg.backup != "" {
@@ -253,7 +253,7 @@ func backupImage(t *testing.T) string {
 
 // hookService creates a watched service on host networking with backup
 // and migrate hooks against dbURL, backups going to dir.
-func hookService(t *testing.T, stack, svcName, repo, digest, dbURL, dir string, extra map[string]string) string {
+func hookService(t testing.TB, stack, svcName, repo, digest, dbURL, dir string, extra map[string]string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -281,7 +281,7 @@ func hookService(t *testing.T, stack, svcName, repo, digest, dbURL, dir string, 
 }
 
 // migrate brings a database to a version's schema as a deploy of it would.
-func migrateTo(t *testing.T, version, dbURL string) {
+func migrateTo(t testing.TB, version, dbURL string) {
 	t.Helper()
 	bin := filepath.Join(env.workDir, "app-"+version)
 	if err := os.WriteFile(bin, env.apps[version], 0o755); err != nil {
@@ -294,7 +294,7 @@ func migrateTo(t *testing.T, version, dbURL string) {
 	}
 }
 
-func backupDir(t *testing.T) string {
+func backupDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "updater-e2e-backup-")
 	if err != nil {
@@ -304,7 +304,7 @@ func backupDir(t *testing.T) string {
 	return dir
 }
 
-func dumps(t *testing.T, dir string) []string {
+func dumps(t testing.TB, dir string) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(dir, "*.dump"))
 	if err != nil {
@@ -314,7 +314,7 @@ func dumps(t *testing.T, dir string) []string {
 }
 
 // noJobsLeft asserts that no hook job service is left in the swarm.
-func noJobsLeft(t *testing.T) {
+func noJobsLeft(t testing.TB) {
 	t.Helper()
 	res, err := env.docker.ServiceList(context.Background(), client.ServiceListOptions{
 		Filters: make(client.Filters).Add("label", "io.updater.job")})
@@ -554,7 +554,7 @@ type dockerProxy struct {
 	open    chan struct{}
 }
 
-func newDockerProxy(t *testing.T) *dockerProxy {
+func newDockerProxy(t testing.TB) *dockerProxy {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "docker.sock")
 	l, err := net.Listen("unix", sock)
