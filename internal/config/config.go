@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +29,26 @@ type Config struct {
 	RegistryConcurrency int           // UPDATER_REGISTRY_CONCURRENCY: digest lookups in flight at once
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
+
+	Slack   Slack   // SLACK_*: deploy messages, off unless a token or webhook is set
+	Rollbar Rollbar // ROLLBAR_*: deploy tracking and the updater's own errors, off unless a token is set
+}
+
+// Slack is where deploy messages go: a bot token and a channel (one
+// message per deploy, edited as it moves), or an incoming webhook (a
+// message at the start and one at the end). At most one of the two.
+type Slack struct {
+	Token      string // SLACK_TOKEN or SLACK_TOKEN_FILE: a bot token, xoxb-…
+	Channel    string // SLACK_CHANNEL: an ID (C0123…) or a name (#deploys)
+	WebhookURL string // SLACK_WEBHOOK_URL or SLACK_WEBHOOK_URL_FILE
+	APIURL     string // SLACK_API_URL: the Web API base, ending in "/"
+}
+
+// Rollbar is the Rollbar project deploys and errors are reported to.
+type Rollbar struct {
+	Token       string // ROLLBAR_TOKEN or ROLLBAR_TOKEN_FILE: a post_server_item access token
+	Environment string // ROLLBAR_ENVIRONMENT
+	Endpoint    string // ROLLBAR_ENDPOINT: the API base, ending in "/"
 }
 
 // Error is one bad setting. Value is empty when the setting's value is not
@@ -40,13 +62,28 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s=%q: %s", e.Var, e.Value, e.Reason)
 }
 
-const prefix = "UPDATER_"
+// prefixes are the namespaces of updater's settings: a variable in one
+// of them that is not a setting is a typo, since nothing else in the
+// updater's container reads them.
+var prefixes = []string{"UPDATER_", "SLACK_", "ROLLBAR_"}
 
 // setting ties one variable to the Config field it fills. set sees only
 // non-empty, trimmed values: unset and empty both mean "keep the default".
 type setting struct {
 	name string
 	set  func(c *Config, v string) error
+}
+
+// secret reports whether a setting holds a secret. Its value may instead
+// be read from the file NAME_FILE names (the Docker secrets convention),
+// and it never appears in an error. The list is explicit so that no other
+// variable grows a _FILE twin by accident.
+func secret(name string) bool {
+	switch name {
+	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN":
+		return true
+	}
+	return false
 }
 
 // settings is a func rather than a package var so nothing can mutate the table.
@@ -118,6 +155,55 @@ func settings() []setting {
 			c.WatchInterval, err = parseDuration(v, 100*time.Millisecond, time.Minute, `"1s" or "500ms"`)
 			return err
 		}},
+		{"SLACK_TOKEN", func(c *Config, v string) error {
+			switch {
+			case strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://"):
+				return errors.New("is a URL, not a token: an incoming webhook URL goes in SLACK_WEBHOOK_URL")
+			case strings.ContainsFunc(v, unicode.IsSpace):
+				return errors.New("contains whitespace: use the bot token exactly as Slack shows it (xoxb-…)")
+			case !strings.HasPrefix(v, "xox"):
+				return errors.New("does not look like a Slack token: a bot token starts with xoxb-")
+			}
+			c.Slack.Token = v
+			return nil
+		}},
+		{"SLACK_CHANNEL", func(c *Config, v string) error {
+			if strings.ContainsFunc(v, unicode.IsSpace) || strings.Contains(v, ",") {
+				return errors.New("not one channel: use a channel ID like C0123456789 or a name like #deploys")
+			}
+			c.Slack.Channel = v
+			return nil
+		}},
+		{"SLACK_WEBHOOK_URL", func(c *Config, v string) (err error) {
+			c.Slack.WebhookURL, err = parseURL(v, false, "the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…")
+			if err != nil {
+				// Read after the bare name, since the value is not shown.
+				return errors.New("is " + err.Error())
+			}
+			return nil
+		}},
+		{"SLACK_API_URL", func(c *Config, v string) (err error) {
+			c.Slack.APIURL, err = parseURL(v, true, `the Slack Web API base, like "https://slack.com/api/"`)
+			return err
+		}},
+		{"ROLLBAR_TOKEN", func(c *Config, v string) error {
+			if strings.ContainsFunc(v, unicode.IsSpace) {
+				return errors.New("contains whitespace: use the project access token (post_server_item scope) exactly as Rollbar shows it")
+			}
+			c.Rollbar.Token = v
+			return nil
+		}},
+		{"ROLLBAR_ENVIRONMENT", func(c *Config, v string) error {
+			if len(v) > 255 {
+				return errors.New("longer than Rollbar's 255 characters: use an environment name like \"production\"")
+			}
+			c.Rollbar.Environment = v
+			return nil
+		}},
+		{"ROLLBAR_ENDPOINT", func(c *Config, v string) (err error) {
+			c.Rollbar.Endpoint, err = parseURL(v, true, `the Rollbar API base, like "https://api.rollbar.com/api/1/"`)
+			return err
+		}},
 	}
 }
 
@@ -131,14 +217,19 @@ func defaults() Config {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		Slack:               Slack{APIURL: "https://slack.com/api/"},
+		Rollbar:             Rollbar{Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"},
 	}
 }
 
-// Names returns the known UPDATER_* variable names, sorted.
+// Names returns the known variable names, _FILE twins included, sorted.
 func Names() []string {
 	var names []string
 	for _, s := range settings() {
 		names = append(names, s.name)
+		if secret(s.name) {
+			names = append(names, s.name+"_FILE")
+		}
 	}
 	slices.Sort(names)
 	return names
@@ -151,16 +242,32 @@ func Names() []string {
 func Load(lookup func(string) (string, bool), environ []string) (Config, error) {
 	c := defaults()
 	var errs []error
+	given := map[string]bool{}
 	for _, s := range settings() {
 		raw, _ := lookup(s.name)
-		v := strings.TrimSpace(raw)
+		v, name, shown := strings.TrimSpace(raw), s.name, strings.TrimSpace(raw)
+		if secret(s.name) {
+			// Never the secret in an error: the file it came from, or nothing.
+			shown = ""
+			fv, file, err := readSecretFile(lookup, s.name, v)
+			if file != "" {
+				given[s.name] = true
+				v, name, shown = fv, s.name+"_FILE", file
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
 		if v == "" {
 			continue
 		}
+		given[s.name] = true
 		if err := s.set(&c, v); err != nil {
-			errs = append(errs, &Error{Var: s.name, Value: v, Reason: err.Error()})
+			errs = append(errs, &Error{Var: name, Value: shown, Reason: err.Error()})
 		}
 	}
+	errs = append(errs, c.check(given)...)
 	for _, name := range unknown(environ) {
 		errs = append(errs, &Error{Var: name, Reason: "is not a known setting; " + suggest(name)})
 	}
@@ -168,6 +275,59 @@ func Load(lookup func(string) (string, bool), environ []string) (Config, error) 
 		return Config{}, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// readSecretFile reads NAME_FILE for the secret setting name, whose
+// direct value is v. file is "" when NAME_FILE is not set.
+func readSecretFile(lookup func(string) (string, bool), name, v string) (value, file string, err error) {
+	raw, _ := lookup(name + "_FILE")
+	file = strings.TrimSpace(raw)
+	switch {
+	case file == "":
+		return "", "", nil
+	case v != "":
+		return "", file, &Error{Var: name + "_FILE", Value: file, Reason: "is set together with " + name + ": set one or the other"}
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", file, &Error{Var: name + "_FILE", Value: file, Reason: "cannot be read: " + err.Error()}
+	}
+	// Editors and `echo` end the file with a newline; the secret does not.
+	value = strings.TrimRight(string(b), "\r\n")
+	if value == "" {
+		return "", file, &Error{Var: name + "_FILE", Value: file, Reason: "names an empty file: put the " + name + " value in it"}
+	}
+	return value, file, nil
+}
+
+// check finds settings that are each valid but make no sense together.
+// given holds the settings that were set, by either spelling.
+func (c Config) check(given map[string]bool) []error {
+	var errs []error
+	s := c.Slack
+	switch {
+	case given["SLACK_TOKEN"] && given["SLACK_WEBHOOK_URL"]:
+		errs = append(errs, &Error{Var: "SLACK_WEBHOOK_URL", Reason: "is set together with SLACK_TOKEN: use one, or every deploy is posted twice " +
+			"(the token keeps one message per deploy up to date; the webhook posts a start and an end)"})
+	case given["SLACK_TOKEN"] && !given["SLACK_CHANNEL"]:
+		errs = append(errs, &Error{Var: "SLACK_CHANNEL", Reason: "is not set, but SLACK_TOKEN is: name the channel for deploy messages, " +
+			"by ID like C0123456789 or by name like #deploys (the bot must be a member)"})
+	case given["SLACK_CHANNEL"] && !given["SLACK_TOKEN"]:
+		hint := "set SLACK_TOKEN (or SLACK_TOKEN_FILE) to a bot token, or unset SLACK_CHANNEL"
+		if given["SLACK_WEBHOOK_URL"] {
+			hint = "an incoming webhook posts to the channel it was made for; unset SLACK_CHANNEL"
+		}
+		errs = append(errs, &Error{Var: "SLACK_CHANNEL", Value: s.Channel, Reason: "is set without SLACK_TOKEN: " + hint})
+	}
+	if given["SLACK_API_URL"] && !given["SLACK_TOKEN"] {
+		errs = append(errs, &Error{Var: "SLACK_API_URL", Value: s.APIURL, Reason: "is set without SLACK_TOKEN: it only redirects the bot token's requests"})
+	}
+	for _, name := range []string{"ROLLBAR_ENVIRONMENT", "ROLLBAR_ENDPOINT"} {
+		if given[name] && !given["ROLLBAR_TOKEN"] {
+			errs = append(errs, &Error{Var: name, Reason: "is set without ROLLBAR_TOKEN: set ROLLBAR_TOKEN (or ROLLBAR_TOKEN_FILE) to turn Rollbar on"})
+		}
+	}
+	return errs
 }
 
 // unknown returns the UPDATER_* names in environ that are not settings, sorted
@@ -179,7 +339,7 @@ func unknown(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(strings.ToUpper(name), prefix) {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(strings.ToUpper(name), p) }) {
 			continue
 		}
 		if _, found := slices.BinarySearch(known, name); found {
@@ -306,6 +466,23 @@ func short(d time.Duration) string {
 		s = t + "h"
 	}
 	return s
+}
+
+// parseURL accepts an absolute http(s) URL. A base URL (api) gets the
+// trailing "/" the clients join method names to. The URL itself is not
+// quoted in the error: a webhook URL is a secret.
+func parseURL(v string, base bool, hint string) (string, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", errors.New("not an http(s) URL: use " + hint)
+	}
+	if !base && strings.Trim(u.Path, "/") == "" {
+		return "", errors.New("a URL without a path: use " + hint)
+	}
+	if base && !strings.HasSuffix(v, "/") {
+		v += "/"
+	}
+	return v, nil
 }
 
 func parseInt(v string, lo, hi int, example string) (int, error) {

@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -57,6 +59,8 @@ func TestDefaults(t *testing.T) {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		Slack:               Slack{APIURL: "https://slack.com/api/"},
+		Rollbar:             Rollbar{Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"},
 	}
 	for name, e := range map[string]env{
 		"unset": {},
@@ -66,6 +70,9 @@ func TestDefaults(t *testing.T) {
 			"UPDATER_DEPLOY_TIMEOUT": "", "UPDATER_DRY_RUN": "", "UPDATER_LOG_FORMAT": "",
 			"UPDATER_LOG_LEVEL": "", "UPDATER_REGISTRY_CONCURRENCY": "",
 			"UPDATER_REGISTRY_TIMEOUT": "", "UPDATER_WATCH_INTERVAL": "",
+			"SLACK_TOKEN": "", "SLACK_TOKEN_FILE": "", "SLACK_CHANNEL": "", "SLACK_WEBHOOK_URL": "",
+			"SLACK_WEBHOOK_URL_FILE": "", "SLACK_API_URL": "", "ROLLBAR_TOKEN": "", "ROLLBAR_TOKEN_FILE": "",
+			"ROLLBAR_ENVIRONMENT": "", "ROLLBAR_ENDPOINT": "",
 		},
 		"blank":         {"UPDATER_SCHEDULE": "  ", "UPDATER_DRY_RUN": "\t", "UPDATER_LABEL": " \n"},
 		"other vars":    {"HOME": "/root", "DOCKER_HOST": "tcp://x:2376", "XUPDATER_FOO": "1", "MY_UPDATER_X": "y"},
@@ -300,12 +307,12 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 10 {
-		t.Errorf("got %d names, want 10: %v", len(names), names)
+	if len(names) != 20 {
+		t.Errorf("got %d names, want 20: %v", len(names), names)
 	}
 	for _, n := range names {
-		if !strings.HasPrefix(n, "UPDATER_") {
-			t.Errorf("name %q lacks the UPDATER_ prefix", n)
+		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
+			t.Errorf("name %q is outside the UPDATER_, SLACK_ and ROLLBAR_ namespaces", n)
 		}
 		// Every known name must be accepted as such, or the unknown-name check
 		// would reject the documented settings.
@@ -344,4 +351,137 @@ func FuzzSchedule(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = env{"UPDATER_SCHEDULE": s}.load()
 	})
+}
+
+const (
+	slackToken   = "xoxb-1111-2222-s3cr3tslack"
+	webhookURL   = "https://hooks.slack.com/services/T000/B000/s3cr3thook"
+	rollbarToken = "0123456789abcdef0123456789abcdef"
+)
+
+// secretFile writes content to a file and returns its path.
+func secretFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestNotifySettings(t *testing.T) {
+	tests := []struct {
+		name string
+		env  env
+		want func(Config) bool
+	}{
+		{"bot token and channel", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "#deploys"}, func(c Config) bool {
+			return c.Slack.Token == slackToken && c.Slack.Channel == "#deploys" && c.Slack.WebhookURL == ""
+		}},
+		{"token from a file, newline trimmed", env{"SLACK_TOKEN_FILE": secretFile(t, slackToken+"\n"), "SLACK_CHANNEL": "C0123"}, func(c Config) bool {
+			return c.Slack.Token == slackToken
+		}},
+		{"CRLF trimmed too", env{"SLACK_TOKEN_FILE": secretFile(t, slackToken+"\r\n"), "SLACK_CHANNEL": "C0123"}, func(c Config) bool {
+			return c.Slack.Token == slackToken
+		}},
+		{"API URL gets its slash", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "C0123", "SLACK_API_URL": "http://127.0.0.1:9/api"}, func(c Config) bool {
+			return c.Slack.APIURL == "http://127.0.0.1:9/api/"
+		}},
+		{"webhook", env{"SLACK_WEBHOOK_URL": webhookURL}, func(c Config) bool {
+			return c.Slack.WebhookURL == webhookURL && c.Slack.Token == ""
+		}},
+		{"webhook from a file", env{"SLACK_WEBHOOK_URL_FILE": secretFile(t, webhookURL+"\n")}, func(c Config) bool {
+			return c.Slack.WebhookURL == webhookURL
+		}},
+		{"rollbar", env{"ROLLBAR_TOKEN": rollbarToken}, func(c Config) bool {
+			return c.Rollbar == Rollbar{Token: rollbarToken, Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"}
+		}},
+		{"rollbar from a file, all set", env{"ROLLBAR_TOKEN_FILE": secretFile(t, rollbarToken+"\n"),
+			"ROLLBAR_ENVIRONMENT": "staging", "ROLLBAR_ENDPOINT": "http://127.0.0.1:9/api/1"}, func(c Config) bool {
+			return c.Rollbar == Rollbar{Token: rollbarToken, Environment: "staging", Endpoint: "http://127.0.0.1:9/api/1/"}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.env.load()
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if !tt.want(got) {
+				t.Errorf("got %+v / %+v", got.Slack, got.Rollbar)
+			}
+		})
+	}
+}
+
+func TestNotifySettingsInvalid(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope")
+	empty := secretFile(t, "\n")
+	badTokenFile := secretFile(t, "hunter2-s3cr3t\n")
+	tests := []struct {
+		name    string
+		env     env
+		wantVar string
+		want    string // the whole message
+	}{
+		{"token without channel", env{"SLACK_TOKEN": slackToken}, "SLACK_CHANNEL",
+			"SLACK_CHANNEL is not set, but SLACK_TOKEN is: name the channel for deploy messages, by ID like C0123456789 or by name like #deploys (the bot must be a member)"},
+		{"channel without token", env{"SLACK_CHANNEL": "#deploys"}, "SLACK_CHANNEL",
+			`SLACK_CHANNEL="#deploys": is set without SLACK_TOKEN: set SLACK_TOKEN (or SLACK_TOKEN_FILE) to a bot token, or unset SLACK_CHANNEL`},
+		{"channel with a webhook", env{"SLACK_CHANNEL": "#deploys", "SLACK_WEBHOOK_URL": webhookURL}, "SLACK_CHANNEL",
+			`SLACK_CHANNEL="#deploys": is set without SLACK_TOKEN: an incoming webhook posts to the channel it was made for; unset SLACK_CHANNEL`},
+		{"token and webhook", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "C0123", "SLACK_WEBHOOK_URL": webhookURL}, "SLACK_WEBHOOK_URL",
+			"SLACK_WEBHOOK_URL is set together with SLACK_TOKEN: use one, or every deploy is posted twice (the token keeps one message per deploy up to date; the webhook posts a start and an end)"},
+		{"value and file", env{"SLACK_TOKEN": slackToken, "SLACK_TOKEN_FILE": "/run/secrets/slack", "SLACK_CHANNEL": "C0123"}, "SLACK_TOKEN_FILE",
+			`SLACK_TOKEN_FILE="/run/secrets/slack": is set together with SLACK_TOKEN: set one or the other`},
+		{"missing file", env{"ROLLBAR_TOKEN_FILE": missing}, "ROLLBAR_TOKEN_FILE",
+			`ROLLBAR_TOKEN_FILE="` + missing + `": cannot be read: open ` + missing + `: no such file or directory`},
+		{"empty file", env{"SLACK_WEBHOOK_URL_FILE": empty}, "SLACK_WEBHOOK_URL_FILE",
+			`SLACK_WEBHOOK_URL_FILE="` + empty + `": names an empty file: put the SLACK_WEBHOOK_URL value in it`},
+		{"not a slack token", env{"SLACK_TOKEN": "hunter2-s3cr3t", "SLACK_CHANNEL": "C0123"}, "SLACK_TOKEN",
+			"SLACK_TOKEN does not look like a Slack token: a bot token starts with xoxb-"},
+		{"not a slack token, from a file", env{"SLACK_TOKEN_FILE": badTokenFile, "SLACK_CHANNEL": "C0123"}, "SLACK_TOKEN_FILE",
+			`SLACK_TOKEN_FILE="` + badTokenFile + `": does not look like a Slack token: a bot token starts with xoxb-`},
+		{"webhook URL as the token", env{"SLACK_TOKEN": webhookURL, "SLACK_CHANNEL": "C0123"}, "SLACK_TOKEN",
+			"SLACK_TOKEN is a URL, not a token: an incoming webhook URL goes in SLACK_WEBHOOK_URL"},
+		{"token with a space", env{"SLACK_TOKEN": "xoxb-1 s3cr3t", "SLACK_CHANNEL": "C0123"}, "SLACK_TOKEN",
+			"SLACK_TOKEN contains whitespace: use the bot token exactly as Slack shows it (xoxb-…)"},
+		{"malformed webhook", env{"SLACK_WEBHOOK_URL": "hooks.slack.com/services/s3cr3t"}, "SLACK_WEBHOOK_URL",
+			"SLACK_WEBHOOK_URL is not an http(s) URL: use the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…"},
+		{"webhook without a path", env{"SLACK_WEBHOOK_URL": "https://hooks.slack.com/"}, "SLACK_WEBHOOK_URL",
+			"SLACK_WEBHOOK_URL is a URL without a path: use the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…"},
+		{"two channels", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "#a,#b"}, "SLACK_CHANNEL",
+			`SLACK_CHANNEL="#a,#b": not one channel: use a channel ID like C0123456789 or a name like #deploys`},
+		{"API URL without token", env{"SLACK_WEBHOOK_URL": webhookURL, "SLACK_API_URL": "http://127.0.0.1:9/api/"}, "SLACK_API_URL",
+			`SLACK_API_URL="http://127.0.0.1:9/api/": is set without SLACK_TOKEN: it only redirects the bot token's requests`},
+		{"API URL malformed", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "C0123", "SLACK_API_URL": "ftp://x/"}, "SLACK_API_URL",
+			`SLACK_API_URL="ftp://x/": not an http(s) URL: use the Slack Web API base, like "https://slack.com/api/"`},
+		{"rollbar environment without token", env{"ROLLBAR_ENVIRONMENT": "staging"}, "ROLLBAR_ENVIRONMENT",
+			"ROLLBAR_ENVIRONMENT is set without ROLLBAR_TOKEN: set ROLLBAR_TOKEN (or ROLLBAR_TOKEN_FILE) to turn Rollbar on"},
+		{"rollbar endpoint malformed", env{"ROLLBAR_TOKEN": rollbarToken, "ROLLBAR_ENDPOINT": "api.rollbar.com"}, "ROLLBAR_ENDPOINT",
+			`ROLLBAR_ENDPOINT="api.rollbar.com": not an http(s) URL: use the Rollbar API base, like "https://api.rollbar.com/api/1/"`},
+		{"rollbar token with a space", env{"ROLLBAR_TOKEN": "0123 s3cr3t"}, "ROLLBAR_TOKEN",
+			"ROLLBAR_TOKEN contains whitespace: use the project access token (post_server_item scope) exactly as Rollbar shows it"},
+		{"typo in a slack name", env{"SLACK_CHANEL": "#deploys"}, "SLACK_CHANEL",
+			"SLACK_CHANEL is not a known setting; did you mean SLACK_CHANNEL?"},
+		{"another tool's name", env{"ROLLBAR_ACCESS_TOKEN": "s3cr3t"}, "ROLLBAR_ACCESS_TOKEN",
+			"ROLLBAR_ACCESS_TOKEN is not a known setting; known settings: " + strings.Join(Names(), ", ")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.env.load()
+			errs := errorsOf(t, err)
+			if len(errs) != 1 || errs[0].Var != tt.wantVar {
+				t.Fatalf("got %v, want one error about %s", err, tt.wantVar)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("got  %s\nwant %s", err, tt.want)
+			}
+			for _, s := range []string{"s3cr3t", slackToken, webhookURL, rollbarToken} {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("message shows a secret (%q): %s", s, err)
+				}
+			}
+		})
+	}
 }
