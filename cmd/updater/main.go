@@ -18,6 +18,8 @@ import (
 	"github.com/updater-dev/updater/internal/config"
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify"
+	"github.com/updater-dev/updater/internal/notify/rollbar"
+	"github.com/updater-dev/updater/internal/notify/slack"
 	"github.com/updater-dev/updater/internal/registry"
 	"github.com/updater-dev/updater/internal/schedule"
 	"github.com/updater-dev/updater/internal/swarm"
@@ -64,10 +66,41 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "updater: invalid configuration:\n%v\n", err)
 		return 2
 	}
-	log := newLogger(cfg, stderr)
+	// plain is the log as written; log also sends ERROR lines (the
+	// updater's own errors, cron's recovered panics) to Rollbar when it is
+	// configured.
+	plain := newLogger(cfg, stderr)
+	log := plain
+	if cfg.Rollbar.Token != "" {
+		errs := rollbar.NewErrors(rollbarConfig(cfg), plain)
+		log = slog.New(errs.Handler(plain.Handler()))
+		defer flush("rollbar errors", log, errs.Close)
+		// A panic outside the cron jobs (the first cycle runs here) would
+		// kill the updater without a word to Rollbar.
+		defer func() {
+			if v := recover(); v != nil {
+				errs.Panic(v)
+				panic(v)
+			}
+		}()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	var reporter deploy.Reporter = notify.Log{Logger: plain}
+	if cmd != "check" {
+		d, err := notifiers(ctx, cfg, log)
+		if errors.Is(err, slack.ErrRejected) {
+			fmt.Fprintf(stderr, "updater: invalid configuration:\nSLACK_TOKEN: %v\n", err)
+			return 2
+		}
+		if d != nil {
+			// The log first: it is written at once, whatever the notifiers do.
+			reporter = notify.Reporters{reporter, d}
+			defer flush("notifications", log, d.Close)
+		}
+	}
 
 	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Log: log})
 	if err != nil {
@@ -87,7 +120,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Jobs:          sw,
 		Migrations:    sw,
 		Registry:      registry.New(registry.Config{Timeout: cfg.RegistryTimeout}),
-		Reporter:      notify.Log{Logger: log},
+		Reporter:      reporter,
 		Log:           log,
 		Timeout:       cfg.DeployTimeout,
 		WatchInterval: cfg.WatchInterval,
@@ -177,6 +210,52 @@ func orNone(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// notifiers starts a dispatcher for each configured notifier; nil when
+// none is. A Slack token that Slack rejects is a configuration error
+// (ErrRejected); Slack being unreachable at start is not, since the
+// dispatcher retries and deploys never wait on it.
+func notifiers(ctx context.Context, cfg config.Config, log *slog.Logger) (*notify.Dispatcher, error) {
+	var ns []notify.Named
+	switch s := cfg.Slack; {
+	case s.Token != "":
+		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL})
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := bot.Check(cctx)
+		cancel()
+		if errors.Is(err, slack.ErrRejected) {
+			return nil, err
+		}
+		if err != nil {
+			log.Warn("slack token not checked; messages are retried when slack answers", "err", err)
+		}
+		ns = append(ns, notify.Named{Name: "slack", Notifier: bot})
+	case s.WebhookURL != "":
+		ns = append(ns, notify.Named{Name: "slack", Notifier: slack.NewWebhook(s.WebhookURL)})
+	}
+	if cfg.Rollbar.Token != "" {
+		ns = append(ns, notify.Named{Name: "rollbar", Notifier: rollbar.NewDeploys(rollbarConfig(cfg))})
+	}
+	if len(ns) == 0 {
+		return nil, nil
+	}
+	return notify.NewDispatcher(log, notify.DefaultPolicy(), ns...), nil
+}
+
+func rollbarConfig(cfg config.Config) rollbar.Config {
+	return rollbar.Config{Token: cfg.Rollbar.Token, Environment: cfg.Rollbar.Environment,
+		Endpoint: cfg.Rollbar.Endpoint, CodeVersion: version}
+}
+
+// flush gives close a few seconds on the way out: enough to send what is
+// queued, well inside the 10 s Docker waits after SIGTERM before it kills.
+func flush(what string, log *slog.Logger, close func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	if err := close(ctx); err != nil {
+		log.Warn("flush "+what+" at shutdown", "err", err)
+	}
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
