@@ -198,6 +198,12 @@ func startRegistry() (func(), error) {
 // as repo:latest; every push makes a new digest. It returns the digest.
 func push(t testing.TB, repo, version string) string {
 	t.Helper()
+	return pushLabelled(t, repo, version, nil)
+}
+
+// pushLabelled is push with extra image labels (OCI annotations, say).
+func pushLabelled(t testing.TB, repo, version string, extra map[string]string) string {
+	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	bin := env.apps[version]
@@ -218,9 +224,13 @@ func push(t testing.TB, repo, version string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	labels := map[string]string{"e2e.version": version, "e2e.nonce": fmt.Sprint(time.Now().UnixNano())}
+	for k, v := range extra {
+		labels[k] = v
+	}
 	img, err = mutate.Config(img, v1.Config{
 		Entrypoint: []string{"/app"},
-		Labels:     map[string]string{"e2e.version": version, "e2e.nonce": fmt.Sprint(time.Now().UnixNano())},
+		Labels:     labels,
 		Healthcheck: &v1.HealthConfig{
 			Test: []string{"CMD", "/app", "health"}, Interval: time.Second, Timeout: 2 * time.Second, Retries: 2,
 		},
