@@ -80,7 +80,7 @@ func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds 
 	if t.HooksErr != nil {
 		return Event{Kind: Failed, Phase: PhasePrepare, Reason: t.HooksErr.Error(), Resumed: resumed}, false
 	}
-	h, rel := t.Hooks, rels[0]
+	h, rel := t.Hooks, own(t, rels)
 	if (h.Backup != nil || h.Migrate != nil) && (p.Jobs == nil || p.Migrations == nil) {
 		return Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service has hooks but this updater runs none", Resumed: resumed}, false
 	}
@@ -126,7 +126,7 @@ func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds 
 
 // hook runs one hook job and reports its start and end.
 func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Phase, h Hook, image string, inheritEnv bool, creds Credentials, resumed bool) (Event, bool) {
-	rel := rels[0]
+	rel := own(t, rels)
 	owner := t.Name
 	if t.Hooks.Group != "" {
 		owner = t.Hooks.Group
@@ -160,6 +160,19 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 	}
 	p.step(rels, s, resumed)
 	return Event{}, true
+}
+
+// own is the release of t among the releases deployed with it. The hooks
+// come from t's labels, so they run in t's images and are about t's
+// release, wherever t sorts in its group; the first release stands in
+// when t's own could not begin.
+func own(t Target, rels []Release) Release {
+	for _, r := range rels {
+		if r.ServiceID == t.ID {
+			return r
+		}
+	}
+	return rels[0]
 }
 
 // step reports a hook's progress on every release it serves.
