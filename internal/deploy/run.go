@@ -145,6 +145,10 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 	}, creds)
 	s := Step{Phase: phase, State: "succeeded", ExitCode: res.ExitCode, LogTail: res.LogTail}
 	switch {
+	case err != nil && ctx.Err() != nil:
+		// The updater is stopping: the job was removed and the deploy
+		// resumes on restart, so this is no failure to report.
+		return Event{Kind: Failed, Phase: phase, Reason: "updater stopped; the deploy resumes on restart"}, false
 	case err != nil:
 		s.State = "failed"
 		p.step(rels, s, resumed)
