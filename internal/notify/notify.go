@@ -18,12 +18,17 @@ import (
 type Notifier interface {
 	// Notify delivers e before ctx ends. retry reports whether a failure
 	// may succeed if tried again (a timeout, a 5xx, a 429) as opposed to
-	// one that will not (a rejected token). Events a notifier does not
-	// report on return (false, nil). Notify is called for one event at a
-	// time, in the order the pipeline reported them, so a notifier may
+	// one that will not (a rejected token). When e calls for nothing to be
+	// sent, Notify returns ErrSkipped. Notify is called for one event at
+	// a time, in the order the pipeline reported them, so a notifier may
 	// keep state from one event of a deploy to the next.
 	Notify(ctx context.Context, e deploy.Event) (retry bool, err error)
 }
+
+// ErrSkipped is a Notifier's answer to an event it sends nothing for.
+// It is neither a delivery nor a failure: the one thing it must not do
+// is pass for proof that a notifier that was down works again.
+var ErrSkipped = errors.New("nothing to send for this event")
 
 // Named is a notifier and the name its log lines carry.
 type Named struct {
@@ -214,6 +219,9 @@ func (w *worker) deliver(ctx context.Context, e deploy.Event) bool {
 		actx, cancel := context.WithTimeout(ctx, w.policy.Timeout)
 		retry, err := w.n.Notify(actx, e)
 		cancel()
+		if errors.Is(err, ErrSkipped) {
+			return true
+		}
 		if err == nil {
 			if w.down {
 				w.down = false

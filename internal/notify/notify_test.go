@@ -293,6 +293,32 @@ func TestGiveUpLoggedOncePerOutage(t *testing.T) {
 	}
 }
 
+// An event a notifier sends nothing for proves nothing about whether it
+// works: a notifier that is down stays down, and says so once.
+func TestSkippedIsNeitherDeliveryNorFailure(t *testing.T) {
+	log, logs := newLog()
+	n := &fakeNotifier{NotifyFn: func(_ context.Context, e deploy.Event, _ int) (bool, error) {
+		if e.Kind == deploy.Progress {
+			return false, notify.ErrSkipped
+		}
+		return true, errors.New("connection refused")
+	}}
+	d := notify.NewDispatcher(log, fast, notify.Named{Name: "rollbar", Notifier: n})
+	for _, k := range []deploy.Kind{deploy.Started, deploy.Progress, deploy.Progress, deploy.Succeeded} {
+		d.Report(ev("1", k))
+	}
+	closeNow(t, d)
+	if got := n.tries("1", deploy.Succeeded); got != 1 {
+		t.Fatalf("the end was tried %d times, want once: the notifier is still down", got)
+	}
+	if l := logs.lines("notifier recovered"); len(l) != 0 {
+		t.Fatalf("a skipped event counted as a recovery: %v", l)
+	}
+	if l := logs.lines("notify failed; giving up"); len(l) != 1 {
+		t.Fatalf("%d give-up lines, want 1", len(l))
+	}
+}
+
 func TestPermanentFailureIsNotRetried(t *testing.T) {
 	log, logs := newLog()
 	n := &fakeNotifier{NotifyFn: func(context.Context, deploy.Event, int) (bool, error) {

@@ -72,7 +72,7 @@ func (d *Deploys) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		return false, nil
 	case deploy.Succeeded, deploy.Failed:
 	default:
-		return false, nil
+		return false, notify.ErrSkipped
 	}
 	status := "succeeded"
 	if e.Kind == deploy.Failed {

@@ -92,7 +92,7 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		return b.outage(ctx, e)
 	case deploy.Started, deploy.Progress, deploy.Succeeded, deploy.Failed:
 	default:
-		return false, nil
+		return false, notify.ErrSkipped
 	}
 	th := b.deploys[e.Release.ID]
 	if th == nil {
@@ -104,11 +104,15 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	th.apply(e)
 	text, blocks := th.render()
 	shown := fingerprint(text, blocks)
+	final := e.Kind == deploy.Succeeded || e.Kind == deploy.Failed
+	if !final && th.ts != "" && shown == th.shown {
+		return false, notify.ErrSkipped
+	}
 	if th.ts == "" {
 		if err := b.post(ctx, th, text, blocks); err != nil {
 			return classify(err)
 		}
-	} else if shown != th.shown || e.Kind == deploy.Succeeded || e.Kind == deploy.Failed {
+	} else if shown != th.shown || final {
 		_, _, _, err := b.api.UpdateMessageContext(ctx, th.channel, th.ts,
 			slackgo.MsgOptionText(text, false), slackgo.MsgOptionBlocks(blocks...))
 		var se slackgo.SlackErrorResponse
@@ -129,7 +133,7 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		}
 		th.replied = true
 	}
-	if e.Kind == deploy.Succeeded || e.Kind == deploy.Failed {
+	if final {
 		delete(b.deploys, e.Release.ID)
 	}
 	return false, nil

@@ -64,10 +64,10 @@ func (w *Webhook) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	case deploy.Progress:
 		// Kept for the final message's list of steps; not posted.
 		w.story(e).apply(e)
-		return false, nil
+		return false, notify.ErrSkipped
 	case deploy.Started, deploy.Succeeded, deploy.Failed:
 	default:
-		return false, nil
+		return false, notify.ErrSkipped
 	}
 	s := w.story(e)
 	s.apply(e)
