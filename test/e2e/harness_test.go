@@ -112,7 +112,7 @@ func buildBinaries(dir string) error {
 	// migration fails halfway.
 	for v, schema := range map[string]string{"v1": "1", "v2": "2", "v3": "2", "v4": "2", "broken": "2", "badmig": "99"} {
 		out := filepath.Join(dir, "app-"+v)
-		if msg, err := goBuild(root, out, "-X main.version="+v+" -X main.schema="+schema, "./test/e2e/testapp"); err != nil {
+		if msg, err := goBuild(root, out, "-X main.version="+v+" -X main.schema="+schema, "./demo/app"); err != nil {
 			return fmt.Errorf("build test app %s: %v\n%s", v, err, msg)
 		}
 		b, err := os.ReadFile(out)

@@ -1,14 +1,16 @@
-// Command testapp is the tiny HTTP service the e2e suite deploys. Its
-// version and schema are set at build time:
+// Command app is the tiny HTTP service the demo and the e2e suite deploy.
+// Its version and schema are set at build time, or by the image's
+// environment (APP_VERSION, APP_SCHEMA), so one build serves every
+// version of the demo:
 //
 //	go build -ldflags "-X main.version=v2 -X main.schema=2"
 //
 // Version "broken" fails its /health endpoint, so its HEALTHCHECK never
 // passes and a start-first update to it fails and rolls back.
 //
-//	testapp          serve $LISTEN (default :8080): / prints the version, /health is the probe
-//	testapp health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
-//	testapp migrate  bring the database at $DATABASE_URL to this build's schema
+//	app          serve $LISTEN (default :8080): / prints the version, /health is the probe
+//	app health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
+//	app migrate  bring the database at $DATABASE_URL to this build's schema
 package main
 
 import (
@@ -31,6 +33,12 @@ var (
 )
 
 func main() {
+	if v := os.Getenv("APP_VERSION"); v != "" {
+		version = v
+	}
+	if s := os.Getenv("APP_SCHEMA"); s != "" {
+		schema = s
+	}
 	listen := os.Getenv("LISTEN")
 	if listen == "" {
 		listen = ":8080"
