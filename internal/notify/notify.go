@@ -67,7 +67,6 @@ func DefaultPolicy() Policy {
 // order and a notifier that is down delays only itself.
 type Dispatcher struct {
 	log     *slog.Logger
-	policy  Policy
 	workers []*worker
 	// stop ends every attempt and wait; Close calls it when its deadline
 	// passes with events still undelivered.
@@ -84,16 +83,16 @@ var _ deploy.Reporter = (*Dispatcher)(nil)
 // their DefaultPolicy values.
 func NewDispatcher(log *slog.Logger, p Policy, notifiers ...Named) *Dispatcher {
 	def := DefaultPolicy()
-	p.Attempts = cmpOr(p.Attempts, def.Attempts)
-	p.Timeout = cmpOr(p.Timeout, def.Timeout)
-	p.Budget = cmpOr(p.Budget, def.Budget)
-	p.Backoff = cmpOr(p.Backoff, def.Backoff)
-	p.MaxBackoff = cmpOr(p.MaxBackoff, def.MaxBackoff)
-	p.Queue = cmpOr(p.Queue, def.Queue)
+	p.Attempts = positiveOr(p.Attempts, def.Attempts)
+	p.Timeout = positiveOr(p.Timeout, def.Timeout)
+	p.Budget = positiveOr(p.Budget, def.Budget)
+	p.Backoff = positiveOr(p.Backoff, def.Backoff)
+	p.MaxBackoff = positiveOr(p.MaxBackoff, def.MaxBackoff)
+	p.Queue = positiveOr(p.Queue, def.Queue)
 	ctx, stop := context.WithCancel(context.Background())
-	d := &Dispatcher{log: log, policy: p, stop: stop}
+	d := &Dispatcher{log: log, stop: stop}
 	for _, n := range notifiers {
-		w := &worker{name: n.Name, n: n.Notifier, policy: p, queue: make(chan deploy.Event, p.Queue),
+		w := &worker{n: n.Notifier, policy: p, queue: make(chan deploy.Event, p.Queue),
 			log: log.With("notifier", n.Name)}
 		d.workers = append(d.workers, w)
 		d.wg.Add(1)
@@ -105,7 +104,7 @@ func NewDispatcher(log *slog.Logger, p Policy, notifiers ...Named) *Dispatcher {
 	return d
 }
 
-func cmpOr[T int | time.Duration](v, def T) T {
+func positiveOr[T int | time.Duration](v, def T) T {
 	if v > 0 {
 		return v
 	}
@@ -155,7 +154,6 @@ func (d *Dispatcher) Close(ctx context.Context) error {
 
 // worker delivers one notifier's events, one at a time.
 type worker struct {
-	name   string
 	n      Notifier
 	policy Policy
 	log    *slog.Logger

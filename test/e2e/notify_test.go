@@ -297,6 +297,10 @@ func TestNotifyRegistryOutageOnce(t *testing.T) {
 	if len(items) != 1 || !strings.Contains(items[0].Title, "registry failing") || items[0].Environment != "e2e" || items[0].CodeVersion != "e2e" {
 		t.Fatalf("Rollbar items %+v, want the one outage error", items)
 	}
+	// The webhook URL's path is its secret.
+	if path := sl.WebhookURL[strings.Index(sl.WebhookURL, "/services/"):]; strings.Contains(u.log(), path) || strings.Contains(u.log(), rollbarToken) {
+		t.Fatal("the updater log shows the webhook URL or the Rollbar token")
+	}
 }
 
 // Settings that can't work stop the updater before it touches Docker:
