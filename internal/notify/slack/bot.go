@@ -108,11 +108,14 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	if !final && th.ts != "" && shown == th.shown {
 		return false, notify.ErrSkipped
 	}
+	// A final message that is already shown means this is a retry after
+	// the edit went through and the thread reply did not: the reply alone
+	// is due.
 	if th.ts == "" {
 		if err := b.post(ctx, th, text, blocks); err != nil {
 			return classify(err)
 		}
-	} else if shown != th.shown || final {
+	} else if shown != th.shown {
 		_, _, _, err := b.api.UpdateMessageContext(ctx, th.channel, th.ts,
 			slackgo.MsgOptionText(text, false), slackgo.MsgOptionBlocks(blocks...))
 		var se slackgo.SlackErrorResponse

@@ -130,6 +130,24 @@ func TestBotFailureRepliesInThread(t *testing.T) {
 	}
 }
 
+// A retry after the final edit went through but the reply did not sends
+// the reply alone, not the edit again.
+func TestBotRetriesOnlyTheReply(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	rel := release()
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel})
+	fake.Fail("chat.postMessage", 1, http.StatusInternalServerError)
+	failed := deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseRollout, RolledBack: true, Reason: "unhealthy"}
+	if retry, err := b.Notify(context.Background(), failed); !retry || err == nil {
+		t.Fatalf("retry=%v err=%v, want the failed reply retried", retry, err)
+	}
+	notifyAll(t, b, failed)
+	if got := methods(fake.Accepted()); strings.Join(got, " ") != "chat.postMessage chat.update chat.postMessage" {
+		t.Fatalf("calls %v, want post, one edit, one reply", got)
+	}
+}
+
 // Hook steps show as they go; a failed migration's log tail goes to the
 // thread. Phases this package has no name for show as they are.
 func TestBotHookSteps(t *testing.T) {
