@@ -6,6 +6,8 @@
 ARG GO_IMAGE=golang:1.26-bookworm
 
 FROM ${GO_IMAGE} AS build
+# Labelled so the dangling build stage can be pruned after a build.
+LABEL org.updater.stage=build
 WORKDIR /src
 ENV CGO_ENABLED=0 GOFLAGS=-trimpath
 COPY go.mod go.sum ./

@@ -8,10 +8,16 @@ GO_IMAGE ?= golang:1.26-bookworm
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help build test unit e2e bench bench-e2e lint image clean
+.PHONY: help demo demo-down build test unit e2e bench bench-e2e lint image clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+demo: ## the demo: a stack with the updater rolling v2 forward and a broken v3 back
+	demo/demo.sh
+
+demo-down: ## remove everything make demo created
+	demo/down.sh
 
 build: ## build bin/updater (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/updater ./cmd/updater
@@ -40,6 +46,7 @@ lint: ## gofmt and go vet
 image: ## build the updater image from the Dockerfile
 	@docker image inspect $(GO_IMAGE) >/dev/null 2>&1 || docker pull -q $(GO_IMAGE) 2>/dev/null || scripts/offline-go-image.sh $(GO_IMAGE)
 	docker build -q --build-arg GO_IMAGE=$(GO_IMAGE) --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+	docker image prune -f --filter label=org.updater.stage=build >/dev/null
 
 clean: ## remove build output
 	rm -rf bin

@@ -44,7 +44,7 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	if err != nil {
 		return deploy.JobResult{}, err
 	}
-	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: jobSpec(j, src.Service.Spec), EncodedRegistryAuth: auth})
+	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: jobSpec(j, src.Service.Spec, s.scope()), EncodedRegistryAuth: auth})
 	if err != nil {
 		return deploy.JobResult{}, fmt.Errorf("create job %s: %w", j.Name, err)
 	}
@@ -82,7 +82,7 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	return out, fmt.Errorf("job %s %s: %s", j.Name, task.Status.State, firstNonEmpty(task.Status.Err, task.Status.Message))
 }
 
-func jobSpec(j deploy.Job, src swarm.ServiceSpec) swarm.ServiceSpec {
+func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpec {
 	one := uint64(1)
 	c := &swarm.ContainerSpec{Image: j.Image, Command: j.Command}
 	if sc := src.TaskTemplate.ContainerSpec; sc != nil {
@@ -101,7 +101,7 @@ func jobSpec(j deploy.Job, src swarm.ServiceSpec) swarm.ServiceSpec {
 	}
 	return swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: j.Name, Labels: map[string]string{
-			jobLabel: j.Service, jobStepLabel: string(j.Phase),
+			jobLabel: j.Service, jobStepLabel: string(j.Phase), scopeLabel: scope,
 			// A job belongs to the stack it serves, for `docker stack ps`.
 			StackLabel: src.Labels[StackLabel],
 		}},
@@ -167,10 +167,11 @@ func (s *Swarm) logTail(id string) []string {
 	return lines
 }
 
-// Clean removes every job service: only one updater acts on a swarm, so
-// any job that exists when it (re)starts was left by a run that died.
+// Clean removes every job of this updater's scope: only one updater acts
+// on a scope, so any job there when it (re)starts was left by a run that
+// died. Other updaters' jobs are theirs.
 func (s *Swarm) Clean(ctx context.Context) error {
-	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("label", jobLabel)})
+	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("label", jobLabel).Add("label", scopeLabel+"="+s.scope())})
 	if err != nil {
 		return fmt.Errorf("list jobs: %w", err)
 	}

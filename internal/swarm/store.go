@@ -2,6 +2,8 @@ package swarm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -19,7 +21,10 @@ import (
 // service spec, where any write would become the PreviousSpec that `docker
 // service rollback` returns to, and would reset UpdateStatus.
 const (
-	kindLabel    = "io.updater.kind"
+	kindLabel = "io.updater.kind"
+	// scopeLabel tells the records and jobs of one updater from another's:
+	// two updaters may share a swarm, each watching its own stack.
+	scopeLabel   = "io.updater.scope"
 	serviceLabel = "io.updater.service"
 	digestLabel  = "io.updater.digest"
 
@@ -73,7 +78,7 @@ func (s *Swarm) Begin(ctx context.Context, r deploy.Release) error {
 	name := recordName("deploy", r.ServiceID, r.ID)
 	_, err = s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
 		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-			kindLabel: kindInFlight, serviceLabel: r.ServiceID,
+			kindLabel: kindInFlight, serviceLabel: r.ServiceID, scopeLabel: s.scope(),
 		}},
 		Data: data,
 	}})
@@ -92,9 +97,9 @@ func (s *Swarm) End(ctx context.Context, r deploy.Release) error {
 	return nil
 }
 
-// InFlight returns the deploys begun and not ended.
+// InFlight returns the deploys this updater's scope begun and not ended.
 func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
-	items, err := s.records(ctx, kindInFlight, "")
+	items, err := s.records(ctx, kindInFlight, "", scopeLabel+"="+s.scope())
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +123,8 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 	return out, nil
 }
 
-func (s *Swarm) records(ctx context.Context, kind, serviceID string) ([]swarm.Config, error) {
-	f := make(client.Filters).Add("label", kindLabel+"="+kind)
+func (s *Swarm) records(ctx context.Context, kind, serviceID string, labels ...string) ([]swarm.Config, error) {
+	f := make(client.Filters).Add("label", kindLabel+"="+kind).Add("label", labels...)
 	if serviceID != "" {
 		f.Add("label", serviceLabel+"="+serviceID)
 	}
@@ -141,6 +146,12 @@ func (s *Swarm) removeAll(ctx context.Context, kind, serviceID string) error {
 		}
 	}
 	return nil
+}
+
+// scope names what this updater watches: its opt-in label and stack.
+func (s *Swarm) scope() string {
+	sum := sha256.Sum256([]byte(s.cfg.Label + "\x00" + s.cfg.Stack))
+	return hex.EncodeToString(sum[:8])
 }
 
 // recordName fits Swarm's 64-character limit on object names while staying

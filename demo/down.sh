@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# make demo-down: remove everything `make demo` created, and nothing else:
+# the stack, its volumes and the updater's records about its services, the
+# registry container, the images it built and pushed, and the swarm if the
+# demo initialised it. The base images it made (Go builder, PostgreSQL)
+# stay cached for the next run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STACK=updater-demo
+STATE=.demo-state
+LIMIT=${DEMO_TIMEOUT:-120}
+
+gone() { # gone COMMAND...: poll until COMMAND prints nothing
+  local deadline=$((SECONDS + LIMIT))
+  while [ -n "$("$@" 2>/dev/null)" ]; do
+    ((SECONDS < deadline)) || { echo "demo-down: still there after ${LIMIT}s: $*" >&2; return 1; }
+    sleep 1
+  done
+}
+
+ids=$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null)
+if [ -n "$ids" ]; then
+  docker stack rm "$STACK" >/dev/null
+  gone docker service ls -q --filter "label=com.docker.stack.namespace=$STACK"
+  gone docker ps -aq --filter "label=com.docker.stack.namespace=$STACK"
+  gone docker network ls -q --filter "label=com.docker.stack.namespace=$STACK"
+fi
+# Hook jobs carry the stack label too; a killed updater may leave one.
+for j in $(docker service ls -q --filter label=io.updater.job --filter "label=com.docker.stack.namespace=$STACK"); do docker service rm "$j" >/dev/null; done
+# The updater's records: by service, and migration records by their key.
+for id in $ids; do
+  key=$(printf 'service:%s' "$id" | sha256sum | cut -c1-16)
+  for f in "label=io.updater.service=$id" "label=io.updater.key=$key"; do
+    for c in $(docker config ls -q --filter "$f"); do docker config rm "$c" >/dev/null; done
+  done
+done
+gone docker ps -aq --filter "volume=${STACK}_data" --filter "volume=${STACK}_backups"
+for v in "${STACK}_data" "${STACK}_backups"; do
+  docker volume inspect "$v" >/dev/null 2>&1 && docker volume rm "$v" >/dev/null
+done
+docker rm -f updater-demo-registry >/dev/null 2>&1
+docker image ls --format '{{.Repository}}:{{.Tag}}' | grep -E '^(updater-demo/|127\.0\.0\.1:[0-9]+/(demo-app|updater):|updater:demo$)' |
+  xargs -r docker rmi -f >/dev/null 2>&1
+if [ -f "$STATE" ] && grep -qx swarm-initialised "$STATE"; then
+  echo "demo-down: leaving the single-node swarm the demo initialised"
+  docker swarm leave --force >/dev/null
+fi
+rm -f "$STATE"
+echo "demo-down: done"
