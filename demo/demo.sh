@@ -46,7 +46,8 @@ push() { # push LOCAL_IMAGE NAME: push to the demo registry, print the digest
   docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$REG/$2" | grep "^$REG/${2%%:*}@" | head -1 | cut -d@ -f2
 }
 
-updater_logs() { docker service logs --raw "${STACK}_updater" 2>/dev/null; }
+# The updater logs to stderr, which docker service logs passes on as its own.
+updater_logs() { docker service logs --raw "${STACK}_updater" 2>&1; }
 # logged MSG TEXT: the updater logged MSG on a line that holds TEXT. (No
 # grep -q in a pipe: under pipefail its early exit fails the pipe.)
 logged() { updater_logs | grep -F "$1" | grep -F "$2" >/dev/null; }

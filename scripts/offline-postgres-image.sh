@@ -28,9 +28,13 @@ rm -rf "$stage/usr/lib/postgresql/$ver"/lib/llvmjit* "$stage/usr/lib/postgresql/
 copy_tree "/usr/share/postgresql/$ver"
 copy_tree /usr/share/zoneinfo
 sh_bin=$(readlink -f /bin/sh)
-copy "$sh_bin"
+# setpriv and chown let the entrypoint start as root and hand the server to
+# the postgres user, as the official image does with gosu: commands run in
+# the image (a backup job) run as root, like there.
+extra="$(readlink -f "$(command -v setpriv)") $(readlink -f "$(command -v chown)")"
+copy "$sh_bin" $extra
 # Every shared object the server, its tools and its modules load.
-for f in "$sh_bin" "$bin"/* "$stage/usr/lib/postgresql/$ver"/lib/*.so; do
+for f in "$sh_bin" $extra "$bin"/* "$stage/usr/lib/postgresql/$ver"/lib/*.so; do
   ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true
 done | sort -u | while read -r lib; do copy "$lib"; done
 
@@ -40,6 +44,7 @@ ln -sf "$sh_bin" "$stage/bin/sh"
 for t in postgres initdb pg_ctl pg_dump pg_restore psql pg_isready; do
   [ -e "$bin/$t" ] && ln -sf "$bin/$t" "$stage/bin/$t"
 done
+for f in $extra; do ln -sf "$f" "$stage/bin/$(basename "$f")"; done
 echo 'root:x:0:0:root:/root:/bin/sh' >"$stage/etc/passwd"
 echo 'postgres:x:999:999:PostgreSQL:/var/lib/postgresql:/bin/sh' >>"$stage/etc/passwd"
 printf 'root:x:0:\npostgres:x:999:\n' >"$stage/etc/group"
@@ -52,6 +57,11 @@ cat >"$stage/docker-entrypoint.sh" <<'EOF'
 set -eu
 : "${PGDATA:=/var/lib/postgresql/data}"
 : "${POSTGRES_USER:=postgres}"
+if [ "${1:-}" != "--as-postgres" ]; then # started as root
+  chown -R postgres:postgres "$PGDATA" /var/run/postgresql
+  exec setpriv --reuid=999 --regid=999 --clear-groups "$0" --as-postgres "$@"
+fi
+[ "${1:-}" = "--as-postgres" ] && shift
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pw=/tmp/.pwfile
   printf '%s\n' "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}" >"$pw"
@@ -69,7 +79,7 @@ chmod 755 "$stage/docker-entrypoint.sh"
 
 tar -C "$stage" -cf - . | docker import \
   -c 'ENV PATH=/bin' -c 'ENV PGDATA=/var/lib/postgresql/data' -c 'ENV TZ=UTC' \
-  -c 'USER postgres' -c 'EXPOSE 5432' -c 'VOLUME /var/lib/postgresql/data' \
+  -c 'EXPOSE 5432' -c 'VOLUME /var/lib/postgresql/data' \
   -c 'ENTRYPOINT ["/docker-entrypoint.sh"]' \
   - "$name" >/dev/null
 echo "$name"
