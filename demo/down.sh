@@ -18,7 +18,7 @@ gone() { # gone COMMAND...: poll until COMMAND prints nothing
   done
 }
 
-ids=$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null)
+ids=$(docker service ls -q --no-trunc --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null)
 if [ -n "$ids" ]; then
   docker stack rm "$STACK" >/dev/null
   gone docker service ls -q --filter "label=com.docker.stack.namespace=$STACK"
@@ -34,13 +34,15 @@ for id in $ids; do
     for c in $(docker config ls -q --filter "$f"); do docker config rm "$c" >/dev/null; done
   done
 done
-gone docker ps -aq --filter "volume=${STACK}_data" --filter "volume=${STACK}_backups"
+# Task and job containers Swarm left behind (it keeps those of finished
+# jobs), by their names.
+for c in $(docker ps -aq --filter "name=^${STACK}_"); do docker rm -f "$c" >/dev/null; done
 for v in "${STACK}_data" "${STACK}_backups"; do
   docker volume inspect "$v" >/dev/null 2>&1 && docker volume rm "$v" >/dev/null
 done
 docker rm -f updater-demo-registry >/dev/null 2>&1
-docker image ls --format '{{.Repository}}:{{.Tag}}' | grep -E '^(updater-demo/|127\.0\.0\.1:[0-9]+/(demo-app|updater):|updater:demo$)' |
-  xargs -r docker rmi -f >/dev/null 2>&1
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}' | grep -E '^(updater-demo/|127\.0\.0\.1:[0-9]+/(demo-app|updater):|updater:demo )' |
+  awk '{print $2}' | sort -u | xargs -r docker rmi -f >/dev/null 2>&1
 if [ -f "$STATE" ] && grep -qx swarm-initialised "$STATE"; then
   echo "demo-down: leaving the single-node swarm the demo initialised"
   docker swarm leave --force >/dev/null

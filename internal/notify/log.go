@@ -35,7 +35,10 @@ func (l Log) Report(e deploy.Event) {
 	}
 	level := slog.LevelInfo
 	if e.Kind == deploy.Progress {
-		level = slog.LevelDebug
+		// A hook's start and end are worth reading; rollout counts are not.
+		if s := e.Step; s == nil || s.State == "" {
+			level = slog.LevelDebug
+		}
 		if s := e.Step; s != nil && s.State != "" {
 			attrs = append(attrs, slog.String("state", s.State))
 			if s.State == "failed" {

@@ -53,9 +53,7 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 		// updater shutdown), or it would run on unobserved.
 		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := s.api.ServiceRemove(rctx, res.ID, client.ServiceRemoveOptions{}); err != nil && !isNotFound(err) {
-			s.log().Error("remove job", "service", j.Name, "err", err)
-		}
+		s.removeJob(rctx, res.ID, j.Name)
 	}()
 
 	ctx, cancel := context.WithTimeout(ctx, j.Timeout)
@@ -167,6 +165,46 @@ func (s *Swarm) logTail(id string) []string {
 	return lines
 }
 
+// removeJob removes a job service and its containers. Swarm (20.10 at
+// least) leaves the exited container of a job's task behind when the
+// service goes, one per hook run, so the updater removes those it can
+// reach: the ones on its own node. Force also stops a job still running
+// (a timeout, a shutdown) at once.
+func (s *Swarm) removeJob(ctx context.Context, id, name string) {
+	tasks, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+	if err == nil {
+		node := s.nodeID(ctx)
+		for _, t := range tasks.Items {
+			cs := t.Status.ContainerStatus
+			if cs == nil || cs.ContainerID == "" {
+				continue
+			}
+			if t.NodeID != node {
+				s.log().Debug("job container on another node stays", "service", name, "node", t.NodeID)
+				continue
+			}
+			if _, err := s.api.ContainerRemove(ctx, cs.ContainerID, client.ContainerRemoveOptions{Force: true}); err != nil && !isNotFound(err) {
+				s.log().Warn("remove job container", "service", name, "err", err)
+			}
+		}
+	}
+	if _, err := s.api.ServiceRemove(ctx, id, client.ServiceRemoveOptions{}); err != nil && !isNotFound(err) {
+		s.log().Error("remove job", "service", name, "err", err)
+	}
+}
+
+// nodeID is the swarm ID of the node the updater talks to.
+func (s *Swarm) nodeID(ctx context.Context) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.node == "" {
+		if info, err := s.api.Info(ctx, client.InfoOptions{}); err == nil {
+			s.node = info.Info.Swarm.NodeID
+		}
+	}
+	return s.node
+}
+
 // Clean removes every job of this updater's scope: only one updater acts
 // on a scope, so any job there when it (re)starts was left by a run that
 // died. Other updaters' jobs are theirs.
@@ -176,9 +214,7 @@ func (s *Swarm) Clean(ctx context.Context) error {
 		return fmt.Errorf("list jobs: %w", err)
 	}
 	for _, svc := range res.Items {
-		if _, err := s.api.ServiceRemove(ctx, svc.ID, client.ServiceRemoveOptions{}); err != nil && !isNotFound(err) {
-			return fmt.Errorf("remove job %s: %w", svc.Spec.Name, err)
-		}
+		s.removeJob(ctx, svc.ID, svc.Spec.Name)
 		s.log().Warn("removed a job left by an earlier run", "service", svc.Spec.Name, "step", svc.Spec.Labels[jobStepLabel])
 	}
 	return nil

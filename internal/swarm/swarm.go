@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -42,6 +43,9 @@ type Config struct {
 type Swarm struct {
 	api *client.Client
 	cfg Config
+
+	mu   sync.Mutex
+	node string // this node's swarm ID, read once
 }
 
 // New connects with Docker's own environment (DOCKER_HOST, DOCKER_TLS_*,

@@ -324,6 +324,13 @@ func createService(t testing.TB, svcName, repo, digest string, o svcOpts) string
 func removeService(id string) {
 	ctx := context.Background()
 	env.docker.ServiceRemove(ctx, id, client.ServiceRemoveOptions{})
+	// Swarm keeps the exited containers of some tasks (a job's, notably).
+	if res, err := env.docker.ContainerList(ctx, client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", "com.docker.swarm.service.id="+id)}); err == nil {
+		for _, c := range res.Items {
+			env.docker.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+		}
+	}
 	// The updater's records about the service go with it.
 	f := make(client.Filters).Add("label", "io.updater.service="+id)
 	if res, err := env.docker.ConfigList(ctx, client.ConfigListOptions{Filters: f}); err == nil {
