@@ -82,7 +82,9 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 
 func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpec {
 	one := uint64(1)
-	c := &swarm.ContainerSpec{Image: j.Image, Command: j.Command}
+	c := &swarm.ContainerSpec{Image: j.Image, Command: j.Command,
+		// On the container too, so what a job leaves on a node is findable.
+		Labels: map[string]string{jobLabel: j.Service, scopeLabel: scope}}
 	if sc := src.TaskTemplate.ContainerSpec; sc != nil {
 		c.Secrets, c.Configs = sc.Secrets, sc.Configs
 		if j.InheritEnv {

@@ -324,6 +324,14 @@ func noJobsLeft(t testing.TB) {
 	if len(res.Items) != 0 {
 		t.Fatalf("%d job services left behind: %s", len(res.Items), res.Items[0].Spec.Name)
 	}
+	cs, err := env.docker.ContainerList(context.Background(), client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", "io.updater.job")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Items) != 0 {
+		t.Fatalf("%d job containers left behind: %v", len(cs.Items), cs.Items[0].Names)
+	}
 }
 
 func removeMigrationRecords() {
