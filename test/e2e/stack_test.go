@@ -1,0 +1,244 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+)
+
+// What we ship is what we test: the updater image built from ./Dockerfile
+// by `make image`, deployed with the shipped docker-stack.yml by `docker
+// stack deploy`, with testdata/stack-override.yml on top for what differs
+// on a test machine (timings, the host network). One good and one bad
+// rollout go through it, reported to the fake Slack and Rollbar through
+// the Docker secrets the stack file names.
+func TestShippedStack(t *testing.T) {
+	const stack, repo = "e2estack", "e2e/stack"
+	root := repoRoot(t)
+	updaterImage := env.faulty + "/e2e/updater:stack"
+	run(t, root, nil, "make", "-s", "image", "IMAGE="+updaterImage)
+	run(t, root, nil, "docker", "push", "-q", updaterImage)
+	if out := run(t, root, nil, "docker", "image", "inspect", "--format", "{{.Size}}", updaterImage); len(out) == 0 {
+		t.Fatal("no image built")
+	} else {
+		var size int64
+		fmt.Sscan(out, &size)
+		t.Logf("updater image from ./Dockerfile: %.1f MB", float64(size)/1e6)
+		if size > 20e6 {
+			t.Fatalf("updater image is %d bytes, want under 20 MB", size)
+		}
+	}
+
+	slack, rollbar := fakeSlack(t), fakeRollbar(t)
+	secret(t, "slack_token", slackToken)
+	secret(t, "rollbar_token", rollbarToken)
+	v1 := push(t, repo, "v1")
+	t.Cleanup(func() { stackRemove(t, stack) })
+	run(t, root, []string{
+		"STACK=" + stack, "APP_IMAGE=" + image(repo), "UPDATER_IMAGE=" + updaterImage,
+		"UPDATER_SCHEDULE=@every 1s", "SLACK_API_URL=" + slack.APIURL, "ROLLBAR_ENDPOINT=" + rollbar.APIURL,
+		"ROLLBAR_ENVIRONMENT=e2e",
+	}, "docker", "stack", "deploy", "--quiet", "-c", "docker-stack.yml", "-c", "test/e2e/testdata/stack-override.yml", stack)
+	app := serviceID(t, stack+"_app")
+	waitFor(t, 2*time.Minute, "the app on v1", func() bool { return allRunning(t, app, v1) })
+	logs := stackLogs{service: stack + "_updater"}
+	logs.wait(t, "updater started")
+
+	v2 := push(t, repo, "v2")
+	logs.wait(t, "deploy succeeded", "to_digest", v2)
+	if !allRunning(t, app, v2) {
+		t.Fatal("v2 reported but not running on every task")
+	}
+	bad := push(t, repo, "broken")
+	logs.wait(t, "deploy failed", "to_digest", bad)
+	if ev := logs.find("deploy failed", "to_digest", bad); ev["rolled_back"] != true {
+		t.Fatalf("broken version not rolled back: %v", ev)
+	}
+	waitFor(t, time.Minute, "the app back on v2", func() bool { return allRunning(t, app, v2) })
+
+	// The tokens reached the updater through the secrets: both deploys are
+	// in Slack and Rollbar, with their outcomes.
+	waitFor(t, 30*time.Second, "both outcomes in Rollbar", func() bool {
+		var got []string
+		for _, d := range rollbar.Deploys() {
+			got = append(got, d.Statuses[len(d.Statuses)-1])
+		}
+		return slices.Contains(got, "succeeded") && slices.Contains(got, "failed")
+	})
+	var posts, edits int
+	for _, c := range slack.Accepted() {
+		switch c.Method {
+		case "chat.postMessage":
+			posts++
+		case "chat.update":
+			edits++
+		}
+	}
+	if posts < 2 || edits < 2 {
+		t.Fatalf("Slack got %d posts and %d edits, want a message per deploy, edited to its outcome", posts, edits)
+	}
+	// The image's own health check asks the updater.
+	waitFor(t, time.Minute, "the updater container healthy", func() bool { return updaterHealthy(t, stack+"_updater") })
+}
+
+// make demo, the README's first command, from a clean state: it exits 0
+// only if v2 is live and the broken v3 was rolled back; make demo-down
+// then leaves nothing of the demo behind.
+func TestDemo(t *testing.T) {
+	root := repoRoot(t)
+	t.Cleanup(func() { exec.Command("make", "-C", root, "-s", "demo-down").Run() })
+	cmd := exec.Command("make", "-s", "demo")
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"v2 is live on every task", "v3 was rolled back", "deploy succeeded", "deploy failed"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Fatalf("make demo's narrative lacks %q:\n%s", want, out)
+		}
+	}
+	run(t, root, nil, "make", "-s", "demo-down")
+	ctx := context.Background()
+	f := make(client.Filters).Add("label", "com.docker.stack.namespace=updater-demo")
+	if res, _ := env.docker.ServiceList(ctx, client.ServiceListOptions{Filters: f}); len(res.Items) != 0 {
+		t.Fatalf("%d demo services left", len(res.Items))
+	}
+	if res, _ := env.docker.NetworkList(ctx, client.NetworkListOptions{Filters: f}); len(res.Items) != 0 {
+		t.Fatalf("%d demo networks left", len(res.Items))
+	}
+	left := run(t, root, nil, "sh", "-c", `docker volume ls -q | grep '^updater-demo_'; docker ps -aq --filter name=^updater-demo; docker ps -aq --filter name=updater-demo-registry; docker images --format '{{.Repository}}' | grep -E '^(updater-demo/|127.0.0.1:5000/)'; docker config ls -q --filter label=io.updater.kind; true`)
+	if strings.TrimSpace(left) != "" {
+		t.Fatalf("make demo-down left:\n%s", left)
+	}
+}
+
+func repoRoot(t testing.TB) string {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// run runs a command in dir with extra environment and returns its
+// output; failing is fatal.
+func run(t testing.TB, dir string, extra []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), extra...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func secret(t testing.TB, name, value string) {
+	t.Helper()
+	ctx := context.Background()
+	res, err := env.docker.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
+		Annotations: swarm.Annotations{Name: name}, Data: []byte(value)}})
+	if err != nil {
+		t.Fatalf("create secret %s: %v", name, err)
+	}
+	t.Cleanup(func() { env.docker.SecretRemove(context.Background(), res.ID, client.SecretRemoveOptions{}) })
+}
+
+func serviceID(t testing.TB, name string) string {
+	t.Helper()
+	res, err := env.docker.ServiceInspect(context.Background(), name, client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatalf("inspect %s: %v", name, err)
+	}
+	return res.Service.ID
+}
+
+// stackRemove removes a stack and what the updater recorded about it, and
+// waits until its services and containers are gone.
+func stackRemove(t testing.TB, stack string) {
+	ctx := context.Background()
+	f := make(client.Filters).Add("label", "com.docker.stack.namespace="+stack)
+	res, _ := env.docker.ServiceList(ctx, client.ServiceListOptions{Filters: f})
+	for _, s := range res.Items {
+		removeService(s.ID)
+	}
+	exec.Command("docker", "stack", "rm", stack).Run()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		cs, err := env.docker.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+		ns, _ := env.docker.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+		if err == nil && len(cs.Items) == 0 && len(ns.Items) == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("stack %s: containers or networks still there after a minute", stack)
+}
+
+// updaterHealthy reports whether the updater's container passes the
+// image's HEALTHCHECK.
+func updaterHealthy(t testing.TB, service string) bool {
+	res, err := env.docker.ContainerList(context.Background(), client.ContainerListOptions{
+		Filters: make(client.Filters).Add("label", "com.docker.swarm.service.name="+service).Add("health", "healthy")})
+	return err == nil && len(res.Items) > 0
+}
+
+// stackLogs reads a stack service's JSON log lines through `docker
+// service logs`, as an operator would.
+type stackLogs struct {
+	service string
+	lines   []map[string]any
+}
+
+func (l *stackLogs) refresh(t testing.TB) {
+	out, _ := exec.Command("docker", "service", "logs", "--raw", l.service).CombinedOutput()
+	l.lines = l.lines[:0]
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			l.lines = append(l.lines, m)
+		}
+	}
+}
+
+func (l *stackLogs) find(msg string, kv ...string) map[string]any {
+next:
+	for _, m := range l.lines {
+		if m["msg"] != msg {
+			continue
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if fmt.Sprint(m[kv[i]]) != kv[i+1] {
+				continue next
+			}
+		}
+		return m
+	}
+	return nil
+}
+
+func (l *stackLogs) wait(t testing.TB, msg string, kv ...string) {
+	t.Helper()
+	waitFor(t, deployLimit, fmt.Sprintf("%q %v in %s's log", msg, kv, l.service), func() bool {
+		l.refresh(t)
+		return l.find(msg, kv...) != nil
+	})
+}
