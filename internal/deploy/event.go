@@ -34,6 +34,11 @@ const (
 	// when it ends. Release.Ref names the image for a registry outage.
 	Outage    Kind = "outage"
 	Recovered Kind = "recovered"
+	// Pending is a deploy held for a person's approval (the service is
+	// labelled updater.approve=manual): reported once, when the digest is
+	// first seen. Release.ID is the approval's ID, Reason says until when
+	// it waits.
+	Pending Kind = "pending"
 )
 
 // Phase is the step of a deploy an event is about. A failure names the

@@ -19,6 +19,10 @@ type Hooks struct {
 	Group string
 	// BackupSchedule is a cron spec for backups apart from deploys.
 	BackupSchedule string
+	// Approve holds every new digest until a person approves it
+	// (updater.approve=manual). It is read with the hooks because it is
+	// one more label-configured step before the service is touched.
+	Approve bool
 }
 
 // Hook is one one-off job.

@@ -42,12 +42,20 @@ type Pipeline struct {
 	DryRun bool
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// ApprovalTimeout is how long a deploy held for approval waits for a
+	// person before it is turned down; 0 means DefaultApprovalTimeout.
+	ApprovalTimeout time.Duration
+	// Observer, when set, is told how each cycle went (metrics).
+	Observer CycleObserver
 
 	running   sync.Mutex // one cycle or deploy at a time, whoever triggers it
-	mu        sync.Mutex // guards the maps below
+	mu        sync.Mutex // guards the maps below and seen
 	outages   map[string]bool
 	backingUp map[string]bool // services whose scheduled backup runs
 	warned    map[string]bool
+	seen      seen // what the last cycles saw, for Status
+
+	approvals approvalBook // deploys held for approval; has its own lock
 }
 
 func (p *Pipeline) now() time.Time {
@@ -63,9 +71,34 @@ func (p *Pipeline) now() time.Time {
 // queued, so slow cycles never pile up.
 func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 	if !p.running.TryLock() {
+		p.observe(CycleStats{Full: true, Started: p.now(), Err: ErrBusy})
 		return nil, ErrBusy
 	}
 	defer p.running.Unlock()
+	return p.cycle(ctx, nil)
+}
+
+// CycleFor is Cycle for the services that track one of the pushed tags
+// (every service when pushes is empty). Unlike Cycle it waits for the
+// cycle or deploy that holds the pipeline: a push that arrives while a
+// cycle runs may come too late for that cycle's registry lookups, so its
+// check must follow, not be dropped. The registry is still asked: a push
+// is a hint, not the truth.
+func (p *Pipeline) CycleFor(ctx context.Context, pushes []Push) ([]Plan, error) {
+	p.running.Lock()
+	defer p.running.Unlock()
+	return p.cycle(ctx, pushes)
+}
+
+// cycle runs one cycle; the caller holds p.running.
+func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err error) {
+	full, start := len(pushes) == 0, p.now()
+	p.setBusy(start)
+	deploys := 0
+	defer func() {
+		p.setBusy(time.Time{})
+		p.observe(CycleStats{Full: full, Started: start, Duration: p.now().Sub(start), Err: err, Deploys: deploys})
+	}()
 	if !p.DryRun {
 		if err := p.resume(ctx); err != nil {
 			// Recovery is left to the service list in plan, so the two
@@ -76,10 +109,14 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 			return nil, err
 		}
 	}
-	plans, err := p.plan(ctx)
+	plans, err = p.plan(ctx, pushes)
 	if err != nil {
 		return nil, err
 	}
+	if full {
+		p.checked(p.now())
+	}
+	plans = p.gate(ctx, plans, full)
 	groups := map[string][]Plan{}
 	var order []string
 	for _, pl := range plans {
@@ -91,10 +128,7 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 				"from_digest", pl.Target.Digest(), "to_digest", pl.Want)
 			continue
 		}
-		key := "service:" + pl.Target.ID
-		if g := pl.Target.Hooks.Group; g != "" && pl.Target.HooksErr == nil {
-			key = "group:" + pl.Target.Stack + "/" + g
-		}
+		key := groupKey(pl.Target)
 		if groups[key] == nil {
 			order = append(order, key)
 		}
@@ -104,18 +138,31 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 		if ctx.Err() != nil {
 			break
 		}
+		deploys += len(groups[key])
 		if g := groups[key]; strings.HasPrefix(key, "group:") {
-			p.deployGroup(ctx, g)
+			p.approved(p.deployGroup(ctx, g)...)
 		} else {
-			p.deploy(ctx, g[0].Target, g[0].Want)
+			p.approved(p.deploy(ctx, g[0].Target, g[0].Want))
 		}
 	}
 	return plans, nil
 }
 
+// groupKey names what deploys together: the service alone, or its group.
+func groupKey(t Target) string {
+	if g := t.Hooks.Group; g != "" && t.HooksErr == nil {
+		return "group:" + t.Stack + "/" + g
+	}
+	return "service:" + t.ID
+}
+
 // Check plans one cycle without changing anything.
 func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
-	return p.plan(ctx)
+	plans, err := p.plan(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return hold(plans), nil
 }
 
 // DeployService deploys what the named service's tag points to now and
@@ -124,6 +171,8 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error) {
 	p.running.Lock()
 	defer p.running.Unlock()
+	p.setBusy(p.now())
+	defer p.setBusy(time.Time{})
 	if !p.DryRun {
 		if err := p.resume(ctx); err != nil {
 			return Event{}, err

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -27,14 +28,21 @@ type Plan struct {
 }
 
 // plan lists the watched services, resolves each distinct tag once, and
-// decides what to do with each service.
-func (p *Pipeline) plan(ctx context.Context) ([]Plan, error) {
+// decides what to do with each service. With pushes it plans only the
+// services that track one of the pushed tags.
+func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, error) {
 	targets, err := p.Lister.List(ctx)
 	p.track("docker", "", err)
+	p.listed(err)
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
 	}
 	p.warn(targets)
+	if len(pushes) > 0 {
+		targets = slices.DeleteFunc(targets, func(t Target) bool {
+			return !slices.ContainsFunc(pushes, func(ps Push) bool { return ps.Matches(t.Ref()) })
+		})
+	}
 	failed, err := p.Ledger.Failed(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read failed digests: %w", err)
@@ -46,7 +54,9 @@ func (p *Pipeline) plan(ctx context.Context) ([]Plan, error) {
 		}
 	}
 	digests := p.resolve(ctx, refs)
-	return decide(targets, digests, failed), nil
+	plans := decide(targets, digests, failed)
+	p.saw(plans, len(pushes) == 0)
+	return plans, nil
 }
 
 // lookup is one registry answer.
@@ -72,7 +82,7 @@ func decide(targets []Target, digests map[string]lookup, failed map[string]map[s
 		case l.digest == t.Digest():
 			pl.Want, pl.Action = l.digest, ActNone
 		case failed[t.ID][l.digest]:
-			pl.Want, pl.Action, pl.Reason = l.digest, ActSkipFailed, "this digest failed before; waiting for the tag to move"
+			pl.Want, pl.Action, pl.Reason = l.digest, ActSkipFailed, "this digest failed before (or a person turned it down); waiting for the tag to move"
 		default:
 			pl.Want, pl.Action = l.digest, ActDeploy
 			if t.Digest() == "" {

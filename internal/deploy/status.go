@@ -1,0 +1,120 @@
+package deploy
+
+import (
+	"slices"
+	"strings"
+	"time"
+)
+
+// Status is what the pipeline saw last: for a status page, an API and a
+// readiness probe, which must answer without asking Docker or a registry
+// themselves.
+type Status struct {
+	// Services is the last decision about each watched service, by name.
+	// A full cycle replaces it; a push's cycle updates the services it
+	// checked.
+	Services []Plan
+	// Listed is when Docker last answered the service list, and ListErr
+	// how the last list went (nil: Docker answered).
+	Listed  time.Time
+	ListErr error
+	// Checked is when the last full cycle finished planning: Docker
+	// listed the services and every tag was looked up, whatever the
+	// registries answered. Zero until the first one.
+	Checked time.Time
+	// Busy is when the cycle or deploy holding the pipeline began; zero
+	// when the pipeline is idle. A long deploy is why Checked grows old.
+	Busy time.Time
+}
+
+// CycleStats is how one cycle went.
+type CycleStats struct {
+	// Full is true for a cycle over every watched service, false for one
+	// restricted to the services a push named.
+	Full     bool
+	Started  time.Time
+	Duration time.Duration
+	// Err is the cycle's error: ErrBusy for a tick skipped because the
+	// pipeline was busy.
+	Err error
+	// Deploys is how many services the cycle deployed (or tried to).
+	Deploys int
+}
+
+// CycleObserver is told about every cycle. It must not block.
+type CycleObserver interface {
+	ObserveCycle(s CycleStats)
+}
+
+// seen is the pipeline's memory for Status; guarded by Pipeline.mu.
+type seen struct {
+	plans   map[string]Plan // by service ID
+	listed  time.Time
+	listErr error
+	checked time.Time
+	busy    time.Time
+}
+
+// Status returns what the pipeline saw last.
+func (p *Pipeline) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Status{Listed: p.seen.listed, ListErr: p.seen.listErr, Checked: p.seen.checked, Busy: p.seen.busy}
+	s.Services = make([]Plan, 0, len(p.seen.plans))
+	for _, pl := range p.seen.plans {
+		s.Services = append(s.Services, pl)
+	}
+	slices.SortFunc(s.Services, func(a, b Plan) int { return strings.Compare(a.Target.Name, b.Target.Name) })
+	return s
+}
+
+func (p *Pipeline) listed(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen.listErr = err
+	if err == nil {
+		p.seen.listed = p.now()
+	}
+}
+
+// saw remembers the plans of a cycle; full ones replace what was known,
+// so services no longer watched drop out.
+func (p *Pipeline) saw(plans []Plan, full bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if full || p.seen.plans == nil {
+		p.seen.plans = make(map[string]Plan, len(plans))
+	}
+	for _, pl := range plans {
+		p.seen.plans[pl.Target.ID] = pl
+	}
+}
+
+// held updates the remembered plans with what the approval gate decided.
+func (p *Pipeline) held(plans []Plan) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pl := range plans {
+		if _, ok := p.seen.plans[pl.Target.ID]; ok {
+			p.seen.plans[pl.Target.ID] = pl
+		}
+	}
+}
+
+func (p *Pipeline) checked(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen.checked = t
+}
+
+func (p *Pipeline) setBusy(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen.busy = t
+}
+
+func (p *Pipeline) observe(s CycleStats) {
+	if p.Observer != nil {
+		p.Observer.ObserveCycle(s)
+	}
+}
