@@ -29,6 +29,7 @@ const (
 	labelMigrateEnv     = "updater.migrate.env"
 	labelHooksTimeout   = "updater.hooks.timeout"
 	labelGroup          = "updater.group"
+	labelApprove        = "updater.approve"
 
 	defaultHookTimeout = 5 * time.Minute
 )
@@ -48,7 +49,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	known := map[string]bool{optIn: true}
 	for _, l := range []string{labelBackupImage, labelBackupCommand, labelBackupMounts, labelBackupEnv, labelBackupSchedule,
-		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup} {
+		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelApprove} {
 		known[l] = true
 	}
 	var unknown []string
@@ -59,7 +60,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout or updater.group", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group or updater.approve", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}
@@ -69,6 +70,15 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 			bad(labelHooksTimeout, `use a Go duration between 1s and 24h, like "5m"`)
 		}
 		h.Timeout = d
+	}
+	switch v, ok := labels[labelApprove]; {
+	case !ok || v == "auto":
+	case v == "manual":
+		h.Approve = true
+	default:
+		// Not a boolean: "true" would read as "approve automatically" to
+		// some and "needs approval" to others.
+		bad(labelApprove, `use "manual" (a person approves each new digest) or "auto" (the default)`)
 	}
 	if h.Group != "" && !nameRE.MatchString(h.Group) {
 		bad(labelGroup, "use letters, digits, '.', '_' and '-', starting with a letter or digit")
@@ -108,7 +118,10 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return deploy.Hooks{}, fmt.Errorf("invalid hook labels: %w", err)
+		// A service that asked for approval keeps asking even with a bad
+		// label elsewhere: it then fails only after a person approved.
+		v, asked := labels[labelApprove]
+		return deploy.Hooks{Approve: asked && v != "auto"}, fmt.Errorf("invalid hook labels: %w", err)
 	}
 	return h, nil
 }

@@ -412,3 +412,57 @@ func dump(h deploy.Hooks) string {
 	return fmt.Sprintf("{Backup:%s Migrate:%s Timeout:%s Group:%q BackupSchedule:%q}",
 		show(h.Backup), show(h.Migrate), h.Timeout, h.Group, h.BackupSchedule)
 }
+
+// updater.approve takes "manual" or "auto" and nothing else: a boolean
+// would read as "approve automatically" to some and "needs approval" to
+// others.
+func TestParseHooksApprove(t *testing.T) {
+	for _, tt := range []struct {
+		value string // "-": label absent
+		want  bool
+	}{{"-", false}, {"auto", false}, {"manual", true}} {
+		t.Run(tt.value, func(t *testing.T) {
+			labels := map[string]string{optIn: "true"}
+			if tt.value != "-" {
+				labels["updater.approve"] = tt.value
+			}
+			h, err := parseHooks(labels, optIn)
+			if err != nil {
+				t.Fatalf("parseHooks: %v", err)
+			}
+			if h.Approve != tt.want {
+				t.Errorf("Approve = %v, want %v", h.Approve, tt.want)
+			}
+		})
+	}
+}
+
+// A bad value is an error naming the label, the value and what is valid;
+// the service still counts as asking for approval, so nothing deploys
+// without a person even while its labels are wrong.
+func TestParseHooksApproveInvalid(t *testing.T) {
+	for _, v := range []string{"true", "yes", "Manual", "", " manual"} {
+		t.Run(fmt.Sprintf("%q", v), func(t *testing.T) {
+			h, err := parseHooks(map[string]string{optIn: "true", "updater.approve": v}, optIn)
+			if err == nil {
+				t.Fatalf("parseHooks = %s, want an error", dump(h))
+			}
+			for _, want := range []string{fmt.Sprintf("updater.approve=%q", v), `"manual"`, `"auto"`} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+			if !h.Approve {
+				t.Error("a service with a bad updater.approve value would deploy without approval")
+			}
+		})
+	}
+	h, err := parseHooks(map[string]string{"updater.approve": "manual", "updater.hooks.timeout": "soon"}, optIn)
+	if err == nil || !h.Approve {
+		t.Fatalf("manual approval with another bad label: Approve=%v err=%v, want true and an error", h.Approve, err)
+	}
+	if _, err := parseHooks(map[string]string{"updater.aprove": "manual"}, optIn); err == nil ||
+		!strings.Contains(err.Error(), "updater.aprove is not an updater label") || !strings.Contains(err.Error(), "updater.approve") {
+		t.Fatalf("misspelt approve label: %v, want it named and updater.approve suggested", err)
+	}
+}
