@@ -18,7 +18,8 @@ gone() { # gone COMMAND...: poll until COMMAND prints nothing
   done
 }
 
-ids=$(docker service ls -q --no-trunc --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null)
+# Full IDs: the updater's records carry them, `service ls -q` shortens them.
+ids=$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null | xargs -r docker service inspect --format '{{.ID}}')
 if [ -n "$ids" ]; then
   docker stack rm "$STACK" >/dev/null
   gone docker service ls -q --filter "label=com.docker.stack.namespace=$STACK"
