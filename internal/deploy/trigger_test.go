@@ -12,7 +12,9 @@ import (
 )
 
 func TestPushMatches(t *testing.T) {
-	hub := func(repo, tag string) deploy.Push { return deploy.Push{Registry: "docker.io", Repository: repo, Tag: tag} }
+	hub := func(repo, tag string) deploy.Push {
+		return deploy.Push{Registry: "docker.io", Repository: repo, Tag: tag}
+	}
 	tests := []struct {
 		push deploy.Push
 		ref  string
