@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -29,6 +30,13 @@ type Config struct {
 	RegistryConcurrency int           // UPDATER_REGISTRY_CONCURRENCY: digest lookups in flight at once
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
+	ApprovalTimeout     time.Duration // UPDATER_APPROVAL_TIMEOUT: how long a deploy waits for a person's approval
+
+	// The HTTP server: health, metrics, registry webhooks, the API and the
+	// status page.
+	Listen        string // UPDATER_LISTEN: host:port
+	APIToken      string // UPDATER_API_TOKEN or UPDATER_API_TOKEN_FILE: the API and the status page; "" turns both off
+	WebhookSecret string // UPDATER_WEBHOOK_SECRET or UPDATER_WEBHOOK_SECRET_FILE: registry webhooks; "" turns them off
 
 	Slack   Slack   // SLACK_*: deploy messages, off unless a token or webhook is set
 	Rollbar Rollbar // ROLLBAR_*: deploy tracking and the updater's own errors, off unless a token is set
@@ -80,7 +88,7 @@ type setting struct {
 // variable grows a _FILE twin by accident.
 func secret(name string) bool {
 	switch name {
-	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN":
+	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET":
 		return true
 	}
 	return false
@@ -155,6 +163,22 @@ func settings() []setting {
 			c.WatchInterval, err = parseDuration(v, 100*time.Millisecond, time.Minute, `"1s" or "500ms"`)
 			return err
 		}},
+		{"UPDATER_APPROVAL_TIMEOUT", func(c *Config, v string) (err error) {
+			c.ApprovalTimeout, err = parseDuration(v, time.Minute, 30*24*time.Hour, `"24h" or "72h"`)
+			return err
+		}},
+		{"UPDATER_LISTEN", func(c *Config, v string) (err error) {
+			c.Listen, err = parseListen(v)
+			return err
+		}},
+		{"UPDATER_API_TOKEN", func(c *Config, v string) (err error) {
+			c.APIToken, err = parseToken(v)
+			return err
+		}},
+		{"UPDATER_WEBHOOK_SECRET", func(c *Config, v string) (err error) {
+			c.WebhookSecret, err = parseToken(v)
+			return err
+		}},
 		{"SLACK_TOKEN", func(c *Config, v string) error {
 			switch {
 			case strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://"):
@@ -217,6 +241,8 @@ func defaults() Config {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		ApprovalTimeout:     24 * time.Hour,
+		Listen:              ":8080",
 		Slack:               Slack{APIURL: "https://slack.com/api/"},
 		Rollbar:             Rollbar{Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"},
 	}
@@ -321,6 +347,12 @@ func (c Config) check(given map[string]bool) []error {
 	}
 	if given["SLACK_API_URL"] && !given["SLACK_TOKEN"] {
 		errs = append(errs, &Error{Var: "SLACK_API_URL", Value: s.APIURL, Reason: "is set without SLACK_TOKEN: it only redirects the bot token's requests"})
+	}
+	if c.APIToken != "" && c.APIToken == c.WebhookSecret {
+		// Whoever holds the webhook secret (a registry, a CI system) must
+		// not get to approve deploys.
+		errs = append(errs, &Error{Var: "UPDATER_WEBHOOK_SECRET", Reason: "is the same as UPDATER_API_TOKEN: use a different secret, " +
+			"since the registry that holds the webhook secret must not get to approve or start deploys"})
 	}
 	for _, name := range []string{"ROLLBAR_ENVIRONMENT", "ROLLBAR_ENDPOINT"} {
 		if given[name] && !given["ROLLBAR_TOKEN"] {
@@ -495,4 +527,60 @@ func parseInt(v string, lo, hi int, example string) (int, error) {
 		return 0, errors.New("out of range: " + hint)
 	}
 	return n, nil
+}
+
+// parseListen accepts the address the HTTP server listens on. Port 0
+// picks a free port, which tests use; `updater healthcheck` can't find
+// that one.
+func parseListen(v string) (string, error) {
+	const hint = `use host:port or :port, like ":8080" or "127.0.0.1:8080"`
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return "", errors.New("not an address: " + hint)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "", errors.New("the port is not a number from 0 to 65535: " + hint)
+	}
+	if strings.ContainsFunc(host, unicode.IsSpace) {
+		return "", errors.New("contains whitespace: " + hint)
+	}
+	return v, nil
+}
+
+// minTokenLen keeps tokens out of guessing range; a random one from
+// `openssl rand -hex 32` is 64 characters.
+const minTokenLen = 16
+
+// parseToken checks a shared secret without ever quoting it.
+func parseToken(v string) (string, error) {
+	const hint = "use a long random string, like the output of `openssl rand -hex 32`"
+	switch {
+	case strings.ContainsFunc(v, unicode.IsSpace):
+		return "", errors.New("contains whitespace: " + hint)
+	case len(v) < minTokenLen:
+		return "", fmt.Errorf("is shorter than %d characters: %s", minTokenLen, hint)
+	}
+	return v, nil
+}
+
+// LongestInterval is the longest wait between two ticks of the schedule
+// among the next 32 after from: what "recent" means for a cycle. A cron
+// schedule's gaps vary (a weekday schedule waits over the weekend); 0
+// for a schedule that does not parse, which Load never returns.
+func (c Config) LongestInterval(from time.Time) time.Duration {
+	s, err := cron.ParseStandard(c.Schedule)
+	if err != nil {
+		return 0
+	}
+	var longest time.Duration
+	prev := s.Next(from)
+	for range 32 {
+		next := s.Next(prev)
+		if next.IsZero() {
+			break
+		}
+		longest = max(longest, next.Sub(prev))
+		prev = next
+	}
+	return longest
 }

@@ -59,6 +59,8 @@ func TestDefaults(t *testing.T) {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		ApprovalTimeout:     24 * time.Hour,
+		Listen:              ":8080",
 		Slack:               Slack{APIURL: "https://slack.com/api/"},
 		Rollbar:             Rollbar{Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"},
 	}
@@ -73,6 +75,8 @@ func TestDefaults(t *testing.T) {
 			"SLACK_TOKEN": "", "SLACK_TOKEN_FILE": "", "SLACK_CHANNEL": "", "SLACK_WEBHOOK_URL": "",
 			"SLACK_WEBHOOK_URL_FILE": "", "SLACK_API_URL": "", "ROLLBAR_TOKEN": "", "ROLLBAR_TOKEN_FILE": "",
 			"ROLLBAR_ENVIRONMENT": "", "ROLLBAR_ENDPOINT": "",
+			"UPDATER_LISTEN": "", "UPDATER_API_TOKEN": "", "UPDATER_API_TOKEN_FILE": "", "UPDATER_WEBHOOK_SECRET": "",
+			"UPDATER_WEBHOOK_SECRET_FILE": "", "UPDATER_APPROVAL_TIMEOUT": "",
 		},
 		"blank":         {"UPDATER_SCHEDULE": "  ", "UPDATER_DRY_RUN": "\t", "UPDATER_LABEL": " \n"},
 		"other vars":    {"HOME": "/root", "DOCKER_HOST": "tcp://x:2376", "XUPDATER_FOO": "1", "MY_UPDATER_X": "y"},
@@ -307,8 +311,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 20 {
-		t.Errorf("got %d names, want 20: %v", len(names), names)
+	if len(names) != 26 {
+		t.Errorf("got %d names, want 26: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
@@ -483,5 +487,121 @@ func TestNotifySettingsInvalid(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+const (
+	apiToken      = "0123456789abcdef-api-token"
+	webhookSecret = "0123456789abcdef-webhook-secret"
+)
+
+func TestHTTPSettings(t *testing.T) {
+	tests := []struct {
+		name string
+		env  env
+		want func(Config) bool
+	}{
+		{"listen on loopback", env{"UPDATER_LISTEN": "127.0.0.1:9090"}, func(c Config) bool { return c.Listen == "127.0.0.1:9090" }},
+		{"listen on a port", env{"UPDATER_LISTEN": ":80"}, func(c Config) bool { return c.Listen == ":80" }},
+		{"listen on IPv6", env{"UPDATER_LISTEN": "[::1]:8080"}, func(c Config) bool { return c.Listen == "[::1]:8080" }},
+		{"listen on a free port", env{"UPDATER_LISTEN": "127.0.0.1:0"}, func(c Config) bool { return c.Listen == "127.0.0.1:0" }},
+		{"listen by name", env{"UPDATER_LISTEN": "localhost:8080"}, func(c Config) bool { return c.Listen == "localhost:8080" }},
+		{"tokens", env{"UPDATER_API_TOKEN": apiToken, "UPDATER_WEBHOOK_SECRET": webhookSecret}, func(c Config) bool {
+			return c.APIToken == apiToken && c.WebhookSecret == webhookSecret
+		}},
+		{"tokens from files", env{"UPDATER_API_TOKEN_FILE": secretFile(t, apiToken+"\n"),
+			"UPDATER_WEBHOOK_SECRET_FILE": secretFile(t, webhookSecret+"\r\n")}, func(c Config) bool {
+			return c.APIToken == apiToken && c.WebhookSecret == webhookSecret
+		}},
+		{"approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "72h"}, func(c Config) bool { return c.ApprovalTimeout == 72*time.Hour }},
+		{"shortest approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "1m"}, func(c Config) bool { return c.ApprovalTimeout == time.Minute }},
+		{"longest approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "720h"}, func(c Config) bool { return c.ApprovalTimeout == 720*time.Hour }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.env.load()
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if !tt.want(got) {
+				t.Errorf("got %+v", got)
+			}
+		})
+	}
+}
+
+func TestHTTPSettingsInvalid(t *testing.T) {
+	short := secretFile(t, "s3cr3t\n")
+	tests := []struct {
+		name    string
+		env     env
+		wantVar string
+		want    string // the whole message
+	}{
+		{"listen without port", env{"UPDATER_LISTEN": "8080"}, "UPDATER_LISTEN",
+			`UPDATER_LISTEN="8080": not an address: use host:port or :port, like ":8080" or "127.0.0.1:8080"`},
+		{"listen on a named port", env{"UPDATER_LISTEN": ":http"}, "UPDATER_LISTEN",
+			`UPDATER_LISTEN=":http": the port is not a number from 0 to 65535: use host:port or :port, like ":8080" or "127.0.0.1:8080"`},
+		{"listen port too big", env{"UPDATER_LISTEN": ":65536"}, "UPDATER_LISTEN",
+			`UPDATER_LISTEN=":65536": the port is not a number from 0 to 65535: use host:port or :port, like ":8080" or "127.0.0.1:8080"`},
+		{"listen URL", env{"UPDATER_LISTEN": "http://0.0.0.0:8080"}, "UPDATER_LISTEN",
+			`UPDATER_LISTEN="http://0.0.0.0:8080": not an address: use host:port or :port, like ":8080" or "127.0.0.1:8080"`},
+		{"short API token", env{"UPDATER_API_TOKEN": "s3cr3t"}, "UPDATER_API_TOKEN",
+			"UPDATER_API_TOKEN is shorter than 16 characters: use a long random string, like the output of `openssl rand -hex 32`"},
+		{"short API token from a file", env{"UPDATER_API_TOKEN_FILE": short}, "UPDATER_API_TOKEN_FILE",
+			`UPDATER_API_TOKEN_FILE="` + short + `": is shorter than 16 characters: use a long random string, like the output of ` + "`openssl rand -hex 32`"},
+		{"webhook secret with a space", env{"UPDATER_WEBHOOK_SECRET": "0123456789 s3cr3t"}, "UPDATER_WEBHOOK_SECRET",
+			"UPDATER_WEBHOOK_SECRET contains whitespace: use a long random string, like the output of `openssl rand -hex 32`"},
+		{"secret value and file", env{"UPDATER_WEBHOOK_SECRET": webhookSecret, "UPDATER_WEBHOOK_SECRET_FILE": "/run/secrets/hook"}, "UPDATER_WEBHOOK_SECRET_FILE",
+			`UPDATER_WEBHOOK_SECRET_FILE="/run/secrets/hook": is set together with UPDATER_WEBHOOK_SECRET: set one or the other`},
+		{"one secret for both", env{"UPDATER_API_TOKEN": apiToken, "UPDATER_WEBHOOK_SECRET": apiToken}, "UPDATER_WEBHOOK_SECRET",
+			"UPDATER_WEBHOOK_SECRET is the same as UPDATER_API_TOKEN: use a different secret, since the registry that holds the webhook secret must not get to approve or start deploys"},
+		{"approval timeout too short", env{"UPDATER_APPROVAL_TIMEOUT": "30s"}, "UPDATER_APPROVAL_TIMEOUT",
+			`UPDATER_APPROVAL_TIMEOUT="30s": out of range: use a Go duration between 1m and 720h, like "24h" or "72h"`},
+		{"approval timeout in days", env{"UPDATER_APPROVAL_TIMEOUT": "2d"}, "UPDATER_APPROVAL_TIMEOUT",
+			`UPDATER_APPROVAL_TIMEOUT="2d": not a duration: use a Go duration between 1m and 720h, like "24h" or "72h"`},
+		{"typo", env{"UPDATER_API_TOKN": apiToken}, "UPDATER_API_TOKN",
+			"UPDATER_API_TOKN is not a known setting; did you mean UPDATER_API_TOKEN?"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.env.load()
+			errs := errorsOf(t, err)
+			if len(errs) != 1 || errs[0].Var != tt.wantVar {
+				t.Fatalf("got %v, want one error about %s", err, tt.wantVar)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("got  %s\nwant %s", err, tt.want)
+			}
+			for _, s := range []string{"s3cr3t", apiToken, webhookSecret} {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("message shows a secret (%q): %s", s, err)
+				}
+			}
+		})
+	}
+}
+
+func TestLongestInterval(t *testing.T) {
+	monday := time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		schedule string
+		want     time.Duration
+	}{
+		{"@every 1m", time.Minute},
+		{"@every 1h", time.Hour},
+		{"*/5 * * * *", 5 * time.Minute},
+		{"@hourly", time.Hour},
+		// Weekdays at 9: the weekend is the longest wait.
+		{"0 9 * * 1-5", 72 * time.Hour},
+		{"CRON_TZ=Europe/Paris 0 3 * * *", 24 * time.Hour},
+	} {
+		c, err := env{"UPDATER_SCHEDULE": tt.schedule}.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.LongestInterval(monday); got != tt.want {
+			t.Errorf("%q: %s, want %s", tt.schedule, got, tt.want)
+		}
 	}
 }
