@@ -1,0 +1,180 @@
+// Package metrics counts what the updater does, for Prometheus: cycles,
+// registry requests, deploys and how long they take, how fresh the last
+// check is. It keeps its own registry, so nothing else in the process can
+// add to or collide with what it exports.
+package metrics
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// Source tells the gauges what the pipeline saw last.
+type Source interface {
+	Status() deploy.Status
+	Approvals() []deploy.Approval
+}
+
+// Metrics is the updater's metrics. It is a deploy.Reporter (deploys) and
+// a deploy.CycleObserver (cycles); Transport counts registry requests.
+type Metrics struct {
+	reg              *prometheus.Registry
+	cycles           *prometheus.CounterVec
+	cycleDuration    *prometheus.HistogramVec
+	registryRequests *prometheus.CounterVec
+	deploys          *prometheus.CounterVec
+	deployDuration   *prometheus.HistogramVec
+	webhooks         *prometheus.CounterVec
+}
+
+var (
+	_ deploy.Reporter      = (*Metrics)(nil)
+	_ deploy.CycleObserver = (*Metrics)(nil)
+)
+
+// New registers the updater's metrics, and the Go runtime's and the
+// process's, on a registry of its own. now is the clock (nil: time.Now).
+func New(src Source, now func() time.Time) *Metrics {
+	if now == nil {
+		now = time.Now
+	}
+	started := now()
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		cycles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "updater_cycles_total",
+			Help: "Cycles run, by scope (all: every watched service; push: the services a webhook or approval named) and result (ok, error, busy: a tick skipped because a cycle or deploy held the pipeline).",
+		}, []string{"scope", "result"}),
+		cycleDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "updater_cycle_duration_seconds",
+			Help: "How long a cycle took, deploys it ran included.",
+			// From a cycle with nothing to do (tens of ms) to one that
+			// deployed (minutes).
+			Buckets: prometheus.ExponentialBuckets(0.025, 2, 15),
+		}, []string{"scope"}),
+		registryRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "updater_registry_requests_total",
+			Help: "HTTP requests to registries, every retry counted, by method and result (the status code, or error when no answer came).",
+		}, []string{"method", "result"}),
+		deploys: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "updater_deploys_total",
+			Help: "Deploys ended, by outcome (succeeded, failed, rolled_back) and the phase they ended in.",
+		}, []string{"outcome", "phase"}),
+		deployDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "updater_deploy_duration_seconds",
+			Help:    "How long a deploy took from its start to its outcome, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12), // 1s to about 34 minutes
+		}, []string{"outcome"}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "updater_webhooks_total",
+			Help: "Registry webhooks received, by source (dockerhub, github, distribution, unknown) and result (accepted, ignored, unauthorized, bad_request).",
+		}, []string{"source", "result"}),
+	}
+	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.deploys, m.deployDuration, m.webhooks,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "updater_last_successful_cycle_age_seconds",
+			Help: "Seconds since the last full cycle listed the services and looked up every tag (registry errors included); since the start until there is one.",
+		}, func() float64 {
+			last := src.Status().Checked
+			if last.IsZero() {
+				last = started
+			}
+			return now().Sub(last).Seconds()
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "updater_watched_services",
+			Help: "Services the updater watches, as of the last cycle.",
+		}, func() float64 { return float64(len(src.Status().Services)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "updater_approvals_pending",
+			Help: "Deploys waiting for a person's approval.",
+		}, func() float64 {
+			n := 0
+			for _, a := range src.Approvals() {
+				if a.State == deploy.ApprovalPending {
+					n++
+				}
+			}
+			return float64(n)
+		}),
+	)
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// ObserveCycle counts a cycle.
+func (m *Metrics) ObserveCycle(s deploy.CycleStats) {
+	scope := "all"
+	if !s.Full {
+		scope = "push"
+	}
+	result := "ok"
+	switch {
+	case errors.Is(s.Err, deploy.ErrBusy):
+		m.cycles.WithLabelValues(scope, "busy").Inc()
+		return // no work done, no duration worth a bucket
+	case s.Err != nil:
+		result = "error"
+	}
+	m.cycles.WithLabelValues(scope, result).Inc()
+	m.cycleDuration.WithLabelValues(scope).Observe(s.Duration.Seconds())
+}
+
+// Report counts the deploys that ended.
+func (m *Metrics) Report(e deploy.Event) {
+	var outcome string
+	switch {
+	case e.Kind == deploy.Succeeded:
+		outcome = "succeeded"
+	case e.Kind == deploy.Failed && e.RolledBack:
+		outcome = "rolled_back"
+	case e.Kind == deploy.Failed:
+		outcome = "failed"
+	default:
+		return
+	}
+	m.deploys.WithLabelValues(outcome, string(e.Phase)).Inc()
+	m.deployDuration.WithLabelValues(outcome).Observe(e.Duration.Seconds())
+}
+
+// Webhook counts a registry webhook.
+func (m *Metrics) Webhook(source, result string) {
+	m.webhooks.WithLabelValues(source, result).Inc()
+}
+
+// Transport counts every request next makes. Give it to the registry
+// client as its innermost transport, so each retry is counted.
+func (m *Metrics) Transport(next http.RoundTripper) http.RoundTripper {
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	return counting{next: next, requests: m.registryRequests}
+}
+
+type counting struct {
+	next     http.RoundTripper
+	requests *prometheus.CounterVec
+}
+
+func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(r)
+	result := "error"
+	if err == nil {
+		result = strconv.Itoa(resp.StatusCode)
+	}
+	c.requests.WithLabelValues(r.Method, result).Inc()
+	return resp, err
+}

@@ -1,0 +1,138 @@
+package metrics
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+type fakeSource struct {
+	status    deploy.Status
+	approvals []deploy.Approval
+}
+
+func (f *fakeSource) Status() deploy.Status        { return f.status }
+func (f *fakeSource) Approvals() []deploy.Approval { return f.approvals }
+
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("scrape: %d", rec.Code)
+	}
+	return rec.Body.String()
+}
+
+func has(t *testing.T, body string, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if !strings.Contains(body, "\n"+l+"\n") {
+			t.Errorf("metrics lack %q", l)
+		}
+	}
+}
+
+// Every metric the README promises is registered and exported from the
+// start, on a registry of our own (not the process-wide default).
+func TestRegistered(t *testing.T) {
+	m := New(&fakeSource{}, nil)
+	m.ObserveCycle(deploy.CycleStats{Full: true})
+	m.Report(deploy.Event{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout})
+	m.Webhook("github", "accepted")
+	body := scrape(t, m)
+	for _, name := range []string{
+		"updater_cycles_total", "updater_cycle_duration_seconds", "updater_deploys_total",
+		"updater_deploy_duration_seconds", "updater_webhooks_total", "updater_last_successful_cycle_age_seconds",
+		"updater_watched_services", "updater_approvals_pending", "go_goroutines", "process_start_time_seconds",
+	} {
+		if !strings.Contains(body, "# TYPE "+name+" ") {
+			t.Errorf("%s is not exported", name)
+		}
+	}
+	if New(&fakeSource{}, nil).reg == m.reg {
+		t.Fatal("two Metrics share a registry")
+	}
+}
+
+func TestCyclesAndDeploys(t *testing.T) {
+	m := New(&fakeSource{}, nil)
+	m.ObserveCycle(deploy.CycleStats{Full: true, Duration: 30 * time.Millisecond})
+	m.ObserveCycle(deploy.CycleStats{Full: true, Err: errors.New("docker down")})
+	m.ObserveCycle(deploy.CycleStats{Full: true, Err: deploy.ErrBusy})
+	m.ObserveCycle(deploy.CycleStats{Full: false, Duration: time.Second})
+	for _, e := range []deploy.Event{
+		{Kind: deploy.Started},
+		{Kind: deploy.Progress, Phase: deploy.PhaseRollout},
+		{Kind: deploy.Pending},
+		{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout, Duration: 3 * time.Second},
+		{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout, Duration: 5 * time.Second},
+		{Kind: deploy.Failed, Phase: deploy.PhaseRollout, RolledBack: true, Duration: time.Minute},
+		{Kind: deploy.Failed, Phase: deploy.PhaseMigrate, Duration: 10 * time.Second},
+		{Kind: deploy.Outage, Part: "registry"},
+	} {
+		m.Report(e)
+	}
+	has(t, scrape(t, m),
+		`updater_cycles_total{result="ok",scope="all"} 1`,
+		`updater_cycles_total{result="error",scope="all"} 1`,
+		`updater_cycles_total{result="busy",scope="all"} 1`,
+		`updater_cycles_total{result="ok",scope="push"} 1`,
+		`updater_cycle_duration_seconds_count{scope="all"} 2`,
+		`updater_cycle_duration_seconds_count{scope="push"} 1`,
+		`updater_deploys_total{outcome="succeeded",phase="rollout"} 2`,
+		`updater_deploys_total{outcome="rolled_back",phase="rollout"} 1`,
+		`updater_deploys_total{outcome="failed",phase="migrate"} 1`,
+		`updater_deploy_duration_seconds_count{outcome="succeeded"} 2`,
+		`updater_deploy_duration_seconds_sum{outcome="succeeded"} 8`,
+	)
+}
+
+// The registry client's transport counts each request by method and
+// status, and a request that got no answer as an error.
+func TestTransport(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	m := New(&fakeSource{}, nil)
+	c := &http.Client{Transport: m.Transport(nil)}
+	for _, req := range []struct{ method, path string }{{"HEAD", "/v2/x/manifests/latest"}, {"HEAD", "/v2/x/manifests/latest"}, {"GET", "/missing"}} {
+		r, _ := http.NewRequest(req.method, srv.URL+req.path, nil)
+		resp, err := c.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	srv.Close()
+	if _, err := c.Get(srv.URL); err == nil {
+		t.Fatal("want an error from a closed server")
+	}
+	has(t, scrape(t, m),
+		`updater_registry_requests_total{method="HEAD",result="200"} 2`,
+		`updater_registry_requests_total{method="GET",result="404"} 1`,
+		`updater_registry_requests_total{method="GET",result="error"} 1`,
+	)
+}
+
+func TestGauges(t *testing.T) {
+	clock := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	src := &fakeSource{}
+	m := New(src, func() time.Time { return clock })
+	clock = clock.Add(42 * time.Second)
+	has(t, scrape(t, m), "updater_last_successful_cycle_age_seconds 42", "updater_watched_services 0", "updater_approvals_pending 0")
+
+	src.status = deploy.Status{Checked: clock.Add(-5 * time.Second), Services: make([]deploy.Plan, 3)}
+	src.approvals = []deploy.Approval{{State: deploy.ApprovalPending}, {State: deploy.ApprovalRejected}, {State: deploy.ApprovalPending}}
+	has(t, scrape(t, m), "updater_last_successful_cycle_age_seconds 5", "updater_watched_services 3", "updater_approvals_pending 2")
+}
