@@ -6,7 +6,8 @@
 ARG GO_IMAGE=golang:1.26-bookworm
 
 FROM ${GO_IMAGE} AS build
-# Labelled so the dangling build stage can be pruned after a build.
+# The build stage stays as the build cache (an untagged image labelled so):
+# docker image prune --filter label=org.updater.stage=build removes it.
 LABEL org.updater.stage=build
 WORKDIR /src
 ENV CGO_ENABLED=0 GOFLAGS=-trimpath

@@ -46,7 +46,6 @@ lint: ## gofmt and go vet
 image: ## build the updater image from the Dockerfile
 	@docker image inspect $(GO_IMAGE) >/dev/null 2>&1 || docker pull -q $(GO_IMAGE) 2>/dev/null || scripts/offline-go-image.sh $(GO_IMAGE)
 	docker build -q --build-arg GO_IMAGE=$(GO_IMAGE) --build-arg VERSION=$(VERSION) -t $(IMAGE) .
-	docker image prune -f --filter label=org.updater.stage=build >/dev/null
 
 clean: ## remove build output
 	rm -rf bin

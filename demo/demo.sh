@@ -75,7 +75,6 @@ build --target registry -t updater-demo/registry
 build --target app --build-arg APP_VERSION=v1 --build-arg APP_SCHEMA=1 -t updater-demo/app:v1
 build --target app --build-arg APP_VERSION=v2 --build-arg APP_SCHEMA=2 -t updater-demo/app:v2
 build --target app --build-arg APP_VERSION=broken --build-arg APP_SCHEMA=2 -t updater-demo/app:v3-broken
-docker image prune -f --filter label=org.updater.stage=build >/dev/null
 info "updater image: $(docker image inspect --format '{{.Size}}' updater:demo | awk '{printf "%.1f MB", $1/1e6}')"
 
 say "Starting the demo registry on $REG"

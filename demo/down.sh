@@ -3,7 +3,8 @@
 # the stack, its volumes and the updater's records about its services, the
 # registry container, the images it built and pushed, and the swarm if the
 # demo initialised it. The base images it made (Go builder, PostgreSQL)
-# stay cached for the next run.
+# stay cached for the next run, as does the build cache (docker image
+# prune --filter label=org.updater.stage=build removes it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STACK=updater-demo
