@@ -1,0 +1,129 @@
+package httpapi
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+//go:embed page.html
+var pageHTML string
+
+// pageTemplate is parsed once per server: a func, not a package variable,
+// keeps the package free of state.
+func pageTemplate() *template.Template {
+	return template.Must(template.New("page").Funcs(template.FuncMap{
+		"digest": func(d string) string {
+			if d == "" {
+				return "–"
+			}
+			return strings.TrimPrefix(deploy.Short(d), "sha256:")
+		},
+		"dur": func(d time.Duration) string {
+			if d == 0 {
+				return ""
+			}
+			return d.Round(time.Second).String()
+		},
+		"clock": func(t time.Time) string {
+			if t.IsZero() {
+				return ""
+			}
+			return t.UTC().Format("2006-01-02 15:04:05Z")
+		},
+	}).Parse(pageHTML))
+}
+
+type pageData struct {
+	Version   string
+	Ready     bool
+	ReadyText string
+	Checked   string
+	Services  []Service
+	Pending   []deploy.Approval
+	Decided   []deploy.Approval
+	Deploys   []Deploy
+	Message   string
+}
+
+// page wraps a status page handler. A browser is asked for the API token
+// with HTTP basic auth (any user name, the token as password), so the page
+// needs no cookies, no login form and no JavaScript; its buttons post
+// forms under the same credentials, and the cross-origin protection on
+// every route keeps other sites from posting them.
+func (s *Server) page(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Nobody may frame the page: a framed approve button could be
+		// clicked by someone who thinks they click something else.
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+		w.Header().Set("X-Frame-Options", "DENY")
+		w.Header().Set("Cache-Control", "no-store")
+		if s.cfg.APIToken == "" {
+			http.Error(w, "The status page is off: set UPDATER_API_TOKEN to turn it on.", http.StatusForbidden)
+			return
+		}
+		if !sameSecret(token(r), s.cfg.APIToken) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="updater: the API token is the password", charset="UTF-8"`)
+			http.Error(w, "The API token is needed: give it as the password (any user name).", http.StatusUnauthorized)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)
+		h(w, r)
+	})
+}
+
+// statusPageLimit bounds the tables: a phone shows the recent, the API the rest.
+const statusPageLimit = 20
+
+func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
+	ready, why := s.ready()
+	d := pageData{Version: s.cfg.Version, Ready: ready, ReadyText: why, Services: s.services(),
+		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: r.URL.Query().Get("msg")}
+	for _, a := range s.cfg.Pipeline.Approvals() {
+		switch {
+		case a.State == deploy.ApprovalPending:
+			d.Pending = append(d.Pending, a)
+		case len(d.Decided) < statusPageLimit:
+			d.Decided = append(d.Decided, a)
+		}
+	}
+	d.Deploys = s.recent()
+	if len(d.Deploys) > statusPageLimit {
+		d.Deploys = d.Deploys[:statusPageLimit]
+	}
+	var buf bytes.Buffer
+	if err := s.tmpl.Execute(&buf, d); err != nil {
+		s.cfg.Log.Error("render the status page", "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_, _ = buf.WriteTo(w)
+}
+
+// decideForm is an approve or reject button: it decides, then sends the
+// browser back to the page (a reload then does not post again).
+func (s *Server) decideForm(approve bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		a, err := s.decision(r, approve)
+		msg := ""
+		switch {
+		case err != nil:
+			msg = "Not done: " + err.Error()
+		case approve:
+			msg = fmt.Sprintf("Approved: %s deploys %s now.", a.ServiceName, deploy.Short(a.To))
+		default:
+			msg = fmt.Sprintf("Rejected: %s stays on %s.", a.ServiceName, deploy.Short(a.From))
+		}
+		s.cfg.Log.Info("decision from the status page", "deploy_id", id, "approve", approve, "err", err)
+		http.Redirect(w, r, "/?msg="+url.QueryEscape(msg), http.StatusSeeOther)
+	}
+}
