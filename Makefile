@@ -22,7 +22,7 @@ demo-down: ## remove everything make demo created
 build: ## build bin/updater (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/updater ./cmd/updater
 
-test: lint unit e2e ## everything CI runs: lint, unit tests, the e2e suite on a real swarm
+test: lint build unit e2e ## everything CI runs: lint, build, unit tests, the e2e suite on a real swarm
 
 unit: ## unit tests (no Docker needed)
 	$(GO) test -race -count=1 ./...

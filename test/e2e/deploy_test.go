@@ -219,6 +219,34 @@ func TestUnpinnedServiceGetsPinned(t *testing.T) {
 	if u.count("updater stopped") != 1 {
 		t.Fatal(`no "updater stopped" line after SIGTERM`)
 	}
+
+	// `updater deploy SERVICE` deploys now and waits; an unknown service
+	// exits 1 and says what a watched service needs.
+	v2 := push(t, repo, "v2")
+	deploy := func(name string) (string, int) {
+		cmd := exec.Command(env.bin, "deploy", name)
+		cmd.Env = []string{"UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir(), "UPDATER_WATCH_INTERVAL=200ms"}
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return string(out), ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	if out, code := deploy("e2epin_app"); code != 0 || !strings.Contains(out, "succeeded") {
+		t.Fatalf("updater deploy: exit %d\n%s", code, out)
+	}
+	if !allRunning(t, app, v2) {
+		t.Fatal("updater deploy returned before v2 ran everywhere")
+	}
+	if out, code := deploy("e2epin_nosuch"); code != 1 || !strings.Contains(out, "not watched") {
+		t.Fatalf("updater deploy of an unknown service: exit %d, want 1 naming the problem\n%s", code, out)
+	}
+	out, err := exec.Command(env.bin, "version").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "updater e2e" {
+		t.Fatalf("updater version: %q, %v", out, err)
+	}
 }
 
 // 6. Bad configuration exits 2 naming the variable, the value and what is
