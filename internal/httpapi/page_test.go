@@ -1,0 +1,158 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+func browser(method, target string) *http.Request {
+	req := httptest.NewRequest(method, target, nil)
+	req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("ops:"+apiToken)))
+	return req
+}
+
+// The page shows the services, what waits for approval with its buttons,
+// and the last deploys; what it shows is escaped.
+func TestStatusPageRenders(t *testing.T) {
+	r := newRig(t)
+	r.pipeline.StatusFn = func() deploy.Status {
+		return deploy.Status{Services: plans(), Listed: r.now, Checked: r.now.Add(-10 * time.Second)}
+	}
+	r.pipeline.ApprovalsFn = func() []deploy.Approval {
+		return []deploy.Approval{
+			{ID: "0a1b2c", ServiceID: "svc1", ServiceName: "web", Ref: "r.example/web:1", From: oldD, To: newD,
+				State: deploy.ApprovalPending, Requested: r.now, Expires: r.now.Add(24 * time.Hour)},
+			{ID: "99ff", ServiceName: "web", To: oldD, State: deploy.ApprovalSuperseded, Reason: "superseded by sha256:bbbb", Decided: r.now},
+		}
+	}
+	rel := deploy.Release{ID: "d1", ServiceID: "svc2", ServiceName: "db", Ref: "r.example/db:15", From: newD, To: oldD, Started: r.now}
+	r.history.Report(deploy.Event{Kind: deploy.Started, Release: rel})
+	r.history.Report(deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseRollout, RolledBack: true,
+		Reason: `<script>alert("x")</script> unhealthy`, Duration: 42 * time.Second})
+
+	rec := r.do(browser("GET", "/"))
+	if rec.Code != http.StatusOK || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/html") {
+		t.Fatalf("status %d %s", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	body := rec.Body.String()
+	for _, want := range []string{
+		`<meta name="viewport" content="width=device-width, initial-scale=1">`,
+		"<title>updater (1 waiting)</title>",
+		"ready", "last full check 10s ago", "version test",
+		`<form method="post" action="/ui/deploys/0a1b2c/approve">`,
+		`<form method="post" action="/ui/deploys/0a1b2c/reject">`,
+		"<strong>web</strong> <span class=\"muted\">(approval)</span>",
+		"<code>r.example/db:15</code>", "<code>aaaaaaaaaaaa</code>", "<code>bbbbbbbbbbbb</code>",
+		"awaiting-approval", "up-to-date",
+		"rolled_back", "42s", "&lt;script&gt;",
+		"superseded by sha256:bbbb",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "<script>") {
+		t.Error("the page shows a reason unescaped")
+	}
+	for _, h := range []string{"Content-Security-Policy", "X-Frame-Options"} {
+		if rec.Header().Get(h) == "" {
+			t.Errorf("no %s header: the approve buttons could be framed", h)
+		}
+	}
+}
+
+func TestStatusPageEmpty(t *testing.T) {
+	r := newRig(t)
+	rec := r.do(browser("GET", "/"))
+	body := rec.Body.String()
+	for _, want := range []string{"Nothing waits for approval.", "No watched service seen yet.", "No deploy since the updater started.", "not ready"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("empty page lacks %q", want)
+		}
+	}
+}
+
+// A browser without the token gets a basic-auth prompt and nothing else.
+func TestStatusPageAuth(t *testing.T) {
+	r := newRig(t)
+	r.pipeline.StatusFn = func() deploy.Status { return deploy.Status{Services: plans()} }
+	for _, req := range []*http.Request{
+		httptest.NewRequest("GET", "/", nil),
+		func() *http.Request {
+			q := httptest.NewRequest("GET", "/", nil)
+			q.SetBasicAuth("ops", "wrong")
+			return q
+		}(),
+		httptest.NewRequest("POST", "/ui/deploys/0a1b2c/approve", nil),
+	} {
+		rec := r.do(req)
+		if rec.Code != http.StatusUnauthorized || !strings.HasPrefix(rec.Header().Get("WWW-Authenticate"), "Basic ") {
+			t.Fatalf("%s %s: %d %q, want 401 with a basic-auth prompt", req.Method, req.URL, rec.Code, rec.Header().Get("WWW-Authenticate"))
+		}
+		if strings.Contains(rec.Body.String(), "web") {
+			t.Fatal("the refusal shows a service")
+		}
+	}
+	if rec := r.do(authed("GET", "/", nil)); rec.Code != http.StatusOK {
+		t.Fatalf("bearer token on the page: %d", rec.Code)
+	}
+	off := newRig(t, func(c *Config) { c.APIToken = "" })
+	if rec := off.do(browser("GET", "/")); rec.Code != http.StatusForbidden {
+		t.Fatalf("page with the API off: %d", rec.Code)
+	}
+}
+
+// The buttons decide and send the browser back to the page with what
+// happened; another site can't press them for the browser.
+func TestStatusPageButtons(t *testing.T) {
+	r := newRig(t)
+	var got []string
+	r.decisions.ApproveFn = func(_ context.Context, id string) (deploy.Approval, error) {
+		got = append(got, "approve "+id)
+		return deploy.Approval{ID: id, ServiceName: "web", To: newD, State: deploy.ApprovalApproved}, nil
+	}
+	r.decisions.RejectFn = func(_ context.Context, id string) (deploy.Approval, error) {
+		got = append(got, "reject "+id)
+		return deploy.Approval{}, deploy.ErrDecided
+	}
+	rec := r.do(browser("POST", "/ui/deploys/0a1b2c/approve"))
+	if rec.Code != http.StatusSeeOther {
+		t.Fatalf("approve: %d", rec.Code)
+	}
+	loc, _ := url.Parse(rec.Header().Get("Location"))
+	if loc.Path != "/" || !strings.Contains(loc.Query().Get("msg"), "Approved: web deploys sha256:bbbbbbbbbbbb") {
+		t.Fatalf("redirect to %s", loc)
+	}
+	page := r.do(browser("GET", loc.String())).Body.String()
+	if !strings.Contains(page, `<p class="msg">Approved: web deploys sha256:bbbbbbbbbbbb now.</p>`) {
+		t.Error("the page does not say what the button did")
+	}
+	rec = r.do(browser("POST", "/ui/deploys/0a1b2c/reject"))
+	if loc, _ := url.Parse(rec.Header().Get("Location")); !strings.Contains(loc.Query().Get("msg"), "Not done") {
+		t.Fatalf("a refused rejection redirects to %s", loc)
+	}
+
+	cross := browser("POST", "/ui/deploys/0a1b2c/approve")
+	cross.Header.Set("Sec-Fetch-Site", "cross-site")
+	cross.Header.Set("Origin", "https://evil.example")
+	if rec := r.do(cross); rec.Code != http.StatusForbidden {
+		t.Fatalf("cross-site post: %d, want 403", rec.Code)
+	}
+	api := authed("POST", "/api/v1/deploys/0a1b2c/approve", nil)
+	api.Header.Set("Origin", "https://evil.example")
+	api.Header.Set("Sec-Fetch-Site", "cross-site")
+	if rec := r.do(api); rec.Code != http.StatusForbidden {
+		t.Fatalf("cross-site API post: %d, want 403", rec.Code)
+	}
+	if strings.Join(got, ",") != "approve 0a1b2c,reject 0a1b2c" {
+		t.Fatalf("decisions %v: the cross-site posts must not reach them", got)
+	}
+}

@@ -1,0 +1,117 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+func TestHealthz(t *testing.T) {
+	r := newRig(t)
+	if rec := r.do(httptestGet("/healthz")); rec.Code != http.StatusOK || rec.Body.String() != "ok\n" {
+		t.Fatalf("healthz: %d %q", rec.Code, rec.Body)
+	}
+	if rec := r.do(httptestGet("/metrics")); rec.Code != http.StatusOK || rec.Body.String() != "metrics\n" {
+		t.Fatalf("metrics: %d %q", rec.Code, rec.Body)
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	r := newRig(t)
+	now := r.now
+	for _, tt := range []struct {
+		name   string
+		status deploy.Status
+		ready  bool
+		says   string
+	}{
+		{"nothing yet", deploy.Status{}, false, "no cycle has listed"},
+		{"docker down", deploy.Status{Listed: now.Add(-time.Minute), ListErr: errors.New("cannot connect to the Docker daemon"), Checked: now},
+			false, "cannot connect to the Docker daemon"},
+		{"listed, first check still running", deploy.Status{Listed: now, Busy: now}, true, "runs since"},
+		{"listed, no full check", deploy.Status{Listed: now}, false, "no full check"},
+		{"recent", deploy.Status{Listed: now, Checked: now.Add(-2 * time.Minute)}, true, "ready"},
+		{"stale", deploy.Status{Listed: now, Checked: now.Add(-4 * time.Minute)}, false, "4m0s ago, longer than 3m0s"},
+		{"stale but deploying", deploy.Status{Listed: now, Checked: now.Add(-20 * time.Minute), Busy: now.Add(-5 * time.Minute)}, true, "runs since"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r.pipeline.StatusFn = func() deploy.Status { return tt.status }
+			rec := r.do(httptestGet("/readyz"))
+			if (rec.Code == http.StatusOK) != tt.ready || !strings.Contains(rec.Body.String(), tt.says) {
+				t.Fatalf("%d %q, want ready=%v saying %q", rec.Code, rec.Body, tt.ready, tt.says)
+			}
+		})
+	}
+}
+
+// The server is safe to put on a network: every timeout is set, and a
+// client that sends its headers too slowly (slowloris) is cut off.
+func TestServerTimeouts(t *testing.T) {
+	s := newRig(t).s
+	if s.srv.ReadHeaderTimeout <= 0 || s.srv.ReadTimeout <= 0 || s.srv.WriteTimeout <= 0 || s.srv.IdleTimeout <= 0 || s.srv.MaxHeaderBytes <= 0 {
+		t.Fatalf("timeouts not all set: %+v", s.srv)
+	}
+	s.srv.ReadHeaderTimeout = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	addr, err := s.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); s.Wait() }()
+	if host, _, _ := net.SplitHostPort(addr.String()); host != "127.0.0.1" {
+		t.Fatalf("listening on %s", addr)
+	}
+
+	conn, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(conn) // returns when the server hangs up
+	if err != nil {
+		t.Fatalf("the server kept a slow client %s: %v", time.Since(start), err)
+	}
+	if strings.Contains(string(rest), "ok") {
+		t.Fatalf("answered an incomplete request: %q", rest)
+	}
+	t.Logf("slow client cut off after %s", time.Since(start).Round(time.Millisecond))
+
+	resp, err := http.Get("http://" + addr.String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz over the network: %d", resp.StatusCode)
+	}
+}
+
+func TestStartFailsOnBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	r := newRig(t, func(c *Config) { c.Addr = ln.Addr().String() })
+	if _, err := r.s.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "listen on "+ln.Addr().String()) {
+		t.Fatalf("Start on a busy port: %v", err)
+	}
+}
+
+func httptestGet(target string) *http.Request {
+	req, _ := http.NewRequest("GET", target, nil)
+	req.RemoteAddr = "127.0.0.1:1234"
+	return req
+}
