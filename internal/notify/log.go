@@ -48,8 +48,11 @@ func (l Log) Report(e deploy.Event) {
 			attrs = append(attrs, slog.Int("done", s.Done), slog.Int("total", s.Total))
 		}
 	}
-	if e.Kind != deploy.Started {
+	if e.Kind != deploy.Started && e.Kind != deploy.Pending {
 		attrs = append(attrs, slog.String("step", string(e.Phase)), slog.Duration("duration", e.Duration))
+	}
+	if e.Kind == deploy.Pending { // "deploy pending": held for a person's approval, until when
+		attrs = append(attrs, slog.String("reason", e.Reason))
 	}
 	if e.Kind == deploy.Failed {
 		level = slog.LevelError
