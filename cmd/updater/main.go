@@ -88,9 +88,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Log: log})
+	if err != nil {
+		log.Error("start", "err", err)
+		return 1
+	}
+	defer sw.Close()
+	if err := sw.Ping(ctx); err != nil {
+		log.Error("start", "err", err)
+		return 1
+	}
+
 	var reporter deploy.Reporter = notify.Log{Logger: plain}
 	if cmd != "check" {
-		d, err := notifiers(ctx, cfg, log)
+		d, err := notifiers(ctx, cfg, log, sw)
 		if errors.Is(err, slack.ErrRejected) {
 			fmt.Fprintf(stderr, "updater: invalid configuration:\nSLACK_TOKEN: %v\n", err)
 			return 2
@@ -102,16 +113,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Log: log})
-	if err != nil {
-		log.Error("start", "err", err)
-		return 1
-	}
-	defer sw.Close()
-	if err := sw.Ping(ctx); err != nil {
-		log.Error("start", "err", err)
-		return 1
-	}
 	p := &deploy.Pipeline{
 		Lister:        sw,
 		Services:      sw,
@@ -216,11 +217,13 @@ func orNone(s string) string {
 // none is. A Slack token that Slack rejects is a configuration error
 // (ErrRejected); Slack being unreachable at start is not, since the
 // dispatcher retries and deploys never wait on it.
-func notifiers(ctx context.Context, cfg config.Config, log *slog.Logger) (*notify.Dispatcher, error) {
+// memo keeps each deploy's Slack message and Rollbar deploy in Swarm, so a
+// deploy resumed after a restart reports to them.
+func notifiers(ctx context.Context, cfg config.Config, log *slog.Logger, memo notify.Memo) (*notify.Dispatcher, error) {
 	var ns []notify.Named
 	switch s := cfg.Slack; {
 	case s.Token != "":
-		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL})
+		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL, Memo: memo})
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := bot.Check(cctx)
 		cancel()
@@ -235,13 +238,15 @@ func notifiers(ctx context.Context, cfg config.Config, log *slog.Logger) (*notif
 		ns = append(ns, notify.Named{Name: "slack", Notifier: slack.NewWebhook(s.WebhookURL)})
 	}
 	if cfg.Rollbar.Token != "" {
-		ns = append(ns, notify.Named{Name: "rollbar", Notifier: rollbar.NewDeploys(rollbarConfig(cfg))})
+		ns = append(ns, notify.Named{Name: "rollbar", Notifier: rollbar.NewDeploys(withMemo(rollbarConfig(cfg), memo))})
 	}
 	if len(ns) == 0 {
 		return nil, nil
 	}
 	return notify.NewDispatcher(log, notify.DefaultPolicy(), ns...), nil
 }
+
+func withMemo(c rollbar.Config, memo notify.Memo) rollbar.Config { c.Memo = memo; return c }
 
 func rollbarConfig(cfg config.Config) rollbar.Config {
 	return rollbar.Config{Token: cfg.Rollbar.Token, Environment: cfg.Rollbar.Environment,

@@ -166,3 +166,53 @@ func isConflict(err error) bool {
 }
 
 func isNotFound(err error) bool { return notFound(err) != err }
+
+// Notifier references (a Slack message, a Rollbar deploy) are kept per
+// deploy as config objects too, so a deploy resumed after a restart
+// reports to the message and deploy it opened.
+const (
+	kindMemo    = "notify-memo"
+	deployLabel = "io.updater.deploy"
+	memoLabel   = "io.updater.memo"
+)
+
+// Recall returns the value remembered for a deploy and key.
+func (s *Swarm) Recall(ctx context.Context, deployID, key string) (string, bool, error) {
+	items, err := s.records(ctx, kindMemo, "", deployLabel+"="+deployID, memoLabel+"="+key)
+	if err != nil || len(items) == 0 {
+		return "", false, err
+	}
+	data := items[0].Spec.Data
+	if len(data) == 0 {
+		res, err := s.api.ConfigInspect(ctx, items[0].ID, client.ConfigInspectOptions{})
+		if err != nil {
+			return "", false, fmt.Errorf("read notifier record %s: %w", items[0].Spec.Name, err)
+		}
+		data = res.Config.Spec.Data
+	}
+	return string(data), true, nil
+}
+
+// Remember keeps value for a deploy and key.
+func (s *Swarm) Remember(ctx context.Context, deployID, key, value string) error {
+	name := recordName("memo", deployID, key)
+	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
+			kindLabel: kindMemo, deployLabel: deployID, memoLabel: key, scopeLabel: s.scope(),
+		}},
+		Data: []byte(value),
+	}})
+	if err != nil && !isConflict(err) {
+		return fmt.Errorf("record notifier reference %s: %w", name, err)
+	}
+	return nil
+}
+
+// Drop removes what was remembered for a deploy and key.
+func (s *Swarm) Drop(ctx context.Context, deployID, key string) error {
+	name := recordName("memo", deployID, key)
+	if _, err := s.api.ConfigRemove(ctx, name, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+		return fmt.Errorf("remove notifier record %s: %w", name, err)
+	}
+	return nil
+}

@@ -159,7 +159,11 @@ func TestKilledMidRollout(t *testing.T) {
 	const stack, repo = "e2ekill", "e2e/kill"
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2ekill_app", repo, v1, svcOpts{stack: stack, optIn: true, replicas: 2})
-	first := startUpdater(t, stack)
+	// With Slack and Rollbar: the restarted updater must report to the
+	// message and the Rollbar deploy the first one opened.
+	slack, rollbar := fakeSlack(t), fakeRollbar(t)
+	notifiers := append(slackBotEnv(slack), rollbarEnv(rollbar)...)
+	first := startUpdater(t, stack, notifiers...)
 	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return first.cycles() >= 1 })
 
 	v2 := push(t, repo, "v2")
@@ -176,8 +180,27 @@ func TestKilledMidRollout(t *testing.T) {
 		t.Fatalf("%d in-flight records after the kill, want 1", n)
 	}
 
-	second := startUpdater(t, stack)
+	waitFor(t, 30*time.Second, "the first run's Slack post and Rollbar deploy", func() bool {
+		return len(slack.Accepted()) > 0 && len(rollbar.Deploys()) > 0
+	})
+	second := startUpdater(t, stack, notifiers...)
 	second.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2, "resumed", "true")
+	waitFor(t, 30*time.Second, "the outcome in Rollbar", func() bool {
+		d := rollbar.Deploys()
+		return len(d) > 0 && len(d[len(d)-1].Statuses) > 1
+	})
+	if d := rollbar.Deploys(); len(d) != 1 || strings.Join(d[0].Statuses, ",") != "started,succeeded" {
+		t.Fatalf("Rollbar deploys %+v: want the one the first run opened, closed as succeeded", d)
+	}
+	posts := 0
+	for _, c := range slack.Accepted() {
+		if c.Method == "chat.postMessage" && c.ThreadTS == "" {
+			posts++
+		}
+	}
+	if posts != 1 {
+		t.Fatalf("%d Slack messages for one deploy across a restart, want 1", posts)
+	}
 	after := second.cycles()
 	waitFor(t, 30*time.Second, "2 more cycles", func() bool { return second.cycles() >= after+2 })
 	if n := second.count("deploy started"); n != 0 {

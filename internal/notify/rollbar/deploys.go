@@ -30,6 +30,9 @@ type Config struct {
 	Endpoint string
 	// CodeVersion is the updater's own version, for its error items.
 	CodeVersion string
+	// Memo keeps each deploy's Rollbar ID across updater restarts, so a
+	// resumed deploy closes the Rollbar deploy it opened; nil: none.
+	Memo notify.Memo
 }
 
 func (c Config) endpoint() string {
@@ -69,6 +72,10 @@ func (d *Deploys) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 			return retry, err
 		}
 		d.ids[r.ID] = id
+		if d.cfg.Memo != nil {
+			// Best effort: without it only a restart mid-deploy loses the ID.
+			_ = d.cfg.Memo.Remember(ctx, r.ID, memoKey, strconv.FormatInt(id, 10))
+		}
 		return false, nil
 	case deploy.Succeeded, deploy.Failed:
 	default:
@@ -80,6 +87,12 @@ func (d *Deploys) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	}
 	comment := endComment(e)
 	id, ok := d.ids[r.ID]
+	if !ok && e.Resumed && d.cfg.Memo != nil {
+		if v, found, err := d.cfg.Memo.Recall(ctx, r.ID, memoKey); err == nil && found {
+			id, err = strconv.ParseInt(v, 10, 64)
+			ok = err == nil
+		}
+	}
 	if !ok {
 		// Its start never reached Rollbar (given up, or the updater
 		// restarted mid-deploy): record the deploy with its outcome, so
@@ -92,8 +105,14 @@ func (d *Deploys) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		return retry, err
 	}
 	delete(d.ids, r.ID)
+	if d.cfg.Memo != nil {
+		_ = d.cfg.Memo.Drop(ctx, r.ID, memoKey)
+	}
 	return false, nil
 }
+
+// memoKey names the Deploys' entries in the memo.
+const memoKey = "rollbar"
 
 func (d *Deploys) create(ctx context.Context, r deploy.Release, status, comment string) (int64, bool, error) {
 	body := map[string]string{

@@ -13,6 +13,7 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify"
 	"github.com/updater-dev/updater/internal/notify/fakeapi"
+	"github.com/updater-dev/updater/internal/notify/notifytest"
 	"github.com/updater-dev/updater/internal/notify/rollbar"
 )
 
@@ -221,5 +222,24 @@ func TestErrorsWithRollbarDown(t *testing.T) {
 	_ = x.Close(ctx)
 	if ctx.Err() != nil {
 		t.Fatal("Close ran into its deadline")
+	}
+}
+
+// An updater restarted mid-deploy closes the Rollbar deploy the first run
+// opened, found through the memo.
+func TestDeployResumedClosesItsDeploy(t *testing.T) {
+	f := newRollbar(t)
+	memo := &notifytest.Memo{}
+	c := config(f)
+	c.Memo = memo
+	rel := release(nil)
+	mustNotify(t, rollbar.NewDeploys(c), deploy.Event{Kind: deploy.Started, Release: rel})
+	mustNotify(t, rollbar.NewDeploys(c), deploy.Event{Kind: deploy.Failed, Release: rel, Resumed: true, Reason: "rolled back"})
+	deploys := f.Deploys()
+	if len(deploys) != 1 || strings.Join(deploys[0].Statuses, ",") != "started,failed" {
+		t.Fatalf("deploys %+v: want one, started then failed", deploys)
+	}
+	if memo.Len() != 0 {
+		t.Errorf("memo holds %d entries after the outcome, want 0", memo.Len())
 	}
 }

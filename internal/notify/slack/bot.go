@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	slackgo "github.com/slack-go/slack"
@@ -24,6 +25,8 @@ type BotConfig struct {
 	Channel string // an ID (C0123…) or a name (#deploys)
 	// APIURL is the Web API base ending in "/"; "" means Slack's.
 	APIURL string
+	// Memo keeps each deploy's message across updater restarts; nil: none.
+	Memo notify.Memo
 }
 
 // Bot posts one message per deploy with a bot token, edits it as the
@@ -33,6 +36,7 @@ type Bot struct {
 	channel string
 	redact  notify.Redactor
 	now     func() time.Time
+	memo    notify.Memo
 
 	// Only the dispatcher's one worker calls Notify, so these maps need no
 	// lock (see notify.Notifier).
@@ -61,6 +65,7 @@ func NewBot(cfg BotConfig) *Bot {
 		channel: cfg.Channel,
 		redact:  notify.NewRedactor(cfg.Token),
 		now:     time.Now,
+		memo:    cfg.Memo,
 		deploys: map[string]*thread{},
 		outages: map[string]time.Time{},
 	}
@@ -96,9 +101,15 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	}
 	th := b.deploys[e.Release.ID]
 	if th == nil {
-		// A deploy first seen after its start (the updater restarted and
-		// resumed it, or the start was given up) gets a message now.
+		// A deploy first seen after its start: resumed after a restart,
+		// whose message the memo may know, or one whose start was given up,
+		// which gets a message now.
 		th = &thread{}
+		if e.Resumed && b.memo != nil {
+			if v, ok, err := b.memo.Recall(ctx, e.Release.ID, memoKey); err == nil && ok {
+				th.channel, th.ts, _ = strings.Cut(v, " ")
+			}
+		}
 		b.deploys[e.Release.ID] = th
 	}
 	th.apply(e)
@@ -114,6 +125,10 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	if th.ts == "" {
 		if err := b.post(ctx, th, text, blocks); err != nil {
 			return classify(err)
+		}
+		if b.memo != nil && !final {
+			// Best effort: the message is posted; only a restart would lose it.
+			_ = b.memo.Remember(ctx, e.Release.ID, memoKey, th.channel+" "+th.ts)
 		}
 	} else if shown != th.shown {
 		_, _, _, err := b.api.UpdateMessageContext(ctx, th.channel, th.ts,
@@ -138,9 +153,15 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	}
 	if final {
 		delete(b.deploys, e.Release.ID)
+		if b.memo != nil {
+			_ = b.memo.Drop(ctx, e.Release.ID, memoKey) // best effort: a leftover costs one small record
+		}
 	}
 	return false, nil
 }
+
+// memoKey names the Bot's entries in the memo.
+const memoKey = "slack"
 
 func (b *Bot) post(ctx context.Context, th *thread, text string, blocks []slackgo.Block) error {
 	ch, ts, err := b.api.PostMessageContext(ctx, b.channel,

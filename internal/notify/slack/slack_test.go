@@ -16,6 +16,7 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify"
 	"github.com/updater-dev/updater/internal/notify/fakeapi"
+	"github.com/updater-dev/updater/internal/notify/notifytest"
 )
 
 const token = "xoxb-test-0000-secret"
@@ -436,4 +437,29 @@ func contentOf(t *testing.T, blocks []slackgo.Block) string {
 	}
 	// Undo JSON's HTML escaping so the test reads what Slack reads.
 	return strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&").Replace(string(b))
+}
+
+// An updater restarted mid-deploy edits the message the first run posted,
+// found through the memo, instead of posting a second one.
+func TestBotResumedDeployEditsItsMessage(t *testing.T) {
+	fake := newSlack(t)
+	memo := &notifytest.Memo{}
+	rel := release()
+	first := NewBot(BotConfig{Token: token, Channel: "#deploys", APIURL: fake.APIURL, Memo: memo})
+	notifyAll(t, first, deploy.Event{Kind: deploy.Started, Release: rel})
+	if memo.Len() != 1 {
+		t.Fatalf("memo holds %d entries after the post, want 1", memo.Len())
+	}
+	second := NewBot(BotConfig{Token: token, Channel: "#deploys", APIURL: fake.APIURL, Memo: memo})
+	notifyAll(t, second, deploy.Event{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout, Resumed: true})
+	calls := fake.Accepted()
+	if len(calls) != 2 || calls[0].Method != "chat.postMessage" || calls[1].Method != "chat.update" || calls[1].TS != calls[0].TS {
+		t.Fatalf("calls %v: want the post, then an edit of that message", methods(calls))
+	}
+	if !strings.Contains(calls[1].Content(), "deploy succeeded") {
+		t.Errorf("edit lacks the outcome:\n%s", calls[1].Content())
+	}
+	if memo.Len() != 0 {
+		t.Errorf("memo holds %d entries after the outcome, want 0", memo.Len())
+	}
 }
