@@ -216,7 +216,24 @@ func pushLabelled(t testing.TB, repo, version string, extra map[string]string) s
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	labels := map[string]string{"e2e.version": version, "e2e.nonce": fmt.Sprint(time.Now().UnixNano())}
+	for k, v := range extra {
+		labels[k] = v
+	}
+	return pushLayer(t, repo, buf.Bytes(), v1.Config{
+		Entrypoint: []string{"/app"},
+		Labels:     labels,
+		Healthcheck: &v1.HealthConfig{
+			Test: []string{"CMD", "/app", "health"}, Interval: time.Second, Timeout: 2 * time.Second, Retries: 2,
+		},
+	})
+}
+
+// pushLayer pushes a one-layer image (the tar in layerTar, with cfg) as
+// repo:latest through the fault-free address and returns its digest.
+func pushLayer(t testing.TB, repo string, layerTar []byte, cfg v1.Config) string {
+	t.Helper()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerTar)), nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,18 +241,7 @@ func pushLabelled(t testing.TB, repo, version string, extra map[string]string) s
 	if err != nil {
 		t.Fatal(err)
 	}
-	labels := map[string]string{"e2e.version": version, "e2e.nonce": fmt.Sprint(time.Now().UnixNano())}
-	for k, v := range extra {
-		labels[k] = v
-	}
-	img, err = mutate.Config(img, v1.Config{
-		Entrypoint: []string{"/app"},
-		Labels:     labels,
-		Healthcheck: &v1.HealthConfig{
-			Test: []string{"CMD", "/app", "health"}, Interval: time.Second, Timeout: 2 * time.Second, Retries: 2,
-		},
-	})
-	if err != nil {
+	if img, err = mutate.Config(img, cfg); err != nil {
 		t.Fatal(err)
 	}
 	ref, err := name.ParseReference(env.direct + "/" + repo + ":latest")
@@ -243,7 +249,7 @@ func pushLabelled(t testing.TB, repo, version string, extra map[string]string) s
 		t.Fatal(err)
 	}
 	if err := remote.Write(ref, img); err != nil {
-		t.Fatalf("push %s %s: %v", repo, version, err)
+		t.Fatalf("push %s: %v", repo, err)
 	}
 	d, err := img.Digest()
 	if err != nil {
@@ -446,6 +452,9 @@ func startUpdater(t testing.TB, stack string, extra ...string) *updater {
 		"UPDATER_DEPLOY_TIMEOUT=90s",
 		"UPDATER_WATCH_INTERVAL=200ms",
 		"UPDATER_REGISTRY_TIMEOUT=3s",
+		// Loopback and a free port: tests never listen on every interface,
+		// and updaters of runs side by side never fight over :8080.
+		"UPDATER_LISTEN=127.0.0.1:0",
 	}, extra...)
 	if h := os.Getenv("DOCKER_HOST"); h != "" {
 		cmd.Env = append(cmd.Env, "DOCKER_HOST="+h)
@@ -503,9 +512,14 @@ func (u *updater) log() string {
 func (u *updater) matching(msg string, kv ...string) []map[string]any {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	return match(u.lines, msg, kv...)
+}
+
+// match picks the JSON log lines with msg and all the key/value pairs.
+func match(lines []map[string]any, msg string, kv ...string) []map[string]any {
 	var out []map[string]any
 next:
-	for _, l := range u.lines {
+	for _, l := range lines {
 		if l["msg"] != msg {
 			continue
 		}

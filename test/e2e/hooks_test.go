@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -23,12 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/jackc/pgx/v5"
 	"github.com/moby/moby/client"
 )
@@ -224,30 +218,8 @@ func backupImage(t testing.TB) string {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err = mutate.Config(img, v1.Config{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(env.direct + "/e2e/pgdump:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pg.backup = image("e2e/pgdump") + "@" + d.String()
+	d := pushLayer(t, "e2e/pgdump", buf.Bytes(), v1.Config{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}})
+	pg.backup = image("e2e/pgdump") + "@" + d
 	return pg.backup
 }
 

@@ -220,17 +220,8 @@ func (l *stackLogs) refresh(t testing.TB) {
 }
 
 func (l *stackLogs) find(msg string, kv ...string) map[string]any {
-next:
-	for _, m := range l.lines {
-		if m["msg"] != msg {
-			continue
-		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			if fmt.Sprint(m[kv[i]]) != kv[i+1] {
-				continue next
-			}
-		}
-		return m
+	if m := match(l.lines, msg, kv...); len(m) > 0 {
+		return m[0]
 	}
 	return nil
 }
