@@ -32,5 +32,8 @@ COPY --from=build /out/updater /updater
 # in the stack file.
 # Registry credentials: mount a Docker config.json (or a secret) here.
 ENV DOCKER_CONFIG=/config
+# Alive means the HTTP server answers /healthz (UPDATER_LISTEN, :8080 by
+# default); the image has no shell or curl, so the binary asks itself.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 CMD ["/updater", "healthcheck"]
 ENTRYPOINT ["/updater"]
 CMD ["run"]

@@ -15,6 +15,8 @@ import (
 	"time"
 	_ "time/tzdata" // CRON_TZ schedules in a FROM scratch image
 
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
 	"github.com/updater-dev/updater/internal/config"
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify"
@@ -34,6 +36,7 @@ commands:
   run             watch and deploy on the schedule (the default)
   check           one dry-run cycle: print what each watched service would do
   deploy SERVICE  deploy what SERVICE's tag points to now, wait, exit 1 on failure
+  healthcheck     ask the running updater's /healthz (UPDATER_LISTEN): exit 0 if it answers, 1 if not
   version         print the version
 
 Configuration comes from the environment; see the README.`
@@ -55,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case cmd == "deploy" && len(args) != 1:
 		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
 		return 2
-	case cmd != "run" && cmd != "check" && cmd != "deploy" || cmd != "deploy" && len(args) > 0:
+	case cmd != "run" && cmd != "check" && cmd != "deploy" && cmd != "healthcheck" || cmd != "deploy" && len(args) > 0:
 		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s\n", cmd+" "+fmt.Sprint(args), usage)
 		return 2
 	}
@@ -64,7 +67,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(os.LookupEnv, os.Environ())
 	if err != nil {
 		fmt.Fprintf(stderr, "updater: invalid configuration:\n%v\n", err)
+		if cmd == "healthcheck" {
+			return 1 // Docker reserves 2; an updater with this configuration is not running
+		}
 		return 2
+	}
+	if cmd == "healthcheck" {
+		return healthcheck(cfg.Listen, stderr)
 	}
 	// plain is the log as written; log also sends ERROR lines (the
 	// updater's own errors, cron's recovered panics) to Rollbar when it is
@@ -114,20 +123,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	p := &deploy.Pipeline{
-		Lister:        sw,
-		Services:      sw,
-		Ledger:        sw,
-		Journal:       sw,
-		Jobs:          sw,
-		Migrations:    sw,
-		Registry:      registry.New(registry.Config{Timeout: cfg.RegistryTimeout}),
-		Reporter:      reporter,
-		Log:           log,
-		Timeout:       cfg.DeployTimeout,
-		WatchInterval: cfg.WatchInterval,
-		Concurrency:   cfg.RegistryConcurrency,
-		DryRun:        cfg.DryRun || cmd == "check",
+		Lister:          sw,
+		Services:        sw,
+		Ledger:          sw,
+		Journal:         sw,
+		Jobs:            sw,
+		Migrations:      sw,
+		Reporter:        reporter,
+		Log:             log,
+		Timeout:         cfg.DeployTimeout,
+		WatchInterval:   cfg.WatchInterval,
+		Concurrency:     cfg.RegistryConcurrency,
+		DryRun:          cfg.DryRun || cmd == "check",
+		ApprovalTimeout: cfg.ApprovalTimeout,
 	}
+	regCfg := registry.Config{Timeout: cfg.RegistryTimeout}
+	var surface *operating
+	if cmd == "run" {
+		// Metrics and the deploy history watch the pipeline they serve.
+		surface = newOperating(p)
+		regCfg.Transport = surface.metrics.Transport(remote.DefaultTransport)
+		p.Observer = surface.metrics
+		p.Reporter = notify.Reporters{reporter, surface.metrics, surface.history}
+	}
+	p.Registry = registry.New(regCfg)
 
 	switch cmd {
 	case "check":
@@ -156,6 +175,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		})
 		defer backups.Stop()
 	}
+	// Up before the first cycle: that one may resume a deploy for minutes,
+	// and the health check must answer meanwhile.
+	stopHTTP, err := surface.start(ctx, cfg, log)
+	if err != nil {
+		log.Error("start", "err", err)
+		return 1
+	}
+	defer stopHTTP()
 	cycle := func(ctx context.Context) {
 		start := time.Now()
 		plans, err := p.Cycle(ctx)
