@@ -43,7 +43,7 @@ func judge(r Rollout, want string) (verdict, string) {
 		return superseded, fmt.Sprintf("the service spec changed to %s during the deploy", r.Image)
 	}
 	if r.UpdateState == "updating" {
-		return pending, ""
+		return notYet(r, want)
 	}
 	// "completed", or no state at all: trust the tasks, since a spec write
 	// resets UpdateStatus and a no-op update never sets it.
@@ -53,14 +53,14 @@ func judge(r Rollout, want string) (verdict, string) {
 			continue
 		}
 		if _, d := SplitImage(t.Image); d != want || t.State != "running" {
-			return pending, ""
+			return notYet(r, want)
 		}
 		ready++
 	}
 	// Desired is 0 for a service scaled to zero; then only Swarm's word
 	// that the update completed proves anything.
 	if ready < r.Desired || (r.Desired == 0 && r.UpdateState != "completed") {
-		return pending, ""
+		return notYet(r, want)
 	}
 	return healthy, ""
 }
@@ -90,20 +90,72 @@ func restored(r Rollout, bad string) bool {
 	return ready >= r.Desired
 }
 
-// taskErrors summarises why tasks of the new version failed, which is what
-// a person reading the report needs to fix the image.
-func taskErrors(r Rollout, want string) string {
-	seen := map[string]bool{}
+// notYet is the verdict on a rollout that is not healthy yet: pending,
+// unless Swarm keeps retrying tasks that nodes reject. Swarm only does
+// that with failure_action continue (or a max_failure_ratio that tolerates
+// the rejections): with rollback or pause the first rejection already ended
+// the update. Then Swarm reports the update completed, has shut the old
+// tasks down, and retries the rejected task every restart delay, without
+// end: a missing image or missing credentials never get better by waiting
+// for the deadline. Fewer rejections than the limit let a transient one (a
+// registry hiccup) pass.
+func notYet(r Rollout, want string) (verdict, string) {
+	if n := rejections(r, want); n >= rejectLimit {
+		return failing, fmt.Sprintf("tasks of the new version were rejected %d times; Swarm retries them without end", n) + taskErrors(r, want)
+	}
+	return pending, ""
+}
+
+// rejectLimit is how many rejected tasks of the new version end a rollout
+// Swarm would retry for ever. With the default restart delay of 5 s the
+// third comes about 10 s after the first.
+const rejectLimit = 3
+
+// rejections counts the tasks of want that a node rejected: it could not
+// pull the image, found no such image, or could not create the container.
+func rejections(r Rollout, want string) int {
+	n := 0
 	for _, t := range r.Tasks {
-		if _, d := SplitImage(t.Image); d == want && t.Err != "" {
-			seen[t.Err] = true
+		if _, d := SplitImage(t.Image); d == want && t.State == "rejected" {
+			n++
 		}
 	}
-	if len(seen) == 0 {
+	return n
+}
+
+// taskErrors summarises why tasks of the new version failed, and on which
+// nodes: what a person reading the report needs to fix the image, the
+// credentials or the node.
+func taskErrors(r Rollout, want string) string {
+	nodes := map[string]map[string]bool{} // error -> nodes
+	for _, t := range r.Tasks {
+		if _, d := SplitImage(t.Image); d != want || t.Err == "" {
+			continue
+		}
+		if nodes[t.Err] == nil {
+			nodes[t.Err] = map[string]bool{}
+		}
+		if t.Node != "" {
+			nodes[t.Err][t.Node] = true
+		}
+	}
+	if len(nodes) == 0 {
 		return ""
 	}
-	errs := make([]string, 0, len(seen))
-	for e := range seen {
+	errs := make([]string, 0, len(nodes))
+	for e, on := range nodes {
+		names := make([]string, 0, len(on))
+		for n := range on {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		switch len(names) {
+		case 0:
+		case 1:
+			e = "on node " + names[0] + ": " + e
+		default:
+			e = "on nodes " + strings.Join(names, ", ") + ": " + e
+		}
 		errs = append(errs, e)
 	}
 	sort.Strings(errs)

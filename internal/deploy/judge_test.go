@@ -125,6 +125,48 @@ func TestJudge(t *testing.T) {
 			want: healthy,
 		},
 		{
+			// failure_action continue: Swarm says completed, has shut the
+			// old task down and retries the rejected one without end.
+			name: "completed, the new version rejected three times",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 1, Tasks: []Task{
+				rejected(newD, "worker-1", "ready"), rejected(newD, "worker-1", "shutdown"), rejected(newD, "worker-1", "shutdown"),
+				down(oldD, "shutdown", "")}},
+			want:    failing,
+			reasons: []string{"rejected 3 times", "(task errors: on node worker-1: No such image: " + testRef + ")"},
+		},
+		{
+			name: "updating, the new version rejected three times on two nodes",
+			r: Rollout{Image: pinned(newD), UpdateState: "updating", Desired: 2, Tasks: []Task{
+				rejected(newD, "w1", "shutdown"), rejected(newD, "w2", "shutdown"), rejected(newD, "w2", "ready"), up(oldD, "running")}},
+			want:    failing,
+			reasons: []string{"on nodes w1, w2: No such image"},
+		},
+		{
+			name: "two rejections may be a registry hiccup: Swarm retries",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 1, Tasks: []Task{
+				rejected(newD, "w1", "shutdown"), rejected(newD, "w1", "shutdown"), up(newD, "pending")}},
+			want: pending,
+		},
+		{
+			name: "rejections that Swarm got past: healthy",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 1, Tasks: []Task{
+				rejected(newD, "w1", "shutdown"), rejected(newD, "w1", "shutdown"), rejected(newD, "w1", "shutdown"), up(newD, "running")}},
+			want: healthy,
+		},
+		{
+			name: "rejections of another digest do not count",
+			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 1, Tasks: []Task{
+				rejected(oldD, "w1", "shutdown"), rejected(oldD, "w1", "shutdown"), rejected(oldD, "w1", "shutdown"), up(newD, "starting")}},
+			want: pending,
+		},
+		{
+			name: "rollback started after a rejection names the node",
+			r: Rollout{Image: pinned(oldD), UpdateState: "rollback_started", UpdateMessage: "update rolled back due to failure or early termination of task x", Desired: 1,
+				Tasks: []Task{up(oldD, "running"), rejected(newD, "worker-1", "shutdown")}},
+			want:    rollingBack,
+			reasons: []string{"on node worker-1: No such image: " + testRef},
+		},
+		{
 			name: "shutdown tasks do not make up the count",
 			r: Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 2,
 				Tasks: []Task{up(newD, "running"), down(newD, "running", "")}},
@@ -148,6 +190,28 @@ func TestJudge(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// rejected is a task of digest d a node rejected; desired is "ready" for
+// the newest (Swarm keeps it until it replaces it), "shutdown" for older.
+func rejected(d, node, desired string) Task {
+	return Task{ID: "t-" + d[7:9] + "-rejected", Node: node, Image: pinned(d), State: "rejected", Desired: desired,
+		Err: "No such image: " + testRef}
+}
+
+func TestTaskErrorsNameNodes(t *testing.T) {
+	on := func(node, err string) Task { tk := down(newD, "failed", err); tk.Node = node; return tk }
+	r := Rollout{Tasks: []Task{
+		on("w2", "dockerexec: unhealthy container"),
+		on("w1", "dockerexec: unhealthy container"),
+		on("w1", "dockerexec: unhealthy container"),
+		on("", "no suitable node (1 node not available for new tasks)"),
+		on("w3", "No such image: x"),
+	}}
+	want := " (task errors: no suitable node (1 node not available for new tasks); on node w3: No such image: x; on nodes w1, w2: dockerexec: unhealthy container)"
+	if got := taskErrors(r, newD); got != want {
+		t.Errorf("taskErrors = %q\nwant          %q", got, want)
 	}
 }
 

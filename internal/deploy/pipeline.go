@@ -47,6 +47,9 @@ type Pipeline struct {
 	ApprovalTimeout time.Duration
 	// Observer, when set, is told how each cycle went (metrics).
 	Observer CycleObserver
+	// Pruning removes, after a successful deploy, the images it made
+	// unused on every node; its zero value prunes nothing.
+	Pruning Pruning
 
 	running   sync.Mutex // one cycle or deploy at a time, whoever triggers it
 	mu        sync.Mutex // guards the maps below and seen
@@ -216,14 +219,18 @@ func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event 
 	if !final {
 		return ev
 	}
-	return p.finish(rel, ev, true)
+	ev = p.finish(rel, ev, true)
+	p.prune(ctx, ev)
+	return ev
 }
 
 // settle is follow without the report: the outcome, and whether it is
 // final (false when the updater is stopping).
 func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event, bool) {
 	last := Step{Phase: PhaseRollout, Done: -1}
+	var seen Rollout // the last look: what held the rollout up, at the deadline
 	v, why, err := p.watch(ctx, rel.ServiceID, rel.Started.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
+		seen = r
 		v, why := judge(r, rel.To)
 		// Progress is reported when it changes, not on every look.
 		if s := progress(r, rel.To); (s.Done != last.Done || s.Total != last.Total) && v == pending {
@@ -237,7 +244,9 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 	}
 	ev := Event{Kind: Failed, Phase: PhaseRollout, Reason: why, Resumed: resumed}
 	if err != nil {
-		v, ev.Reason = failing, err.Error()
+		// Tasks of the new version waiting for a node ("no suitable node")
+		// or failing on one say why the deadline passed.
+		v, ev.Reason = failing, err.Error()+taskErrors(seen, rel.To)
 	}
 	switch v {
 	case healthy:

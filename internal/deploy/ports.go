@@ -85,7 +85,9 @@ type Rollout struct {
 
 // Task is one task of a service.
 type Task struct {
-	ID    string
+	ID string
+	// Node is the hostname of the node the task is on (its ID when the
+	// name is unknown), "" until Swarm assigns one: reports name it.
 	Node  string
 	Image string
 	State string // Swarm task state: new, pending, …, starting, running, failed, rejected…

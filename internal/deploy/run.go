@@ -262,6 +262,7 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 		}
 		events = append(events, p.finish(rels[i], ev, true))
 	}
+	p.prune(ctx, events...)
 	return events
 }
 

@@ -46,6 +46,8 @@ type Swarm struct {
 
 	mu   sync.Mutex
 	node string // this node's swarm ID, read once
+
+	nodes nodeNames // node IDs to hostnames, for reports
 }
 
 // New connects with Docker's own environment (DOCKER_HOST, DOCKER_TLS_*,
@@ -225,7 +227,7 @@ func (s *Swarm) Rollout(ctx context.Context, serviceID string) (deploy.Rollout, 
 		return deploy.Rollout{}, fmt.Errorf("list tasks of %s: %w", serviceID, err)
 	}
 	for _, t := range tasks.Items {
-		dt := deploy.Task{ID: t.ID, Node: t.NodeID, State: string(t.Status.State), Desired: string(t.DesiredState),
+		dt := deploy.Task{ID: t.ID, Node: s.nodeName(ctx, t.NodeID), State: string(t.Status.State), Desired: string(t.DesiredState),
 			Err: t.Status.Err, Since: t.Status.Timestamp}
 		if t.Spec.ContainerSpec != nil {
 			dt.Image = t.Spec.ContainerSpec.Image

@@ -112,10 +112,17 @@ start_worker() {
     # nsenter --net only, not `ip netns exec` (that remounts /sys and hides the
     # cgroup mounts). unshare: its own hostname (the node name) and its own
     # mount namespace (private propagation), where the worker's socket is
-    # bind-mounted over /var/run/docker.sock once it exists, below. Every
+    # bind-mounted over /var/run/docker.sock once it exists, below. A
+    # containerd that outlived a killed dockerd is reused by the next one, so
+    # that one joins its namespaces instead: the "machine" is the same. Every
     # step execs, so $! is the dockerd pid.
-    (cd / && exec setsid nsenter --net="$NSPATH" unshare --uts --mount --propagation private -- \
-      /bin/sh -c 'hostname "$0" && exec "$@"' "$MN_NS" \
+    local enter cpid
+    if cpid="$(pid_alive_match "$W_EXEC/containerd/containerd.pid" "$W_EXEC/containerd/")"; then
+      enter=(nsenter --net="$NSPATH" --mount="/proc/$cpid/ns/mnt" --uts="/proc/$cpid/ns/uts" --)
+    else
+      enter=(nsenter --net="$NSPATH" unshare --uts --mount --propagation private --)
+    fi
+    (cd / && exec setsid "${enter[@]}" /bin/sh -c 'hostname "$0" && exec "$@"' "$MN_NS" \
       /usr/sbin/dockerd --config-file "$MN_WORK/worker-daemon.json" \
       --data-root "$W_DATA" --exec-root "$W_EXEC" --pidfile "$W_PIDFILE" -H "$W_HOST" \
       >>"$MN_WORK/worker-dockerd.log" 2>&1 </dev/null 9>&-) &
@@ -128,11 +135,12 @@ start_worker() {
     sleep 0.2
   done
   dw version >/dev/null 2>&1 || die "worker dockerd did not answer on $W_SOCK in 60s"
+  # A bind mount holds the socket's inode, and a restarted dockerd makes a
+  # new one: bind afresh every time.
   local pid; pid="$(worker_pid)"
-  if ! nsenter --target "$pid" --mount -- sh -c "grep -q ' /run/docker.sock ' /proc/self/mountinfo"; then
-    nsenter --target "$pid" --mount -- mount --bind "$W_SOCK" /var/run/docker.sock ||
-      die "cannot bind the worker socket over /var/run/docker.sock in its mount namespace"
-  fi
+  nsenter --target "$pid" --mount -- umount /var/run/docker.sock 2>/dev/null || true
+  nsenter --target "$pid" --mount -- mount --bind "$W_SOCK" /var/run/docker.sock ||
+    die "cannot bind the worker socket over /var/run/docker.sock in its mount namespace"
 }
 
 # kill_worker stops the worker dockerd the hard way (SIGKILL, by its pid
