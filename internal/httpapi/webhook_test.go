@@ -2,9 +2,9 @@ package httpapi
 
 import (
 	"crypto/hmac"
-	"errors"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
