@@ -37,6 +37,7 @@ commands:
   check           one dry-run cycle: print what each watched service would do
   deploy SERVICE  deploy what SERVICE's tag points to now, wait, exit 1 on failure
   healthcheck     ask the running updater's /healthz (UPDATER_LISTEN): exit 0 if it answers, 1 if not
+  prune ...       remove a repository's unused images on this node (what the prune job runs)
   version         print the version
 
 Configuration comes from the environment; see the README.`
@@ -55,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case cmd == "help" || cmd == "-h" || cmd == "--help":
 		fmt.Fprintln(stdout, usage)
 		return 0
+	case cmd == "prune":
+		return prune(args, stdout, stderr)
 	case cmd == "deploy" && len(args) != 1:
 		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
 		return 2
@@ -147,6 +150,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		p.Reporter = notify.Reporters{reporter, surface.metrics, surface.history}
 	}
 	p.Registry = registry.New(regCfg)
+	if !p.DryRun {
+		if p.Pruning, err = pruning(ctx, cfg, sw); err != nil {
+			log.Error("start", "err", err)
+			return 1
+		}
+	}
 
 	switch cmd {
 	case "check":

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/robfig/cron/v3"
 )
 
@@ -38,6 +39,8 @@ type Config struct {
 	APIToken      string // UPDATER_API_TOKEN or UPDATER_API_TOKEN_FILE: the API and the status page; "" turns both off
 	WebhookSecret string // UPDATER_WEBHOOK_SECRET or UPDATER_WEBHOOK_SECRET_FILE: registry webhooks; "" turns them off
 
+	Prune Prune // UPDATER_PRUNE*: removing the images deploys made unused, on every node
+
 	Slack   Slack   // SLACK_*: deploy messages, off unless a token or webhook is set
 	Rollbar Rollbar // ROLLBAR_*: deploy tracking and the updater's own errors, off unless a token is set
 }
@@ -50,6 +53,14 @@ type Slack struct {
 	Channel    string // SLACK_CHANNEL: an ID (C0123…) or a name (#deploys)
 	WebhookURL string // SLACK_WEBHOOK_URL or SLACK_WEBHOOK_URL_FILE
 	APIURL     string // SLACK_API_URL: the Web API base, ending in "/"
+}
+
+// Prune is removing, after each successful deploy, the images it made
+// unused, on every node of the swarm.
+type Prune struct {
+	AfterDeploy bool   // UPDATER_PRUNE: "off" (the default) or "after-deploy"
+	Keep        int    // UPDATER_PRUNE_KEEP: versions before the current one kept, for a rollback without a pull
+	Image       string // UPDATER_PRUNE_IMAGE: the image the prune job runs on every node; "" is the updater's own
 }
 
 // Rollbar is the Rollbar project deploys and errors are reported to.
@@ -179,6 +190,28 @@ func settings() []setting {
 			c.WebhookSecret, err = parseToken(v)
 			return err
 		}},
+		{"UPDATER_PRUNE", func(c *Config, v string) error {
+			switch strings.ToLower(v) {
+			case "off":
+				c.Prune.AfterDeploy = false
+			case "after-deploy":
+				c.Prune.AfterDeploy = true
+			default:
+				return errors.New(`unknown prune mode: use "off" or "after-deploy"`)
+			}
+			return nil
+		}},
+		{"UPDATER_PRUNE_KEEP", func(c *Config, v string) (err error) {
+			c.Prune.Keep, err = parseInt(v, 0, 20, `"1" (0 keeps only the current version: a rollback then pulls)`)
+			return err
+		}},
+		{"UPDATER_PRUNE_IMAGE", func(c *Config, v string) error {
+			if _, err := name.ParseReference(v); err != nil || strings.ContainsFunc(v, unicode.IsSpace) {
+				return errors.New("not an image reference: use the updater's image as the nodes pull it, like ghcr.io/you/updater:1.4@sha256:…, or leave unset for the image the updater runs in")
+			}
+			c.Prune.Image = v
+			return nil
+		}},
 		{"SLACK_TOKEN", func(c *Config, v string) error {
 			switch {
 			case strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://"):
@@ -243,6 +276,7 @@ func defaults() Config {
 		WatchInterval:       time.Second,
 		ApprovalTimeout:     24 * time.Hour,
 		Listen:              ":8080",
+		Prune:               Prune{Keep: 1},
 		Slack:               Slack{APIURL: "https://slack.com/api/"},
 		Rollbar:             Rollbar{Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"},
 	}
@@ -353,6 +387,11 @@ func (c Config) check(given map[string]bool) []error {
 		// not get to approve deploys.
 		errs = append(errs, &Error{Var: "UPDATER_WEBHOOK_SECRET", Reason: "is the same as UPDATER_API_TOKEN: use a different secret, " +
 			"since the registry that holds the webhook secret must not get to approve or start deploys"})
+	}
+	for _, setting := range []string{"UPDATER_PRUNE_KEEP", "UPDATER_PRUNE_IMAGE"} {
+		if given[setting] && !c.Prune.AfterDeploy {
+			errs = append(errs, &Error{Var: setting, Reason: "is set, but UPDATER_PRUNE is not after-deploy: set UPDATER_PRUNE=after-deploy to prune, or unset " + setting})
+		}
 	}
 	for _, name := range []string{"ROLLBAR_ENVIRONMENT", "ROLLBAR_ENDPOINT"} {
 		if given[name] && !given["ROLLBAR_TOKEN"] {

@@ -61,6 +61,7 @@ func TestDefaults(t *testing.T) {
 		WatchInterval:       time.Second,
 		ApprovalTimeout:     24 * time.Hour,
 		Listen:              ":8080",
+		Prune:               Prune{Keep: 1},
 		Slack:               Slack{APIURL: "https://slack.com/api/"},
 		Rollbar:             Rollbar{Environment: "production", Endpoint: "https://api.rollbar.com/api/1/"},
 	}
@@ -77,6 +78,7 @@ func TestDefaults(t *testing.T) {
 			"ROLLBAR_ENVIRONMENT": "", "ROLLBAR_ENDPOINT": "",
 			"UPDATER_LISTEN": "", "UPDATER_API_TOKEN": "", "UPDATER_API_TOKEN_FILE": "", "UPDATER_WEBHOOK_SECRET": "",
 			"UPDATER_WEBHOOK_SECRET_FILE": "", "UPDATER_APPROVAL_TIMEOUT": "",
+			"UPDATER_PRUNE": "", "UPDATER_PRUNE_KEEP": "", "UPDATER_PRUNE_IMAGE": "",
 		},
 		"blank":         {"UPDATER_SCHEDULE": "  ", "UPDATER_DRY_RUN": "\t", "UPDATER_LABEL": " \n"},
 		"other vars":    {"HOME": "/root", "DOCKER_HOST": "tcp://x:2376", "XUPDATER_FOO": "1", "MY_UPDATER_X": "y"},
@@ -311,8 +313,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 26 {
-		t.Errorf("got %d names, want 26: %v", len(names), names)
+	if len(names) != 29 {
+		t.Errorf("got %d names, want 29: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {

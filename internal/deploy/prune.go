@@ -119,7 +119,7 @@ func (p *Pipeline) pruneAfter(ctx context.Context, rel Release) {
 	}
 	for _, n := range res {
 		if n.Err != "" {
-			log.Warn("prune failed on a node; its images stay until a later deploy prunes them", "node", n.Node, "err", n.Err)
+			log.Warn("prune failed on a node; its images stay until a later deploy prunes them", "node", n.Node, "removed", n.Removed, "bytes", n.Bytes, "err", n.Err)
 			continue
 		}
 		log.Info("images pruned", "node", n.Node, "removed", n.Removed, "bytes", n.Bytes)

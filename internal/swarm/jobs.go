@@ -44,22 +44,16 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	if err != nil {
 		return deploy.JobResult{}, err
 	}
-	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: jobSpec(j, src.Service.Spec, s.scope()), EncodedRegistryAuth: auth})
+	id, err := s.startJob(ctx, jobSpec(j, src.Service.Spec, s.scope()), auth)
 	if err != nil {
-		return deploy.JobResult{}, fmt.Errorf("create job %s: %w", j.Name, err)
+		return deploy.JobResult{}, err
 	}
-	defer func() {
-		// A fresh context: the job must go also when ctx has ended (timeout,
-		// updater shutdown), or it would run on unobserved.
-		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		s.removeJob(rctx, res.ID, j.Name)
-	}()
+	defer s.dropJob(id, j.Name)
 
 	ctx, cancel := context.WithTimeout(ctx, j.Timeout)
 	defer cancel()
-	task, err := s.awaitJob(ctx, res.ID)
-	out := deploy.JobResult{LogTail: s.logTail(res.ID)}
+	task, err := s.awaitJob(ctx, id)
+	out := deploy.JobResult{LogTail: s.logTail(id)}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return out, fmt.Errorf("%w after %s", ErrJobTimeout, j.Timeout)
@@ -78,6 +72,25 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	// Rejected (no such image, a mount Swarm refuses) or failed before the
 	// container ran: the job never did its work.
 	return out, fmt.Errorf("job %s %s: %s", j.Name, task.Status.State, firstNonEmpty(task.Status.Err, task.Status.Message))
+}
+
+// startJob creates a job service: the hooks' replicated jobs and the
+// prune's global one. Whoever starts one drops it when done.
+func (s *Swarm) startJob(ctx context.Context, spec swarm.ServiceSpec, auth string) (string, error) {
+	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: auth})
+	if err != nil {
+		return "", fmt.Errorf("create job %s: %w", spec.Name, err)
+	}
+	return res.ID, nil
+}
+
+// dropJob removes a job with a fresh context: the job must go also when
+// the caller's context has ended (timeout, updater shutdown), or it would
+// run on unobserved.
+func (s *Swarm) dropJob(id, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.removeJob(ctx, id, name)
 }
 
 func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpec {

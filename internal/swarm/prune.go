@@ -1,0 +1,571 @@
+package swarm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/image"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// Pruning runs `updater prune` on every node as a global job: a worker's
+// images can only be removed by its own dockerd, which the job reaches
+// through the node's Docker socket.
+const (
+	stepPrune    = "prune"
+	kindPromoted = "promoted"
+	// DockerSocket is where the prune job finds its node's dockerd.
+	DockerSocket = "/var/run/docker.sock"
+	// taskServiceLabel is the label dockerd puts on a task's container.
+	taskServiceLabel = "com.docker.swarm.service.id"
+	// jobLeftoverAge is how long an exited job container stays: the
+	// updater reads a job's logs right after it ends.
+	jobLeftoverAge = time.Minute
+)
+
+// Promoted returns the service's promoted digests as last recorded,
+// newest first.
+func (s *Swarm) Promoted(ctx context.Context, serviceID string) ([]string, error) {
+	items, err := s.records(ctx, kindPromoted, serviceID, scopeLabel+"="+s.scope())
+	if err != nil || len(items) == 0 {
+		return nil, err
+	}
+	// One record normally; two when an updater died between writing the
+	// new one and removing the old.
+	newest := slices.MaxFunc(items, func(a, b swarm.Config) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	data := newest.Spec.Data
+	if len(data) == 0 {
+		res, err := s.api.ConfigInspect(ctx, newest.ID, client.ConfigInspectOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("read record %s: %w", newest.Spec.Name, err)
+		}
+		data = res.Config.Spec.Data
+	}
+	return strings.Fields(string(data)), nil
+}
+
+// SetPromoted replaces the service's record of promoted digests. Configs
+// are never edited: the new record is written, then the others go.
+func (s *Swarm) SetPromoted(ctx context.Context, serviceID string, digests []string) error {
+	data := strings.Join(digests, "\n") + "\n"
+	sum := sha256.Sum256([]byte(data))
+	name := recordName(kindPromoted, serviceID, hex.EncodeToString(sum[:]))
+	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
+			kindLabel: kindPromoted, serviceLabel: serviceID, scopeLabel: s.scope(),
+		}},
+		Data: []byte(data),
+	}})
+	if err != nil && !isConflict(err) {
+		return fmt.Errorf("record promoted digests %s: %w", name, err)
+	}
+	items, err := s.records(ctx, kindPromoted, serviceID, scopeLabel+"="+s.scope())
+	if err != nil {
+		return nil // the record that matters is written
+	}
+	for _, c := range items {
+		if c.Spec.Name != name {
+			if _, err := s.api.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+				s.log().Warn("remove old promoted record", "record", c.Spec.Name, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Prune runs the prune job on every node that is ready, and reports what
+// each did. A node that does not finish within j.Timeout (it went down,
+// say) is reported with that as its error.
+func (s *Swarm) Prune(ctx context.Context, j deploy.PruneJob, creds deploy.Credentials) ([]deploy.Pruned, error) {
+	pinned, err := s.pinned(ctx, j.Repo)
+	if err != nil {
+		return nil, err
+	}
+	keep := slices.Clone(j.Keep)
+	for _, d := range pinned {
+		if !slices.Contains(keep, d) {
+			keep = append(keep, d)
+		}
+	}
+	auth, err := encodeAuth(creds)
+	if err != nil {
+		return nil, err
+	}
+	s.removeStaleJobs(ctx, stepPrune)
+	nodes, err := s.readyNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.startJob(ctx, pruneSpec(j, keep, s.scope()), auth)
+	if err != nil {
+		return nil, err
+	}
+	defer s.dropJob(id, j.Name)
+
+	ctx, cancel := context.WithTimeout(ctx, j.Timeout)
+	defer cancel()
+	ended := s.awaitEach(ctx, id, nodes)
+	out := make([]deploy.Pruned, 0, len(nodes))
+	for _, n := range nodes {
+		res := deploy.Pruned{Node: s.nodeName(ctx, n)}
+		t, ok := ended[n]
+		switch {
+		case !ok:
+			res.Err = fmt.Sprintf("did not finish within %s", j.Timeout)
+		case t.Status.State == swarm.TaskStateComplete:
+			res = s.readReport(t, res)
+		default:
+			res.Err = fmt.Sprintf("job task %s: %s", t.Status.State, firstNonEmpty(t.Status.Err, t.Status.Message))
+			if last := s.taskTail(t.ID); last != "" {
+				res.Err += ": " + last
+			}
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func pruneSpec(j deploy.PruneJob, keep []string, scope string) swarm.ServiceSpec {
+	labels := map[string]string{jobLabel: j.Service, jobStepLabel: stepPrune, scopeLabel: scope}
+	return swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: j.Name, Labels: labels},
+		Mode:        swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: &swarm.ContainerSpec{
+				Image: j.Image,
+				// The image's entrypoint is the updater.
+				Args: []string{"prune", "--repo", j.Repo, "--keep", strings.Join(keep, ","),
+					"--service", j.Service, "--scope", scope},
+				Mounts: []mount.Mount{{Type: mount.TypeBind, Source: DockerSocket, Target: DockerSocket}},
+				Labels: labels,
+			},
+			// Swarm 20.10 restarts a failed global-job task whatever the
+			// policy says; awaitEach takes the first end per node and the job
+			// is removed right after.
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+			Placement:     &swarm.Placement{Constraints: []string{"node.platform.os == linux"}},
+		},
+	}
+}
+
+// pinned lists the digests of repo that some service's spec or previous
+// spec pins: what is running, and what `docker service rollback` returns
+// to, for every service in the swarm, watched or not.
+func (s *Swarm) pinned(ctx context.Context, repo string) ([]string, error) {
+	want := repository(repo)
+	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	var out []string
+	for _, svc := range res.Items {
+		for _, spec := range []*swarm.ServiceSpec{&svc.Spec, svc.PreviousSpec} {
+			if spec == nil || spec.TaskTemplate.ContainerSpec == nil {
+				continue
+			}
+			img := spec.TaskTemplate.ContainerSpec.Image
+			if _, d := deploy.SplitImage(img); d != "" && repository(img) == want && !slices.Contains(out, d) {
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
+}
+
+// readyNodes are the IDs of the nodes a global job runs on now.
+func (s *Swarm) readyNodes(ctx context.Context) ([]string, error) {
+	res, err := s.api.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	var out []string
+	for _, n := range res.Items {
+		if n.Status.State == swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive &&
+			n.Description.Platform.OS == "linux" {
+			out = append(out, n.ID)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// awaitEach waits until every node has ended a task of the global job, or
+// ctx ends, and returns the first ended task of each node that has one.
+func (s *Swarm) awaitEach(ctx context.Context, id string, nodes []string) map[string]swarm.Task {
+	ended := map[string]swarm.Task{}
+	for {
+		res, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+		if err == nil {
+			for _, t := range res.Items {
+				switch t.Status.State {
+				case swarm.TaskStateComplete, swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned:
+					if first, ok := ended[t.NodeID]; !ok || t.Status.Timestamp.Before(first.Status.Timestamp) {
+						ended[t.NodeID] = t
+					}
+				}
+			}
+		}
+		done := true
+		for _, n := range nodes {
+			if _, ok := ended[n]; !ok {
+				done = false
+			}
+		}
+		if done {
+			return ended
+		}
+		select {
+		case <-ctx.Done():
+			return ended
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// readReport reads the prune report the task printed last.
+func (s *Swarm) readReport(t swarm.Task, res deploy.Pruned) deploy.Pruned {
+	line := s.taskTail(t.ID)
+	var r PruneReport
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		res.Err = fmt.Sprintf("unreadable prune report %q", line)
+		return res
+	}
+	res.Removed, res.Bytes = r.Removed, r.Bytes
+	res.Err = strings.Join(r.Errors, "; ")
+	return res
+}
+
+// taskTail is the last line a task printed, best effort.
+func (s *Swarm) taskTail(id string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := s.api.TaskLogs(ctx, id, client.TaskLogsOptions{ShowStdout: true, ShowStderr: true, Tail: "5"})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	if _, err := stdcopy.StdCopy(&buf, &buf, io.LimitReader(rc, 1<<20)); err != nil && buf.Len() == 0 {
+		return ""
+	}
+	last := ""
+	sc := bufio.NewScanner(&buf)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			last = l
+		}
+	}
+	return last
+}
+
+// removeStaleJobs removes this scope's jobs of step: one left by an
+// updater that died while it ran.
+func (s *Swarm) removeStaleJobs(ctx context.Context, step string) {
+	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).
+		Add("label", jobStepLabel+"="+step).Add("label", scopeLabel+"="+s.scope())})
+	if err != nil {
+		return
+	}
+	for _, svc := range res.Items {
+		s.removeJob(ctx, svc.ID, svc.Spec.Name)
+	}
+}
+
+// PruneReport is what `updater prune` prints, as its last line, about its
+// node.
+type PruneReport struct {
+	Removed int      `json:"removed"`
+	Bytes   int64    `json:"bytes"`
+	Errors  []string `json:"errors,omitempty"`
+}
+
+// PruneImages removes, on the node this client talks to, the images of
+// repo whose digest keep does not list. It leaves alone an image with a
+// tag (someone built or pulled it by hand), and one a container uses,
+// except the exited containers of service's own old tasks, which go
+// first. It also removes this updater's exited job containers (scope),
+// which Swarm leaves behind on every node. It is the node's half of
+// Prune, run by `updater prune` inside the prune job.
+func (s *Swarm) PruneImages(ctx context.Context, repo string, keep []string, service, scope string) (PruneReport, error) {
+	var r PruneReport
+	want := repository(repo)
+	if want == "" {
+		return r, fmt.Errorf("not a repository: %q", repo)
+	}
+	il, err := s.api.ImageList(ctx, client.ImageListOptions{})
+	if err != nil {
+		return r, fmt.Errorf("list images: %w", err)
+	}
+	cl, err := s.api.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return r, fmt.Errorf("list containers: %w", err)
+	}
+	images, conts := il.Items, cl.Items
+	gone := s.removeJobLeftovers(ctx, conts, scope, &r)
+
+	users := map[string][]container.Summary{} // image ID -> containers
+	for _, c := range conts {
+		if !gone[c.ID] {
+			users[c.ImageID] = append(users[c.ImageID], c)
+		}
+	}
+	var doomed []string // image IDs
+	refs := map[string][]string{}
+	for _, img := range images {
+		mine, kept := []string(nil), false
+		for _, rd := range img.RepoDigests {
+			ref, err := name.NewDigest(rd, name.WeakValidation)
+			if err != nil || repository(rd) != want {
+				continue
+			}
+			mine = append(mine, rd)
+			kept = kept || slices.Contains(keep, ref.DigestStr())
+		}
+		if len(mine) == 0 || kept || tagged(img.RepoTags) {
+			continue
+		}
+		if !s.freeOf(ctx, users[img.ID], service, &r) {
+			continue
+		}
+		doomed = append(doomed, img.ID)
+		refs[img.ID] = mine
+	}
+	if len(doomed) == 0 {
+		return r, nil
+	}
+	sizes := s.layerSizes(ctx, images, doomed)
+	removed := map[string]bool{}
+	for _, id := range doomed {
+		for _, ref := range refs[id] {
+			// By reference, not ID: an image also known under another
+			// repository keeps that name and stays.
+			res, err := s.api.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: true})
+			if err != nil {
+				if !isNotFound(err) {
+					r.Errors = append(r.Errors, fmt.Sprintf("remove %s: %v", ref, err))
+				}
+				continue
+			}
+			for _, d := range res.Items {
+				if d.Deleted == id {
+					removed[id] = true
+				}
+			}
+		}
+	}
+	r.Removed = len(removed)
+	r.Bytes = sizes.freed(removed)
+	return r, nil
+}
+
+// freeOf reports whether an image is free to go once the exited containers
+// of service's own old tasks are removed, and removes them. Any other
+// container, running or not, keeps the image.
+func (s *Swarm) freeOf(ctx context.Context, users []container.Summary, service string, r *PruneReport) bool {
+	for _, c := range users {
+		if c.State != container.StateExited && c.State != container.StateDead || c.Labels[taskServiceLabel] != service || service == "" {
+			return false
+		}
+	}
+	for _, c := range users {
+		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{}); err != nil && !isNotFound(err) {
+			r.Errors = append(r.Errors, fmt.Sprintf("remove exited task container %.12s: %v", c.ID, err))
+			return false
+		}
+	}
+	return true
+}
+
+// removeJobLeftovers removes the exited containers of this scope's jobs
+// (hooks and earlier prunes) that ended a while ago: Swarm removes a job's
+// service but leaves its containers on the nodes.
+func (s *Swarm) removeJobLeftovers(ctx context.Context, conts []container.Summary, scope string, r *PruneReport) map[string]bool {
+	gone := map[string]bool{}
+	if scope == "" {
+		return gone
+	}
+	for _, c := range conts {
+		if c.Labels[scopeLabel] != scope || c.Labels[jobLabel] == "" || c.State != container.StateExited && c.State != container.StateDead {
+			continue
+		}
+		res, err := s.api.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
+		if err != nil || res.Container.State == nil {
+			continue
+		}
+		finished, err := time.Parse(time.RFC3339Nano, res.Container.State.FinishedAt)
+		if err != nil || time.Since(finished) < jobLeftoverAge {
+			continue
+		}
+		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{}); err != nil && !isNotFound(err) {
+			r.Errors = append(r.Errors, fmt.Sprintf("remove exited job container %.12s: %v", c.ID, err))
+			continue
+		}
+		gone[c.ID] = true
+	}
+	return gone
+}
+
+// layers tells how much disk removing images gives back. An image's Size
+// counts layers it shares with others (all versions of an app share the
+// base image's), so each layer is counted once, and only when no image that
+// stays has it.
+type layers struct {
+	size    map[string]int64    // layer (its chain of diff IDs) -> size
+	of      map[string][]string // image ID -> its layers
+	kept    map[string]bool     // layers images that stay have
+	unknown map[string]int64    // image ID -> Size, when its layer sizes can't be told
+}
+
+func (s *Swarm) layerSizes(ctx context.Context, images []image.Summary, doomed []string) layers {
+	l := layers{size: map[string]int64{}, of: map[string][]string{}, kept: map[string]bool{}, unknown: map[string]int64{}}
+	for _, img := range images {
+		ins, err := s.api.ImageInspect(ctx, img.ID)
+		if err != nil {
+			continue
+		}
+		var chain []string
+		for i := range ins.RootFS.Layers {
+			chain = append(chain, strings.Join(ins.RootFS.Layers[:i+1], ","))
+		}
+		if !slices.Contains(doomed, img.ID) {
+			for _, c := range chain {
+				l.kept[c] = true
+			}
+			continue
+		}
+		l.of[img.ID] = chain
+		// The history lists layers oldest last, with metadata-only steps
+		// at size 0; its non-zero sizes line up with the layers unless a
+		// layer is empty, and then the image counts whole.
+		hist, err := s.api.ImageHistory(ctx, img.ID)
+		var sizes []int64
+		if err == nil {
+			for i := len(hist.Items) - 1; i >= 0; i-- {
+				if hist.Items[i].Size > 0 {
+					sizes = append(sizes, hist.Items[i].Size)
+				}
+			}
+		}
+		if len(sizes) != len(chain) {
+			l.unknown[img.ID] = img.Size
+			continue
+		}
+		for i, c := range chain {
+			l.size[c] = sizes[i]
+		}
+	}
+	return l
+}
+
+// freed is the disk the removed images gave back.
+func (l layers) freed(removed map[string]bool) int64 {
+	var total int64
+	counted := map[string]bool{}
+	for id := range removed {
+		if n, ok := l.unknown[id]; ok {
+			total += n
+			continue
+		}
+		for _, c := range l.of[id] {
+			if !l.kept[c] && !counted[c] {
+				counted[c] = true
+				total += l.size[c]
+			}
+		}
+	}
+	return total
+}
+
+// repository normalises an image reference to its repository, so that
+// "nginx", "docker.io/library/nginx:1" and "nginx@sha256:…" compare equal;
+// "" when ref does not parse.
+func repository(ref string) string {
+	var (
+		r   name.Reference
+		err error
+	)
+	if strings.Contains(ref, "@") {
+		r, err = name.NewDigest(ref, name.WeakValidation)
+	} else {
+		r, err = name.ParseReference(ref, name.WeakValidation)
+	}
+	if err != nil {
+		return ""
+	}
+	return r.Context().Name()
+}
+
+func tagged(repoTags []string) bool {
+	for _, t := range repoTags {
+		if t != "" && t != "<none>:<none>" {
+			return true
+		}
+	}
+	return false
+}
+
+// SelfImage is the image of the container the updater runs in, found
+// through its own container ID: the prune job runs it on every node. For a
+// Swarm task it is the image as the service spec pins it
+// (repo:tag@sha256:…), which every node can pull with the service's
+// registry credentials.
+func (s *Swarm) SelfImage(ctx context.Context) (string, error) {
+	id := ownContainerID()
+	if id == "" {
+		return "", errors.New("the updater does not run in a container here")
+	}
+	res, err := s.api.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("inspect the updater's own container %.12s: %w", id, err)
+	}
+	if res.Container.Config == nil || res.Container.Config.Image == "" {
+		return "", fmt.Errorf("the updater's own container %.12s names no image", id)
+	}
+	return res.Container.Config.Image, nil
+}
+
+// ownContainerID finds the ID of the container this process runs in: the
+// files Docker bind-mounts into every container (/etc/hostname,
+// /etc/hosts, /etc/resolv.conf) come from /var/lib/docker/containers/<ID>/,
+// and mountinfo shows that path on cgroup v1 and v2 alike. "" outside a
+// container.
+func ownContainerID() string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	return containerIDIn(string(b))
+}
+
+func containerIDIn(mountinfo string) string {
+	for _, line := range strings.Split(mountinfo, "\n") {
+		_, rest, ok := strings.Cut(line, "/containers/")
+		if !ok {
+			continue
+		}
+		id, _, ok := strings.Cut(rest, "/")
+		if ok && len(id) == 64 && strings.Trim(id, "0123456789abcdef") == "" {
+			return id
+		}
+	}
+	return ""
+}
