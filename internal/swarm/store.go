@@ -162,7 +162,7 @@ func recordName(kind, serviceID, key string) string {
 }
 
 func isConflict(err error) bool {
-	return errdefs.IsConflict(err) || strings.Contains(err.Error(), "already exists")
+	return err != nil && (errdefs.IsConflict(err) || strings.Contains(err.Error(), "already exists"))
 }
 
 func isNotFound(err error) bool { return notFound(err) != err }

@@ -180,7 +180,7 @@ func (s *Swarm) retry(ctx context.Context, serviceID string, write func(swarm.Se
 			return fmt.Errorf("inspect service %s: %w", serviceID, notFound(ierr))
 		}
 		err = write(res.Service)
-		if err == nil || !strings.Contains(err.Error(), "update out of sequence") {
+		if err == nil || !isOutOfSequence(err) {
 			break
 		}
 		select {
@@ -235,6 +235,12 @@ func (s *Swarm) Rollout(ctx context.Context, serviceID string) (deploy.Rollout, 
 		r.Tasks = append(r.Tasks, dt)
 	}
 	return r, nil
+}
+
+// isOutOfSequence is Swarm refusing a write based on a stale read; it
+// comes as a 500 with this text, not as a conflict code.
+func isOutOfSequence(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "update out of sequence")
 }
 
 func notFound(err error) error {
