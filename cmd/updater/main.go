@@ -157,11 +157,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	if !p.DryRun {
+		// One updater acts per scope, even when two run by mistake.
+		keeper := &deploy.Keeper{Lease: sw, Holder: holder(), TTL: cfg.LeaseTTL, Log: log}
+		keeper.Acquire(ctx)
+		p.Acting = keeper.Held
+		kctx, stopKeeper := context.WithCancel(ctx)
+		kept := make(chan struct{})
+		go func() { defer close(kept); keeper.Run(kctx) }()
+		defer func() { stopKeeper(); <-kept }()
+	}
+
 	switch cmd {
 	case "check":
 		return check(ctx, p, stdout, log)
 	case "deploy":
 		ev, err := p.DeployService(ctx, args[0])
+		if errors.Is(err, deploy.ErrStandby) {
+			log.Error("deploy", "service", args[0], "err", err,
+				"hint", "the running updater deploys on request: POST /api/v1/services/"+args[0]+"/deploy")
+			return 1
+		}
 		if err != nil {
 			log.Error("deploy", "service", args[0], "err", err)
 			return 1
@@ -198,6 +214,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch {
 		case errors.Is(err, deploy.ErrBusy):
 			log.Warn("tick skipped: the previous cycle is still running")
+		case errors.Is(err, deploy.ErrStandby):
+			log.Debug("cycle skipped: standing by") // the keeper logged the change
 		case err != nil:
 			// The pipeline logs outages once; every failing cycle is only
 			// worth a debug line.
@@ -240,6 +258,13 @@ func check(ctx context.Context, p *deploy.Pipeline, out io.Writer, log *slog.Log
 		return 1
 	}
 	return 0
+}
+
+// holder names this updater process in the lease: in a container the
+// hostname is the container's ID.
+func holder() string {
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", h, os.Getpid())
 }
 
 func orNone(s string) string {

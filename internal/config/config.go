@@ -31,6 +31,7 @@ type Config struct {
 	RegistryConcurrency int           // UPDATER_REGISTRY_CONCURRENCY: digest lookups in flight at once
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
+	LeaseTTL            time.Duration // UPDATER_LEASE_TTL: how long a dead updater's lease blocks another
 	ApprovalTimeout     time.Duration // UPDATER_APPROVAL_TIMEOUT: how long a deploy waits for a person's approval
 
 	// The HTTP server: health, metrics, registry webhooks, the API and the
@@ -174,6 +175,10 @@ func settings() []setting {
 			c.WatchInterval, err = parseDuration(v, 100*time.Millisecond, time.Minute, `"1s" or "500ms"`)
 			return err
 		}},
+		{"UPDATER_LEASE_TTL", func(c *Config, v string) (err error) {
+			c.LeaseTTL, err = parseDuration(v, 3*time.Second, 10*time.Minute, `"30s" or "1m"`)
+			return err
+		}},
 		{"UPDATER_APPROVAL_TIMEOUT", func(c *Config, v string) (err error) {
 			c.ApprovalTimeout, err = parseDuration(v, time.Minute, 30*24*time.Hour, `"24h" or "72h"`)
 			return err
@@ -274,6 +279,7 @@ func defaults() Config {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		LeaseTTL:            30 * time.Second,
 		ApprovalTimeout:     24 * time.Hour,
 		Listen:              ":8080",
 		Prune:               Prune{Keep: 1},

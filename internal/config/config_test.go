@@ -59,6 +59,7 @@ func TestDefaults(t *testing.T) {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		LeaseTTL:            30 * time.Second,
 		ApprovalTimeout:     24 * time.Hour,
 		Listen:              ":8080",
 		Prune:               Prune{Keep: 1},
@@ -134,6 +135,7 @@ func TestValid(t *testing.T) {
 		{"UPDATER_REGISTRY_TIMEOUT", "10m", func(c Config) bool { return c.RegistryTimeout == 10*time.Minute }},
 		{"UPDATER_WATCH_INTERVAL", "100ms", func(c Config) bool { return c.WatchInterval == 100*time.Millisecond }},
 		{"UPDATER_WATCH_INTERVAL", "1m", func(c Config) bool { return c.WatchInterval == time.Minute }},
+		{"UPDATER_LEASE_TTL", "5s", func(c Config) bool { return c.LeaseTTL == 5*time.Second }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
@@ -191,6 +193,8 @@ func TestInvalid(t *testing.T) {
 		{"UPDATER_WATCH_INTERVAL", "fast", "use a Go duration between 100ms and 1m"},
 		{"UPDATER_WATCH_INTERVAL", "99ms", "use a Go duration between 100ms and 1m"},
 		{"UPDATER_WATCH_INTERVAL", "61s", "use a Go duration between 100ms and 1m"},
+		{"UPDATER_LEASE_TTL", "2s", "use a Go duration between 3s and 10m"},
+		{"UPDATER_LEASE_TTL", "soon", "use a Go duration between 3s and 10m"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
@@ -313,8 +317,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 29 {
-		t.Errorf("got %d names, want 29: %v", len(names), names)
+	if len(names) != 30 {
+		t.Errorf("got %d names, want 30: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {

@@ -47,6 +47,9 @@ type Pipeline struct {
 	ApprovalTimeout time.Duration
 	// Observer, when set, is told how each cycle went (metrics).
 	Observer CycleObserver
+	// Acting, when set, says whether this updater may act now (it holds
+	// the lease, see Keeper); when false, cycles and deploys do nothing.
+	Acting func() bool
 	// Pruning removes, after a successful deploy, the images it made
 	// unused on every node; its zero value prunes nothing.
 	Pruning Pruning
@@ -95,6 +98,9 @@ func (p *Pipeline) CycleFor(ctx context.Context, pushes []Push) ([]Plan, error) 
 
 // cycle runs one cycle; the caller holds p.running.
 func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err error) {
+	if p.Acting != nil && !p.Acting() {
+		return nil, ErrStandby
+	}
 	full, start := len(pushes) == 0, p.now()
 	p.setBusy(start)
 	deploys := 0
@@ -174,6 +180,9 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error) {
 	p.running.Lock()
 	defer p.running.Unlock()
+	if p.Acting != nil && !p.Acting() {
+		return Event{}, ErrStandby
+	}
 	p.setBusy(p.now())
 	defer p.setBusy(time.Time{})
 	if !p.DryRun {

@@ -352,3 +352,34 @@ func TestIdleRSSWatching100Services(t *testing.T) {
 		t.Fatalf("%d deploys started with nothing to deploy", s)
 	}
 }
+
+// Two updaters on one stack by mistake: only the lease holder acts; when
+// it dies, the other takes over once the lease expires.
+func TestTwoUpdatersOneActs(t *testing.T) {
+	const stack, repo = "e2etwo", "e2e/two"
+	v1 := push(t, repo, "v1")
+	app := createService(t, "e2etwo_app", repo, v1, svcOpts{stack: stack, optIn: true})
+	a := startUpdater(t, stack)
+	a.waitLog(t, 30*time.Second, 1, "lease taken: this updater acts")
+	b := startUpdater(t, stack)
+	b.waitLog(t, 30*time.Second, 1, "lease held by another updater: standing by")
+
+	v2 := push(t, repo, "v2")
+	a.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2)
+	after := a.cycles()
+	waitFor(t, 30*time.Second, "2 more cycles", func() bool { return a.cycles() >= after+2 })
+	if n := b.count("deploy started"); n != 0 {
+		t.Fatalf("the standby updater started %d deploys", n)
+	}
+
+	a.stop(syscall.SIGKILL) // no release: b waits out the lease
+	b.waitLog(t, 30*time.Second, 1, "lease taken: this updater acts")
+	v3 := push(t, repo, "v3")
+	b.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v3)
+	if !allRunning(t, app, v3) {
+		t.Fatal("v3 reported but not running")
+	}
+	if n := a.count("deploy started") + b.count("deploy started"); n != 2 {
+		t.Fatalf("%d deploys started for two pushes, want 2", n)
+	}
+}

@@ -452,6 +452,8 @@ func startUpdater(t testing.TB, stack string, extra ...string) *updater {
 		"UPDATER_DEPLOY_TIMEOUT=90s",
 		"UPDATER_WATCH_INTERVAL=200ms",
 		"UPDATER_REGISTRY_TIMEOUT=3s",
+		// A killed updater's lease blocks its successor this long.
+		"UPDATER_LEASE_TTL=3s",
 		// Loopback and a free port: tests never listen on every interface,
 		// and updaters of runs side by side never fight over :8080.
 		"UPDATER_LISTEN=127.0.0.1:0",
