@@ -209,11 +209,11 @@ func (p *Pipeline) gate(ctx context.Context, plans []Plan, full bool) []Plan {
 	if b.open == nil {
 		b.open = map[string]*Approval{}
 	}
-	seen := make(map[string]bool, len(plans))
+	planned := make(map[string]bool, len(plans))
 	for i := range plans {
 		pl := &plans[i]
 		t := pl.Target
-		seen[t.ID] = true
+		planned[t.ID] = true
 		a := b.open[t.ID]
 		switch {
 		case pl.Action == ActError:
@@ -249,7 +249,7 @@ func (p *Pipeline) gate(ctx context.Context, plans []Plan, full bool) []Plan {
 	}
 	if full {
 		for id := range b.open {
-			if !seen[id] {
+			if !planned[id] {
 				dropped = append(dropped, b.close(id, ApprovalSuperseded, now, "the service is no longer watched"))
 			}
 		}

@@ -85,7 +85,7 @@ const statusPageLimit = 20
 func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	ready, why := s.ready()
 	d := pageData{Version: s.cfg.Version, Ready: ready, ReadyText: why, Services: s.services(),
-		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: r.URL.Query().Get("msg")}
+		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: outcomeMessage(r.URL.Query())}
 	for _, a := range s.cfg.Pipeline.Approvals() {
 		switch {
 		case a.State == deploy.ApprovalPending:
@@ -109,21 +109,51 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 }
 
 // decideForm is an approve or reject button: it decides, then sends the
-// browser back to the page (a reload then does not post again).
+// browser back to the page (a reload then does not post again). The page
+// says what happened from the outcome and the ID alone, so a crafted link
+// can't make it show words of someone else's choosing.
 func (s *Server) decideForm(approve bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
-		a, err := s.decision(r, approve)
-		msg := ""
+		_, err := s.decision(r, approve)
+		outcome := "rejected"
 		switch {
 		case err != nil:
-			msg = "Not done: " + err.Error()
+			outcome = "refused"
+			s.cfg.Log.Info("decision from the status page refused", "deploy_id", id, "err", err)
 		case approve:
-			msg = fmt.Sprintf("Approved: %s deploys %s now.", a.ServiceName, deploy.Short(a.To))
-		default:
-			msg = fmt.Sprintf("Rejected: %s stays on %s.", a.ServiceName, deploy.Short(a.From))
+			outcome = "approved"
 		}
-		s.cfg.Log.Info("decision from the status page", "deploy_id", id, "approve", approve, "err", err)
-		http.Redirect(w, r, "/?msg="+url.QueryEscape(msg), http.StatusSeeOther)
+		http.Redirect(w, r, "/?"+url.Values{"deploy": {id}, "outcome": {outcome}}.Encode(), http.StatusSeeOther)
 	}
+}
+
+// isID says whether s looks like a deploy ID (hex); nothing else is echoed.
+func isID(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// outcomeMessage is the line the page shows after a button.
+func outcomeMessage(q url.Values) string {
+	id := q.Get("deploy")
+	if !isID(id) {
+		return ""
+	}
+	switch q.Get("outcome") {
+	case "approved":
+		return fmt.Sprintf("Approved deploy %s: it deploys now.", id)
+	case "rejected":
+		return fmt.Sprintf("Rejected deploy %s: its digest is not deployed until the tag moves.", id)
+	case "refused":
+		return fmt.Sprintf("Deploy %s was not decided: it is no longer pending (decided, superseded or expired) or unknown.", id)
+	}
+	return ""
 }

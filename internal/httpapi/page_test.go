@@ -128,16 +128,22 @@ func TestStatusPageButtons(t *testing.T) {
 		t.Fatalf("approve: %d", rec.Code)
 	}
 	loc, _ := url.Parse(rec.Header().Get("Location"))
-	if loc.Path != "/" || !strings.Contains(loc.Query().Get("msg"), "Approved: web deploys sha256:bbbbbbbbbbbb") {
+	if loc.Path != "/" || loc.Query().Get("deploy") != "0a1b2c" || loc.Query().Get("outcome") != "approved" {
 		t.Fatalf("redirect to %s", loc)
 	}
 	page := r.do(browser("GET", loc.String())).Body.String()
-	if !strings.Contains(page, `<p class="msg">Approved: web deploys sha256:bbbbbbbbbbbb now.</p>`) {
+	if !strings.Contains(page, `<p class="msg">Approved deploy 0a1b2c: it deploys now.</p>`) {
 		t.Error("the page does not say what the button did")
 	}
 	rec = r.do(browser("POST", "/ui/deploys/0a1b2c/reject"))
-	if loc, _ := url.Parse(rec.Header().Get("Location")); !strings.Contains(loc.Query().Get("msg"), "Not done") {
+	if loc, _ := url.Parse(rec.Header().Get("Location")); loc.Query().Get("outcome") != "refused" {
 		t.Fatalf("a refused rejection redirects to %s", loc)
+	}
+	// A crafted link shows nothing of its author's choosing.
+	for _, q := range []string{"?deploy=<b>x</b>&outcome=approved", "?deploy=0a1b&outcome=pwned", "?msg=Approved+by+the+CEO"} {
+		if page := r.do(browser("GET", "/"+q)).Body.String(); strings.Contains(page, `class="msg"`) {
+			t.Errorf("%s shows a message", q)
+		}
 	}
 
 	cross := browser("POST", "/ui/deploys/0a1b2c/approve")

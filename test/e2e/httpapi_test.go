@@ -329,7 +329,7 @@ func TestApprovalGate(t *testing.T) {
 		}
 	}
 	approved := call(t, "POST", base+"/ui/deploys/"+id+"/approve", basic, map[string]string{"Origin": base, "Sec-Fetch-Site": "same-origin"}, "")
-	if approved.status != http.StatusSeeOther || !strings.Contains(approved.header.Get("Location"), "Approved") {
+	if approved.status != http.StatusSeeOther || !strings.Contains(approved.header.Get("Location"), "outcome=approved") {
 		t.Fatalf("approve button: %d %s", approved.status, approved.header.Get("Location"))
 	}
 	u.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2)
