@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // verdict is what one look at a rollout concludes.
@@ -104,6 +105,28 @@ func notYet(r Rollout, want string) (verdict, string) {
 		return failing, fmt.Sprintf("tasks of the new version were rejected %d times; Swarm retries them without end", n) + taskErrors(r, want)
 	}
 	return pending, ""
+}
+
+// taskSkew allows for the clock of the Swarm manager that stamps tasks
+// running behind the updater's.
+const taskSkew = 10 * time.Second
+
+// recent leaves out the tasks that ended before a deploy started at
+// started: the history of an earlier attempt at the same digest (`updater
+// deploy` after the credentials were fixed) is not this deploy's, and its
+// three rejections must not fail it at once. Tasks Swarm wants running stay
+// whatever their age: they are the service now.
+func recent(r Rollout, started time.Time) Rollout {
+	cut := started.Add(-taskSkew)
+	out := r
+	out.Tasks = make([]Task, 0, len(r.Tasks))
+	for _, t := range r.Tasks {
+		if t.Desired != "running" && !t.Since.IsZero() && t.Since.Before(cut) {
+			continue
+		}
+		out.Tasks = append(out.Tasks, t)
+	}
+	return out
 }
 
 // rejectLimit is how many rejected tasks of the new version end a rollout

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 var (
@@ -312,5 +313,31 @@ func TestDecide(t *testing.T) {
 				t.Errorf("reason = %q, want it to contain %q", pl.Reason, tt.reasonHas)
 			}
 		})
+	}
+}
+
+// A digest deployed again after it failed (updater deploy, once the
+// credentials are fixed) is judged on its own tasks, not on the rejections
+// of the earlier attempt.
+func TestRecentLeavesOutEarlierAttempts(t *testing.T) {
+	started := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(tk Task, ago time.Duration) Task { tk.Since = started.Add(-ago); return tk }
+	r := Rollout{Image: pinned(newD), UpdateState: "completed", Desired: 1, Tasks: []Task{
+		at(rejected(newD, "w1", "shutdown"), 10*time.Minute),
+		at(rejected(newD, "w1", "shutdown"), 9*time.Minute),
+		at(rejected(newD, "w1", "shutdown"), 8*time.Minute),
+		at(up(oldD, "running"), time.Hour),               // wanted running: stays, however old
+		at(up(newD, "pending"), -time.Second),            // this attempt
+		at(rejected(newD, "w1", "ready"), 5*time.Second), // within the clock skew: this attempt
+	}}
+	got := recent(r, started)
+	if len(got.Tasks) != 3 {
+		t.Fatalf("recent kept %d tasks, want 3: %+v", len(got.Tasks), got.Tasks)
+	}
+	if v, why := judge(got, newD); v != pending {
+		t.Errorf("judge = %d (%q), want pending: the earlier attempt's rejections do not count", v, why)
+	}
+	if v, _ := judge(r, newD); v != failing {
+		t.Errorf("judge of the whole history = %d, want failing (the test would prove nothing)", v)
 	}
 }

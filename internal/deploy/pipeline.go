@@ -239,6 +239,7 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 	last := Step{Phase: PhaseRollout, Done: -1}
 	var seen Rollout // the last look: what held the rollout up, at the deadline
 	v, why, err := p.watch(ctx, rel.ServiceID, rel.Started.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
+		r = recent(r, rel.Started)
 		seen = r
 		v, why := judge(r, rel.To)
 		// Progress is reported when it changes, not on every look.

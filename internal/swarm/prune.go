@@ -121,9 +121,9 @@ func (s *Swarm) Prune(ctx context.Context, j deploy.PruneJob, creds deploy.Crede
 	}
 	defer s.dropJob(id, j.Name)
 
-	ctx, cancel := context.WithTimeout(ctx, j.Timeout)
+	wait, cancel := context.WithTimeout(ctx, j.Timeout)
 	defer cancel()
-	ended := s.awaitEach(ctx, id, nodes)
+	ended := s.awaitEach(wait, id, nodes)
 	out := make([]deploy.Pruned, 0, len(nodes))
 	for _, n := range nodes {
 		res := deploy.Pruned{Node: s.nodeName(ctx, n)}
