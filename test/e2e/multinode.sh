@@ -261,7 +261,12 @@ restore_manager() {
 
 # ---- subcommands ---------------------------------------------------------------------
 cmd_setup() {
-  need_root; take_lock
+  need_root
+  local c
+  for c in ip nsenter unshare flock mount docker; do
+    command -v "$c" >/dev/null || die "$c not found (Debian: apt-get install iproute2 util-linux mount docker.io)"
+  done
+  take_lock
   dm version >/dev/null 2>&1 || die "the host dockerd does not answer on the default socket"
   [[ -x /usr/sbin/dockerd ]] || die "/usr/sbin/dockerd missing"
   manager_guard
