@@ -101,6 +101,12 @@ func setupMultiNode(tb testing.TB) *multiNode {
 			tb.Errorf("multinode.sh teardown: %v\n%s", err, out)
 		}
 	})
+	// Making the swarm re-initialises the host's, which would remove the
+	// services of another suite still running on this dockerd: wait for it.
+	waitFor(tb, 10*time.Minute, "a swarm without services (multinode.sh setup would remove them)", func() bool {
+		res, err := env.docker.ServiceList(context.Background(), client.ServiceListOptions{})
+		return err == nil && len(res.Items) == 0
+	})
 	start := time.Now()
 	run("setup")
 	vars := map[string]string{}
