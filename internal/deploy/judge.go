@@ -27,15 +27,15 @@ const (
 // "running" already means healthy; an unhealthy one fails and Swarm counts
 // it against the update.
 func judge(r Rollout, want string) (verdict, string) {
-	switch r.UpdateState {
+	switch msg := onNode(r); r.UpdateState {
 	case "paused":
-		return failing, "Swarm paused the update: " + r.UpdateMessage + taskErrors(r, want)
+		return failing, "Swarm paused the update: " + msg + taskErrors(r, want)
 	case "rollback_started":
-		return rollingBack, "Swarm is rolling back: " + r.UpdateMessage + taskErrors(r, want)
+		return rollingBack, "Swarm is rolling back: " + msg + taskErrors(r, want)
 	case "rollback_completed":
-		return rolledBack, "Swarm rolled back: " + r.UpdateMessage + taskErrors(r, want)
+		return rolledBack, "Swarm rolled back: " + msg + taskErrors(r, want)
 	case "rollback_paused":
-		return stuck, "Swarm paused the rollback: " + r.UpdateMessage + taskErrors(r, want)
+		return stuck, "Swarm paused the rollback: " + msg + taskErrors(r, want)
 	}
 	if _, d := SplitImage(r.Image); d != want {
 		// The spec no longer asks for want and Swarm reports no rollback:
@@ -89,6 +89,19 @@ func restored(r Rollout, bad string) bool {
 		ready++
 	}
 	return ready >= r.Desired
+}
+
+// onNode is Swarm's update message with the node of the task it names
+// ("update paused due to failure or early termination of task x"): a task
+// that ended without an error of its own, because its node went down, is
+// otherwise a bare ID.
+func onNode(r Rollout) string {
+	for _, t := range r.Tasks {
+		if t.ID != "" && t.Node != "" && strings.Contains(r.UpdateMessage, t.ID) {
+			return r.UpdateMessage + " (on node " + t.Node + ")"
+		}
+	}
+	return r.UpdateMessage
 }
 
 // notYet is the verdict on a rollout that is not healthy yet: pending,

@@ -161,6 +161,14 @@ func TestJudge(t *testing.T) {
 			want: pending,
 		},
 		{
+			name: "the task Swarm names is on a node",
+			r: Rollout{Image: pinned(oldD), UpdateState: "rollback_started", Desired: 1,
+				UpdateMessage: "update rolled back due to failure or early termination of task t-bb-down",
+				Tasks:         []Task{up(oldD, "running"), on("worker-1", down(newD, "shutdown", ""))}},
+			want:    rollingBack,
+			reasons: []string{"early termination of task t-bb-down (on node worker-1)"},
+		},
+		{
 			name: "rollback started after a rejection names the node",
 			r: Rollout{Image: pinned(oldD), UpdateState: "rollback_started", UpdateMessage: "update rolled back due to failure or early termination of task x", Desired: 1,
 				Tasks: []Task{up(oldD, "running"), rejected(newD, "worker-1", "shutdown")}},
@@ -194,6 +202,8 @@ func TestJudge(t *testing.T) {
 	}
 }
 
+func on(node string, t Task) Task { t.Node = node; return t }
+
 // rejected is a task of digest d a node rejected; desired is "ready" for
 // the newest (Swarm keeps it until it replaces it), "shutdown" for older.
 func rejected(d, node, desired string) Task {
@@ -202,13 +212,13 @@ func rejected(d, node, desired string) Task {
 }
 
 func TestTaskErrorsNameNodes(t *testing.T) {
-	on := func(node, err string) Task { tk := down(newD, "failed", err); tk.Node = node; return tk }
+	failed := func(node, err string) Task { return on(node, down(newD, "failed", err)) }
 	r := Rollout{Tasks: []Task{
-		on("w2", "dockerexec: unhealthy container"),
-		on("w1", "dockerexec: unhealthy container"),
-		on("w1", "dockerexec: unhealthy container"),
-		on("", "no suitable node (1 node not available for new tasks)"),
-		on("w3", "No such image: x"),
+		failed("w2", "dockerexec: unhealthy container"),
+		failed("w1", "dockerexec: unhealthy container"),
+		failed("w1", "dockerexec: unhealthy container"),
+		failed("", "no suitable node (1 node not available for new tasks)"),
+		failed("w3", "No such image: x"),
 	}}
 	want := " (task errors: no suitable node (1 node not available for new tasks); on node w3: No such image: x; on nodes w1, w2: dockerexec: unhealthy container)"
 	if got := taskErrors(r, newD); got != want {
