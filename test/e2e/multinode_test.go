@@ -696,8 +696,8 @@ func TestMultiNode(t *testing.T) {
 			waitFor(t, time.Minute, "v2 on the worker", func() bool { _, ok := mn.running(t, app, v2)[mn.workerNode]; return ok })
 			t.Logf("outcome after %s: promoted once the task was rescheduled", took.Round(time.Second))
 		case failed != nil:
-			if failed["rolled_back"] != true {
-				t.Fatalf("failure %v: want it rolled back", failed)
+			if failed["rolled_back"] != true || !strings.Contains(fmt.Sprint(failed["err"]), mn.workerName) {
+				t.Fatalf("failure %v: want it rolled back, naming the worker %s", failed, mn.workerName)
 			}
 			waitFor(t, time.Minute, "v1 on the worker", func() bool { _, ok := mn.running(t, app, v1)[mn.workerNode]; return ok })
 			t.Logf("outcome after %s: failed and rolled back: %v", took.Round(time.Second), failed["err"])
