@@ -101,11 +101,12 @@ func setupMultiNode(tb testing.TB) *multiNode {
 			tb.Errorf("multinode.sh teardown: %v\n%s", err, out)
 		}
 	})
-	// Making the swarm re-initialises the host's, which would remove the
-	// services of another suite still running on this dockerd: wait for it.
-	waitFor(tb, 10*time.Minute, "a swarm without services (multinode.sh setup would remove them)", func() bool {
+	// Making the swarm re-initialises the host's, which would pull it from
+	// under another suite (or make demo) running on this dockerd, between
+	// its tests too: wait for those to end.
+	waitFor(tb, 15*time.Minute, "other e2e runs and demos on this machine to end (multinode.sh setup re-initialises the swarm)", func() bool {
 		res, err := env.docker.ServiceList(context.Background(), client.ServiceListOptions{})
-		return err == nil && len(res.Items) == 0
+		return err == nil && len(res.Items) == 0 && len(othersOnDocker()) == 0
 	})
 	start := time.Now()
 	run("setup")
@@ -143,6 +144,28 @@ func setupMultiNode(tb testing.TB) *multiNode {
 	tb.Cleanup(func() { mn.removeHostImages() })
 	tb.Logf("2-node swarm (manager %s, worker %s) and registry ready in %s", mn.manager, mn.workerName, time.Since(start).Round(100*time.Millisecond))
 	return mn
+}
+
+// othersOnDocker lists the other processes of this machine that use the
+// swarm and would break if it were re-initialised under them: e2e test
+// binaries other than this one, and make demo.
+func othersOnDocker() []string {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var out []string
+	for _, f := range dirs {
+		if f == fmt.Sprintf("/proc/%d/cmdline", os.Getpid()) {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if strings.HasSuffix(args[0], "/e2e.test") || slices.ContainsFunc(args, func(a string) bool { return strings.HasSuffix(a, "demo/demo.sh") }) {
+			out = append(out, strings.Join(args, " "))
+		}
+	}
+	return out
 }
 
 // serveMN serves h on addr, inside the network namespace nsPath when it
