@@ -29,6 +29,10 @@ if [ -n "$ids" ]; then
 fi
 # Hook jobs carry the stack label too; a killed updater may leave one.
 for j in $(docker service ls -q --filter label=io.updater.job --filter "label=com.docker.stack.namespace=$STACK"); do docker service rm "$j" >/dev/null; done
+# The demo updater's own objects (deploys in flight, notifier references,
+# its lease) carry its scope: a hash of its opt-in label and stack.
+scope=$(printf 'updater.enable\0%s' "$STACK" | sha256sum | cut -c1-16)
+for c in $(docker config ls -q --filter "label=io.updater.scope=$scope"); do docker config rm "$c" >/dev/null; done
 # The updater's records: by service, and migration records by their key.
 for id in $ids; do
   key=$(printf 'service:%s' "$id" | sha256sum | cut -c1-16)

@@ -106,10 +106,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer sw.Close()
-	if err := sw.Ping(ctx); err != nil {
-		log.Error("start", "err", err)
-		return 1
-	}
 
 	var reporter deploy.Reporter = notify.Log{Logger: plain}
 	if cmd != "check" {
@@ -123,6 +119,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			reporter = notify.Reporters{reporter, d}
 			defer flush("notifications", log, d.Close)
 		}
+	}
+
+	// Docker is asked only now: a Slack token Slack rejects is a bad
+	// setting (exit 2) whether or not Docker answers.
+	if err := sw.Ping(ctx); err != nil {
+		log.Error("start", "err", err)
+		return 1
 	}
 
 	p := &deploy.Pipeline{

@@ -118,7 +118,9 @@ func TestDeployErrors(t *testing.T) {
 		{"no environment", func(_ *fakeapi.Rollbar, c *rollbar.Config) { c.Environment = "" }, false, "'environment' is required"},
 		{"rate limited", func(f *fakeapi.Rollbar, _ *rollbar.Config) { f.RateLimit("deploy.create", 1, 3*time.Second) }, true, "429"},
 		{"server error", func(f *fakeapi.Rollbar, _ *rollbar.Config) { f.Fail("deploy.create", 1, http.StatusBadGateway) }, true, "502"},
-		{"down", func(f *fakeapi.Rollbar, _ *rollbar.Config) { f.Close() }, true, "connection refused"},
+		// Refused or reset, by how far the closing server got: both are
+		// "connection" errors worth retrying.
+		{"down", func(f *fakeapi.Rollbar, _ *rollbar.Config) { f.Close() }, true, "connection "},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newRollbar(t)
