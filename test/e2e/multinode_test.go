@@ -36,6 +36,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 	"golang.org/x/sys/unix"
@@ -371,6 +372,53 @@ func tarLayer(tb testing.TB, files map[string][]byte) v1.Layer {
 	return l
 }
 
+// startUpdaterService runs the updater as the README deploys it: a
+// service constrained to a manager, with the Docker socket, pruning on and
+// no UPDATER_PRUNE_IMAGE. Host networking, since the registry listens on
+// the host's loopback. When tb ends the service goes, and the test waits
+// for its container to stop: it releases the lease on SIGTERM.
+func (mn *multiNode) startUpdaterService(tb testing.TB) string {
+	tb.Helper()
+	svcName := mnStack + "_updater"
+	one := uint64(1)
+	spec := swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: svcName, Labels: map[string]string{"com.docker.stack.namespace": mnStack}},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: &swarm.ContainerSpec{
+				Image: mn.pruneImage,
+				Env: []string{"UPDATER_STACK=" + mnStack, "UPDATER_SCHEDULE=@every 1s", "UPDATER_LOG_LEVEL=debug",
+					"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=" + mnTimeout.String(),
+					"UPDATER_LISTEN=127.0.0.1:0", "UPDATER_PRUNE=after-deploy"},
+				Mounts: []mount.Mount{{Type: mount.TypeBind, Source: "/var/run/docker.sock", Target: "/var/run/docker.sock"}},
+			},
+			Placement:     &swarm.Placement{Constraints: []string{"node.role==manager"}},
+			Networks:      []swarm.NetworkAttachmentConfig{{Target: "host"}},
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+		},
+		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},
+	}
+	res, err := env.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: spec})
+	if err != nil {
+		tb.Fatalf("create the updater service: %v", err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			out, _ := exec.Command("docker", "service", "logs", "--raw", svcName).CombinedOutput()
+			tb.Logf("updater service log:\n%s", out)
+		}
+		// Swarm stops the task with SIGTERM: the updater releases its lease
+		// for the next test's updater. Then what Swarm leaves goes.
+		env.docker.ServiceRemove(context.Background(), res.ID, client.ServiceRemoveOptions{})
+		waitFor(tb, time.Minute, "the updater container stopped", func() bool {
+			cs, err := env.docker.ContainerList(context.Background(), client.ContainerListOptions{
+				Filters: make(client.Filters).Add("label", "com.docker.swarm.service.id="+res.ID)})
+			return err == nil && len(cs.Items) == 0
+		})
+		removeService(res.ID)
+	})
+	return svcName
+}
+
 type mnService struct {
 	constraint string // a placement constraint; "" with global
 	global     bool
@@ -685,6 +733,29 @@ func TestMultiNode(t *testing.T) {
 			t.Errorf("the rollback pulled: %d manifest/blob GETs of %s", n, repo)
 		}
 		t.Logf("rollback to v3 on both nodes took %s, without a pull", time.Since(start).Round(100*time.Millisecond))
+	})
+
+	// The updater as it is deployed: a service on the manager, from its own
+	// image, with the Docker socket, while the app runs on the worker. It
+	// finds its own image for the prune job by inspecting its container.
+	t.Run("UpdaterServiceOnManager", func(t *testing.T) {
+		const repo = "e2e/mnplaced"
+		v1 := mn.pushApp(t, repo, "v1", 0)
+		app := mn.createOn(t, mnStack+"_placed", repo, v1, mnService{constraint: "node.role==worker"})
+		name := mn.startUpdaterService(t)
+		logs := stackLogs{service: name}
+		logs.wait(t, "updater started")
+		v2 := mn.pushApp(t, repo, "v2", 0)
+		logs.wait(t, "deploy succeeded", "to_digest", v2)
+		if _, ok := mn.running(t, app, v2)[mn.workerNode]; !ok {
+			t.Fatal("v2 reported but not running on the worker")
+		}
+		for _, node := range []string{mn.manager, mn.workerName} {
+			logs.wait(t, "images pruned", "node", node)
+		}
+		if l := logs.find("images pruned", "node", mn.workerName); l["image"] != mn.open+"/"+repo {
+			t.Errorf("prune line %v: want it about %s", l, mn.open+"/"+repo)
+		}
 	})
 
 	// 5. The worker's dockerd dies mid-rollout and comes back: the deploy
