@@ -6,6 +6,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -121,7 +123,8 @@ func TestDemo(t *testing.T) {
 	if res, _ := env.docker.NetworkList(ctx, client.NetworkListOptions{Filters: f}); len(res.Items) != 0 {
 		t.Fatalf("%d demo networks left", len(res.Items))
 	}
-	left := run(t, root, nil, "sh", "-c", `docker volume ls -q | grep '^updater-demo_'; docker ps -aq --filter name=^updater-demo; docker ps -aq --filter name=updater-demo-registry; docker images --format '{{.Repository}}' | grep -E '^(updater-demo/|127.0.0.1:5000/)'; docker config ls -q --filter label=io.updater.kind; true`)
+	// The demo updater's own objects carry its scope (see swarm.scope).
+	left := run(t, root, nil, "sh", "-c", `docker volume ls -q | grep '^updater-demo_'; docker ps -aq --filter name=^updater-demo; docker ps -aq --filter name=updater-demo-registry; docker images --format '{{.Repository}}' | grep -E '^(updater-demo/|127.0.0.1:5000/)'; docker config ls -q --filter label=io.updater.scope=`+scopeOf("updater-demo")+`; true`)
 	if strings.TrimSpace(left) != "" {
 		t.Fatalf("make demo-down left:\n%s", left)
 	}
@@ -179,6 +182,7 @@ func stackRemove(t testing.TB, stack string) {
 		removeService(s.ID)
 	}
 	exec.Command("docker", "stack", "rm", stack).Run()
+	removeScope(stack)
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		cs, err := env.docker.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
@@ -232,4 +236,23 @@ func (l *stackLogs) wait(t testing.TB, msg string, kv ...string) {
 		l.refresh(t)
 		return l.find(msg, kv...) != nil
 	})
+}
+
+// scopeOf is the scope of an updater with the default opt-in label and
+// this stack, as internal/swarm names it.
+func scopeOf(stack string) string {
+	sum := sha256.Sum256([]byte("updater.enable\x00" + stack))
+	return hex.EncodeToString(sum[:8])
+}
+
+// removeScope removes what an updater of this stack keeps in Swarm (its
+// lease, deploys in flight, notifier references) if it left any.
+func removeScope(stack string) {
+	ctx := context.Background()
+	f := make(client.Filters).Add("label", "io.updater.scope="+scopeOf(stack))
+	if res, err := env.docker.ConfigList(ctx, client.ConfigListOptions{Filters: f}); err == nil {
+		for _, c := range res.Items {
+			env.docker.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{})
+		}
+	}
 }
