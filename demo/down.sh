@@ -42,7 +42,7 @@ for id in $ids; do
 done
 # Task and job containers Swarm left behind (it keeps those of finished
 # jobs), by their names.
-for c in $(docker ps -aq --filter "name=^${STACK}_"); do docker rm -f "$c" >/dev/null; done
+for c in $(docker ps -aq --filter "name=^${STACK}_"); do docker rm -f -v "$c" >/dev/null; done
 for v in "${STACK}_data" "${STACK}_backups"; do
   docker volume inspect "$v" >/dev/null 2>&1 && docker volume rm "$v" >/dev/null
 done

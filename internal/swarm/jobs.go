@@ -184,7 +184,9 @@ func (s *Swarm) logTail(id string) []string {
 // least) leaves the exited container of a job's task behind when the
 // service goes, one per hook run, so the updater removes those it can
 // reach: the ones on its own node. Force also stops a job still running
-// (a timeout, a shutdown) at once.
+// (a timeout, a shutdown) at once; RemoveVolumes takes the anonymous
+// volumes an image's VOLUME made for the job (postgres images declare
+// one), never named ones.
 func (s *Swarm) removeJob(ctx context.Context, id, name string) {
 	tasks, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
 	if err == nil {
@@ -198,7 +200,7 @@ func (s *Swarm) removeJob(ctx context.Context, id, name string) {
 				s.log().Debug("job container on another node stays", "service", name, "node", t.NodeID)
 				continue
 			}
-			if _, err := s.api.ContainerRemove(ctx, cs.ContainerID, client.ContainerRemoveOptions{Force: true}); err != nil && !isNotFound(err) {
+			if _, err := s.api.ContainerRemove(ctx, cs.ContainerID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
 				s.log().Warn("remove job container", "service", name, "err", err)
 			}
 		}

@@ -334,7 +334,7 @@ func removeService(id string) {
 	if res, err := env.docker.ContainerList(ctx, client.ContainerListOptions{All: true,
 		Filters: make(client.Filters).Add("label", "com.docker.swarm.service.id="+id)}); err == nil {
 		for _, c := range res.Items {
-			env.docker.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+			env.docker.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
 		}
 	}
 	// The updater's records about the service go with it.
