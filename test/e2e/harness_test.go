@@ -93,6 +93,7 @@ func setup(m *testing.M) int {
 	}
 	defer stopRegistry()
 	code := m.Run()
+	printFaultTable(os.Stdout)
 	stopPostgres()
 	removeImages(ctx)
 	return code
