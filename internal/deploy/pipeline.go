@@ -14,6 +14,11 @@ import (
 // ErrNotFound is returned by adapters for a service that does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable marks an error from an adapter that could not reach its
+// system or got no answer (Docker restarting), as opposed to one the system
+// gave (a spec refused). After it, a write may or may not have happened.
+var ErrUnavailable = errors.New("unavailable")
+
 // ErrBusy means a cycle or deploy is already running.
 var ErrBusy = errors.New("a cycle is already running")
 

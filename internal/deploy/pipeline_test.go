@@ -885,3 +885,84 @@ func TestCycleReportsRolloutProgressOnChange(t *testing.T) {
 }
 
 func withDesired(n int, r deploy.Rollout) deploy.Rollout { r.Desired = n; return r }
+
+// Docker going away at the journal write is an outage, not a deploy
+// outcome: nothing is reported, and the next cycle that reaches Docker
+// deploys with one start and one outcome.
+func TestCycleJournalUnavailableIsAnOutage(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	begin := w.journal.BeginFn
+	w.journal.BeginFn = func(context.Context, deploy.Release) error {
+		return fmt.Errorf("record deploy: %w: connection refused", deploy.ErrUnavailable)
+	}
+	w.script = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}
+
+	w.cycle(t.Context())
+	if len(w.events) != 1 || w.events[0].Kind != deploy.Outage {
+		t.Fatalf("events %v, want one outage and no deploy event", w.kinds())
+	}
+	if len(w.updates) != 0 {
+		t.Fatalf("updates %v while the journal could not be written", w.updates)
+	}
+
+	w.journal.BeginFn = begin
+	w.events = nil
+	w.cycle(t.Context())
+	if got, want := w.kinds(), []deploy.Kind{deploy.Recovered, deploy.Started, deploy.Succeeded}; !slices.Equal(got, want) {
+		t.Fatalf("events = %v, want %v", got, want)
+	}
+	w.journalPaired()
+}
+
+// Docker going away at the spec write leaves the deploy in flight, with
+// nothing reported; the next cycle resumes it from what the spec says, so
+// the deploy has one start and one outcome.
+func TestCycleUpdateUnavailableResumesLater(t *testing.T) {
+	for _, applied := range []bool{false, true} {
+		t.Run(fmt.Sprint("applied=", applied), func(t *testing.T) {
+			w := newWorld(t)
+			w.targets = []deploy.Target{web(oldD)}
+			w.digests[ref] = newD
+			update := w.services.UpdateFn
+			// land is the write taking effect: the spec and its tasks move.
+			land := func(ctx context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+				w.script = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}
+				w.targets = []deploy.Target{web(newD)}
+				return update(ctx, tg, image, c)
+			}
+			w.services.UpdateFn = func(ctx context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+				if applied { // the write landed, its answer was lost
+					land(ctx, tg, image, c)
+				}
+				return fmt.Errorf("update service: %w: unexpected EOF", deploy.ErrUnavailable)
+			}
+			w.script = []deploy.Rollout{rollout("completed", oldD, task(oldD, "running"))}
+
+			w.cycle(t.Context())
+			if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started}) {
+				t.Fatalf("events %v after the lost write, want only Started", got)
+			}
+			if len(w.open) != 1 || len(w.marked) != 0 {
+				t.Fatalf("in flight %v, marked %v: want the deploy kept in flight, no digest blamed", ids(w.open), w.marked)
+			}
+
+			w.services.UpdateFn = land
+			w.cycle(t.Context())
+			ev := w.outcome(deploy.Succeeded)
+			if !ev.Resumed {
+				t.Errorf("outcome not marked resumed: %+v", ev)
+			}
+			if n := len(w.begun); n != 1 {
+				t.Errorf("journal Begin %d times, want once", n)
+			}
+			if n := len(w.updates); n != 1 {
+				t.Errorf("%d spec writes landed, want 1 (a write that landed is not made again)", n)
+			}
+			if len(w.open) != 0 {
+				t.Errorf("left in flight: %v", ids(w.open))
+			}
+		})
+	}
+}

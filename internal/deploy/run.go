@@ -31,7 +31,15 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 	// The journal entry comes first: from here on, a crash is found and
 	// carried on or reported on restart rather than forgotten.
 	if err := p.Journal.Begin(ctx, rel); err != nil {
-		return rel, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "record the deploy in Swarm: " + err.Error()}, false), false
+		ev := Event{Kind: Failed, Release: rel, Phase: PhasePrepare, Reason: "record the deploy in Swarm: " + err.Error()}
+		if errors.Is(err, ErrUnavailable) {
+			// Nothing started and nothing was announced: Docker being down
+			// is an outage, logged once, and the next cycle tries again. A
+			// failure report here would make two outcomes of one deploy.
+			p.track("docker", "", err)
+			return rel, ev, false
+		}
+		return rel, p.finish(rel, ev, false), false
 	}
 	p.report(Event{Kind: Started, Release: rel})
 	return rel, Event{}, true
@@ -52,6 +60,15 @@ func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed b
 // update writes the pinned image and follows the rollout.
 func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Credentials, resumed bool) Event {
 	if err := p.Services.Update(ctx, t, Pin(rel.Ref, rel.To), creds); err != nil {
+		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+			// Docker went away mid-write: the spec may or may not have
+			// changed. The journal entry stays, so the next cycle that
+			// reaches Docker resumes this deploy from what the spec says,
+			// and its outcome is reported once.
+			p.Log.Warn("docker unreachable at the spec write; the deploy resumes when it answers",
+				"deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To, "err", err)
+			return Event{Kind: Failed, Release: rel, Phase: PhaseUpdate, Reason: "docker unreachable; the deploy resumes when it answers: " + err.Error(), Resumed: resumed}
+		}
 		// Not remembered as a bad digest: the image never ran, and the cause
 		// (Docker unreachable, a spec Swarm refuses) is not the image's.
 		return p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error(), Resumed: resumed}, true)

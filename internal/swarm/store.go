@@ -83,7 +83,7 @@ func (s *Swarm) Begin(ctx context.Context, r deploy.Release) error {
 		Data: data,
 	}})
 	if err != nil {
-		return fmt.Errorf("record deploy %s: %w", name, err)
+		return fmt.Errorf("record deploy %s: %w", name, unavailable(err))
 	}
 	return nil
 }

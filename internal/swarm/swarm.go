@@ -10,9 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -177,7 +180,7 @@ func (s *Swarm) retry(ctx context.Context, serviceID string, write func(swarm.Se
 	for attempt := 0; attempt < s.cfg.Retries; attempt++ {
 		res, ierr := s.api.ServiceInspect(ctx, serviceID, client.ServiceInspectOptions{})
 		if ierr != nil {
-			return fmt.Errorf("inspect service %s: %w", serviceID, notFound(ierr))
+			return fmt.Errorf("inspect service %s: %w", serviceID, unavailable(notFound(ierr)))
 		}
 		err = write(res.Service)
 		if err == nil || !isOutOfSequence(err) {
@@ -190,7 +193,7 @@ func (s *Swarm) retry(ctx context.Context, serviceID string, write func(swarm.Se
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("update service %s: %w", serviceID, err)
+		return fmt.Errorf("update service %s: %w", serviceID, unavailable(err))
 	}
 	return nil
 }
@@ -241,6 +244,23 @@ func (s *Swarm) Rollout(ctx context.Context, serviceID string) (deploy.Rollout, 
 // comes as a 500 with this text, not as a conflict code.
 func isOutOfSequence(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "update out of sequence")
+}
+
+// unavailable marks err with deploy.ErrUnavailable when Docker could not
+// be reached or did not answer (dockerd restarting, its socket gone, the
+// connection cut mid-request): unlike an answer, it says nothing about
+// whether a write happened, so the caller must look again later.
+func unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	var netErr net.Error
+	if client.IsErrConnectionFailed(err) || errors.As(err, &netErr) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("%w: %w", deploy.ErrUnavailable, err)
+	}
+	return err
 }
 
 func notFound(err error) error {
