@@ -43,6 +43,7 @@ var env struct {
 	bin     string            // the updater binary
 	apps    map[string][]byte // test app binaries by version
 	faulty  string            // registry address the services and the updater use (faults injected here)
+	faultyH http.Handler      // what serves faulty, to serve it elsewhere too (a netns)
 	direct  string            // the same registry without faults, for pushes
 	faults  *faults
 	workDir string
@@ -185,7 +186,8 @@ func startRegistry() (func(), error) {
 	if env.direct, err = serve(reg); err != nil {
 		return nil, err
 	}
-	if env.faulty, err = serve(env.faults.wrap(reg)); err != nil {
+	env.faultyH = env.faults.wrap(reg)
+	if env.faulty, err = serve(env.faultyH); err != nil {
 		return nil, err
 	}
 	return func() {
