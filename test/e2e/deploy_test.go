@@ -36,6 +36,7 @@ func TestRollForwardRollBackAndSkip(t *testing.T) {
 	check := exec.Command(env.bin, "check")
 	check.Env = []string{"UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir()}
 	out, err := check.CombinedOutput()
+	capture("updater command output and service logs", out)
 	if err != nil {
 		t.Fatalf("updater check: %v\n%s", err, out)
 	}
@@ -118,6 +119,7 @@ func TestRollForwardRollBackAndSkip(t *testing.T) {
 // once; when it recovers that is logged and the pending deploy goes out.
 func TestRegistryOutage(t *testing.T) {
 	const stack, repo = "e2eout", "e2e/outage"
+	row := fault(t, "registry answers 500, then 429 with Retry-After (3+3 cycles)")
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2eout_app", repo, v1, svcOpts{stack: stack, optIn: true})
 	u := startUpdater(t, stack)
@@ -151,12 +153,14 @@ func TestRegistryOutage(t *testing.T) {
 	if !allRunning(t, app, v2) {
 		t.Fatal("v2 reported but not running")
 	}
+	row.set("no deploy, spec untouched over 6 cycles; logged once, recovery once; the pending tag then deployed once")
 }
 
 // 5. An updater killed mid-rollout and started again reports the outcome
 // exactly once and does not start the deploy again.
 func TestKilledMidRollout(t *testing.T) {
 	const stack, repo = "e2ekill", "e2e/kill"
+	row := fault(t, "updater SIGKILLed mid-rollout (spec written, tasks not all on the new version)")
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2ekill_app", repo, v1, svcOpts{stack: stack, optIn: true, replicas: 2})
 	// With Slack and Rollbar: the restarted updater must report to the
@@ -215,6 +219,7 @@ func TestKilledMidRollout(t *testing.T) {
 	if n := records(t, app, "deploy-in-flight"); n != 0 {
 		t.Fatalf("%d in-flight records left, want 0", n)
 	}
+	row.set("the restart followed the rollout: one outcome (succeeded, resumed=true), not started again; one Slack message, one Rollbar deploy closed; no record left")
 }
 
 // A service created without a digest (docker service create
@@ -250,6 +255,7 @@ func TestUnpinnedServiceGetsPinned(t *testing.T) {
 		cmd := exec.Command(env.bin, "deploy", name)
 		cmd.Env = []string{"UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir(), "UPDATER_WATCH_INTERVAL=200ms"}
 		out, err := cmd.CombinedOutput()
+		capture("updater command output and service logs", out)
 		if ee, ok := err.(*exec.ExitError); ok {
 			return string(out), ee.ExitCode()
 		} else if err != nil {
@@ -283,6 +289,7 @@ func TestBadConfig(t *testing.T) {
 		"UPDATER_DEPLOY_TIMEOUT=10 minutes",
 	}
 	out, err := cmd.CombinedOutput()
+	capture("updater command output and service logs", out)
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit: %v, want code 2\n%s", err, out)
@@ -357,6 +364,7 @@ func TestIdleRSSWatching100Services(t *testing.T) {
 // it dies, the other takes over once the lease expires.
 func TestTwoUpdatersOneActs(t *testing.T) {
 	const stack, repo = "e2etwo", "e2e/two"
+	row := fault(t, "two updaters on one stack; the acting one SIGKILLed")
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2etwo_app", repo, v1, svcOpts{stack: stack, optIn: true})
 	a := startUpdater(t, stack)
@@ -382,4 +390,5 @@ func TestTwoUpdatersOneActs(t *testing.T) {
 	if n := a.count("deploy started") + b.count("deploy started"); n != 2 {
 		t.Fatalf("%d deploys started for two pushes, want 2", n)
 	}
+	row.set("only the lease holder deployed; the standby took over when the lease expired and deployed the next push; 2 deploys for 2 pushes")
 }

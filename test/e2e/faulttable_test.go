@@ -17,12 +17,13 @@ import (
 // a test's verdict next to its row, so a failure shows in the table too.
 var faultTable struct {
 	mu   sync.Mutex
-	rows []faultRow
+	rows []*faultRow
 }
 
 type faultRow struct {
-	scenario, outcome, test string
-	failed                  bool
+	scenario, test string
+	outcome        *outcome
+	failed         bool
 }
 
 // outcome is the row a test fills in; set it to what was proven.
@@ -30,15 +31,18 @@ type outcome struct{ text string }
 
 func (o *outcome) set(format string, args ...any) { o.text = fmt.Sprintf(format, args...) }
 
-// fault registers scenario for t; the row is added when t ends.
+// fault registers scenario for t; its verdict is t's, taken when t ends.
 func fault(t *testing.T, scenario string) *outcome {
-	o := &outcome{text: "(did not get as far as an outcome)"}
+	r := &faultRow{scenario: scenario, test: t.Name(), outcome: &outcome{text: "(did not get as far as an outcome)"}}
+	faultTable.mu.Lock()
+	faultTable.rows = append(faultTable.rows, r)
+	faultTable.mu.Unlock()
 	t.Cleanup(func() {
 		faultTable.mu.Lock()
-		defer faultTable.mu.Unlock()
-		faultTable.rows = append(faultTable.rows, faultRow{scenario: scenario, outcome: o.text, test: t.Name(), failed: t.Failed()})
+		r.failed = t.Failed()
+		faultTable.mu.Unlock()
 	})
-	return o
+	return r.outcome
 }
 
 func printFaultTable(w io.Writer) {
@@ -55,7 +59,7 @@ func printFaultTable(w io.Writer) {
 		if r.failed {
 			v = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v, r.scenario, strings.ReplaceAll(r.outcome, "\t", " "), r.test)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v, r.scenario, strings.ReplaceAll(r.outcome.text, "\t", " "), r.test)
 	}
 	tw.Flush()
 }

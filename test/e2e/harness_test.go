@@ -95,6 +95,9 @@ func setup(m *testing.M) int {
 	defer stopRegistry()
 	code := m.Run()
 	printFaultTable(os.Stdout)
+	if !scanSecrets(os.Stdout) {
+		code = 1
+	}
 	stopPostgres()
 	removeImages(ctx)
 	return code
@@ -137,18 +140,40 @@ func goBuild(root, out, ldflags, pkg string) ([]byte, error) {
 // faulty address (the updater and dockerd alike).
 type faults struct {
 	mu     sync.Mutex
-	status int // 0: pass through
+	status int           // 0: pass through
+	delay  time.Duration // held this long before answering (a slow registry)
+	cut    bool          // connections closed without an answer (registry down)
+	gone   map[string]bool
 	heads  int // manifest HEADs seen
 	gets   int // manifest GETs seen
 }
 
 func (f *faults) set(status int) { f.mu.Lock(); f.status = status; f.mu.Unlock() }
 
+// mode sets every fault at once; the zero values pass through.
+func (f *faults) mode(status int, delay time.Duration, cut bool) {
+	f.mu.Lock()
+	f.status, f.delay, f.cut = status, delay, cut
+	f.mu.Unlock()
+}
+
+// vanish makes the manifest with digest unknown to GETs, as if deleted
+// after the tag's HEAD named it.
+func (f *faults) vanish(digest string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.gone == nil {
+		f.gone = map[string]bool{}
+	}
+	f.gone[digest] = true
+}
+
 func (f *faults) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
-		status := f.status
-		if strings.Contains(r.URL.Path, "/manifests/") {
+		status, delay, cut := f.status, f.delay, f.cut
+		manifest := strings.Contains(r.URL.Path, "/manifests/")
+		if manifest {
 			switch r.Method {
 			case http.MethodHead:
 				f.heads++
@@ -156,15 +181,40 @@ func (f *faults) wrap(h http.Handler) http.Handler {
 				f.gets++
 			}
 		}
+		_, ref, _ := strings.Cut(r.URL.Path, "/manifests/")
+		gone := manifest && r.Method == http.MethodGet && f.gone[ref]
 		f.mu.Unlock()
-		if status != 0 {
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		switch {
+		case cut:
+			if hj, ok := w.(http.Hijacker); ok {
+				if c, _, err := hj.Hijack(); err == nil {
+					c.Close()
+					return
+				}
+			}
+			panic(http.ErrAbortHandler)
+		case gone:
+			http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`, http.StatusNotFound)
+		case status == http.StatusUnauthorized:
+			w.Header().Set("WWW-Authenticate", `Basic realm="e2e"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, status)
+		case status == http.StatusNotFound && manifest: // the registry is there, the tag is not
+			http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`, status)
+		case status != 0 && status != http.StatusNotFound:
 			if status == http.StatusTooManyRequests {
 				w.Header().Set("Retry-After", "1")
 			}
 			http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}`, status)
-			return
+		default:
+			h.ServeHTTP(w, r)
 		}
-		h.ServeHTTP(w, r)
 	})
 }
 
@@ -481,6 +531,7 @@ func startUpdater(t testing.TB, stack string, extra ...string) *updater {
 			u.mu.Lock()
 			u.raw.Write(sc.Bytes())
 			u.raw.WriteByte('\n')
+			capture("updater log ("+stack+")", sc.Bytes())
 			if json.Unmarshal(sc.Bytes(), &m) == nil {
 				u.lines = append(u.lines, m)
 			}

@@ -401,6 +401,7 @@ func TestBackupMigrateThenPromote(t *testing.T) {
 // 3 and 4: a failing backup stops the deploy before the migration; a hook
 // that outlives its timeout is removed and fails the deploy.
 func TestBackupFailureAndHookTimeout(t *testing.T) {
+	row := fault(t, "backup exits non-zero; a backup hangs past updater.hooks.timeout")
 	const stack, repo = "e2ebfail", "e2e/bfail"
 	t.Cleanup(removeMigrationRecords)
 	dbURL := createDB(t, "e2ebfail")
@@ -446,6 +447,7 @@ func TestBackupFailureAndHookTimeout(t *testing.T) {
 		t.Fatal("service updated after a hook timeout")
 	}
 	noJobsLeft(t)
+	row.set("each failed once at step=backup (exit code and log tail; \"timed out\"), nothing migrated or updated, no job left")
 }
 
 // 5. Killed after the migration, before the spec write; restarted: the
@@ -454,6 +456,7 @@ func TestBackupFailureAndHookTimeout(t *testing.T) {
 // lands in exactly that window.
 func TestKilledAfterMigration(t *testing.T) {
 	const stack, repo = "e2ekmig", "e2e/kmig"
+	row := fault(t, "updater SIGKILLed after the migration, before the spec write")
 	t.Cleanup(removeMigrationRecords)
 	dbURL := createDB(t, "e2ekmig")
 	v1 := push(t, repo, "v1")
@@ -490,6 +493,7 @@ func TestKilledAfterMigration(t *testing.T) {
 		t.Fatal("v2 not running after the resumed deploy")
 	}
 	noJobsLeft(t)
+	row.set("carried on by the restart: migration not run again (1 run in the database), one outcome (succeeded, resumed=true); no job left")
 }
 
 // 6. A group: one backup, one migration, every member updated.
@@ -529,8 +533,10 @@ func TestGroupDeploysTogether(t *testing.T) {
 type dockerProxy struct {
 	host    string
 	mu      sync.Mutex
-	service string
+	service string // its spec writes are held
+	creates bool   // service creations (hook jobs) are held
 	waiting int
+	dropped int // held requests whose client went away
 	open    chan struct{}
 }
 
@@ -549,7 +555,8 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 	}}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
-		held := p.service != "" && r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/services/"+p.service+"/update")
+		held := r.Method == http.MethodPost && (p.service != "" && strings.Contains(r.URL.Path, "/services/"+p.service+"/update") ||
+			p.creates && strings.HasSuffix(r.URL.Path, "/services/create"))
 		if held {
 			p.waiting++
 		}
@@ -558,6 +565,9 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 			select {
 			case <-p.open:
 			case <-r.Context().Done():
+				p.mu.Lock()
+				p.dropped++
+				p.mu.Unlock()
 				return
 			}
 		}
@@ -570,14 +580,20 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 
 func (p *dockerProxy) hold(serviceID string) { p.mu.Lock(); p.service = serviceID; p.mu.Unlock() }
 
+// holdCreates holds every service creation: the hook jobs.
+func (p *dockerProxy) holdCreates() { p.mu.Lock(); p.creates = true; p.mu.Unlock() }
+
 func (p *dockerProxy) held() int { p.mu.Lock(); defer p.mu.Unlock(); return p.waiting }
+
+// abandoned is how many held requests were given up by their client.
+func (p *dockerProxy) abandoned() int { p.mu.Lock(); defer p.mu.Unlock(); return p.dropped }
 
 func (p *dockerProxy) release() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.service != "" {
+	if p.service != "" || p.creates {
 		close(p.open)
-		p.service = ""
+		p.service, p.creates = "", false
 	}
 }
 

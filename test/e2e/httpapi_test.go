@@ -67,6 +67,7 @@ func call(t testing.TB, method, target, auth string, header map[string]string, b
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	capture("HTTP API answers", fmt.Appendf(nil, "%s %s: %d %v %s", method, target, resp.StatusCode, resp.Header, b))
 	return reply{resp.StatusCode, string(b), resp.Header}
 }
 
@@ -394,6 +395,7 @@ func TestHealthcheckCommand(t *testing.T) {
 		cmd := exec.Command(env.bin, "healthcheck")
 		cmd.Env = []string{"UPDATER_LISTEN=" + tt.listen}
 		out, err := cmd.CombinedOutput()
+		capture("updater command output and service logs", out)
 		code := 0
 		if ee, ok := err.(*exec.ExitError); ok {
 			code = ee.ExitCode()

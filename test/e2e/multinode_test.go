@@ -404,6 +404,7 @@ func (mn *multiNode) startUpdaterService(tb testing.TB) string {
 	tb.Cleanup(func() {
 		if tb.Failed() {
 			out, _ := exec.Command("docker", "service", "logs", "--raw", svcName).CombinedOutput()
+			capture("updater command output and service logs", out)
 			tb.Logf("updater service log:\n%s", out)
 		}
 		// Swarm stops the task with SIGTERM: the updater releases its lease
@@ -621,6 +622,7 @@ func TestMultiNode(t *testing.T) {
 		cmd := exec.Command(env.bin, "deploy", mnStack+"_nocreds")
 		cmd.Env = []string{"UPDATER_STACK=" + mnStack, "DOCKER_CONFIG=" + t.TempDir(), "UPDATER_LISTEN=127.0.0.1:0"}
 		out, err := cmd.CombinedOutput()
+		capture("updater command output and service logs", out)
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), mn.auth) || !strings.Contains(string(out), "401") {
 			t.Errorf("updater deploy without credentials: %v, want exit 1 naming %s and the 401\n%s", err, mn.auth, out)
 		}
@@ -841,6 +843,7 @@ func (mn *multiNode) deployNow(tb testing.TB, svc string, extra ...string) (time
 		"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=" + mnTimeout.String(), "UPDATER_LOG_FORMAT=json"}, extra...)
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
+	capture("updater command output and service logs", out)
 	took := time.Since(start)
 	if err != nil {
 		tb.Fatalf("updater deploy %s: %v\n%s", svc, err, out)

@@ -28,6 +28,11 @@ func fakeSlack(t *testing.T) *fakeapi.Slack {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
+	t.Cleanup(func() {
+		for _, c := range s.Accepted() {
+			capture("Slack messages", []byte(c.Content()))
+		}
+	})
 	return s
 }
 
@@ -38,6 +43,7 @@ func fakeRollbar(t *testing.T) *fakeapi.Rollbar {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Close)
+	t.Cleanup(func() { capture("Rollbar deploys", fmt.Appendf(nil, "%+v", r.Deploys())) })
 	return r
 }
 
@@ -188,6 +194,7 @@ func TestNotifyGoodAndRolledBackDeploys(t *testing.T) {
 // posted once, at least a second later, and the deploy does not wait.
 func TestNotifySlackRateLimited(t *testing.T) {
 	const stack, repo = "e2erate", "e2e/rate"
+	row := fault(t, "Slack answers 429 with Retry-After")
 	sl := fakeSlack(t)
 	v1 := push(t, repo, "v1")
 	createService(t, "e2erate_app", repo, v1, svcOpts{stack: stack, optIn: true})
@@ -218,12 +225,14 @@ func TestNotifySlackRateLimited(t *testing.T) {
 		t.Fatalf("posted again %s after the 429, before its Retry-After of 1s", gap)
 	}
 	t.Logf("429 then delivered %s later", gap.Round(time.Millisecond))
+	row.set("one message, posted %s after the 429 (Retry-After 1s), the deploy not held", gap.Round(time.Millisecond))
 }
 
 // Slack and Rollbar are down for the whole deploy: it succeeds as fast as
 // ever, and each notifier logs one line giving up.
 func TestNotifyDownDoesNotHoldDeploys(t *testing.T) {
 	const stack, repo = "e2edown", "e2e/down"
+	row := fault(t, "Slack and Rollbar down for a whole deploy")
 	sl, rb := fakeSlack(t), fakeRollbar(t)
 	sl.Close()
 	rb.Close()
@@ -258,6 +267,8 @@ func TestNotifyDownDoesNotHoldDeploys(t *testing.T) {
 	if strings.Contains(u.log(), slackToken) || strings.Contains(u.log(), rollbarToken) {
 		t.Fatal("the updater log shows a token")
 	}
+	row.set("the deploy went on unheld (%s, less than the %s spent on the start message); one give-up line per notifier, later events tried once each",
+		took.Round(time.Millisecond), gaveUp.Sub(started).Round(time.Millisecond))
 }
 
 // A registry outage over many cycles is two Slack messages (it started,
@@ -321,6 +332,7 @@ func TestNotifyBadSettings(t *testing.T) {
 			cmd := exec.Command(env.bin, "run")
 			cmd.Env = append([]string{"DOCKER_HOST=unix:///nonexistent/docker.sock"}, tt.env...)
 			out, err := cmd.CombinedOutput()
+			capture("updater command output and service logs", out)
 			ee, ok := err.(*exec.ExitError)
 			if !ok || ee.ExitCode() != 2 {
 				t.Fatalf("exit: %v, want code 2\n%s", err, out)

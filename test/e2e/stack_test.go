@@ -106,6 +106,7 @@ func TestDemo(t *testing.T) {
 	cmd := exec.Command("make", "-s", "demo")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
+	capture("updater command output and service logs", out)
 	if err != nil {
 		t.Fatalf("make demo: %v\n%s", err, out)
 	}
@@ -212,6 +213,7 @@ type stackLogs struct {
 
 func (l *stackLogs) refresh(t testing.TB) {
 	out, _ := exec.Command("docker", "service", "logs", "--raw", l.service).CombinedOutput()
+	capture("updater command output and service logs", out)
 	l.lines = l.lines[:0]
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
