@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/kballard/go-shellquote"
 	"github.com/robfig/cron/v3"
@@ -103,7 +104,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 		if hk.Mounts, err = parseMounts(labels[mounts]); err != nil {
 			bad(mounts, err.Error())
 		}
-		if hk.Image != "" && strings.ContainsAny(hk.Image, " \t\n") {
+		if strings.ContainsFunc(hk.Image, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
 			bad(image, "an image reference has no whitespace: use repo[:tag][@digest]")
 		}
 		return hk
@@ -114,7 +115,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 		if h.Backup == nil {
 			bad(labelBackupSchedule, "has no effect without "+labelBackupCommand+": set the command too")
 		} else if !validCron(h.BackupSchedule) {
-			bad(labelBackupSchedule, `use a 5-field cron expression like "0 * * * *" or a descriptor like "@hourly"`)
+			bad(labelBackupSchedule, `use a 5-field cron expression like "0 * * * *" or a descriptor like "@hourly" or "@every 6h" (whole seconds, at least 1s)`)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -146,6 +147,13 @@ func parseCommand(v string) ([]string, error) {
 	if len(args) == 0 || args[0] == "" {
 		return nil, errors.New(`empty command: name a program, like pg_dump -f /backup/db.dump`)
 	}
+	for _, a := range args {
+		if strings.ContainsRune(a, 0) {
+			// The kernel ends an argument at NUL: the job would run
+			// something other than what the label says.
+			return nil, fmt.Errorf("argument %q holds a NUL byte, which no program can receive", a)
+		}
+	}
 	return args, nil
 }
 
@@ -160,6 +168,9 @@ func parseEnv(v string) ([]string, error) {
 		k, _, ok := strings.Cut(e, "=")
 		if !ok || !envRE.MatchString(k) {
 			return nil, fmt.Errorf("entry %q is not KEY=value: use KEY=value pairs separated by commas, keys of letters, digits and _", e)
+		}
+		if strings.ContainsRune(e, 0) {
+			return nil, fmt.Errorf("entry %q holds a NUL byte, which no environment can carry", e)
 		}
 		out = append(out, e)
 	}
@@ -183,9 +194,16 @@ func parseMounts(v string) ([]deploy.Mount, error) {
 		if !cleanAbs(m.Target) {
 			return nil, fmt.Errorf("entry %q: the target %q must be a clean absolute path like /backup", e, m.Target)
 		}
+		if m.Target == "/" || kernelPath(m.Target) {
+			return nil, fmt.Errorf("entry %q: the target %q would cover the job's own / or kernel filesystems (/proc, /sys, /dev): use a directory of its own, like /backup", e, m.Target)
+		}
 		if strings.HasPrefix(m.Source, "/") {
 			if !cleanAbs(m.Source) || m.Source == "/" {
 				return nil, fmt.Errorf("entry %q: the host path %q must be a clean absolute path other than /", e, m.Source)
+			}
+			if kernelPath(m.Source) {
+				// /proc/self/root alone is the host's /.
+				return nil, fmt.Errorf("entry %q: the host path %q is in a kernel filesystem (/proc, /sys, /dev), not data: use a directory like /srv/backups", e, m.Source)
 			}
 		} else if !nameRE.MatchString(m.Source) {
 			return nil, fmt.Errorf("entry %q: %q is neither a volume name (letters, digits, '.', '_', '-') nor an absolute host path", e, m.Source)
@@ -195,17 +213,54 @@ func parseMounts(v string) ([]deploy.Mount, error) {
 	return out, nil
 }
 
-// validCron parses spec like the scheduler will. robfig/cron v3.0.1
-// panics on a time zone with no schedule after it ("TZ=UTC"), and a label
-// is user input: that is a bad value, not a crash.
+// validCron parses spec like the scheduler will, and refuses what it
+// would run other than as written. robfig/cron v3.0.1 panics on a time
+// zone with no schedule after it ("TZ=UTC"), and a label is user input:
+// that is a bad value, not a crash.
 func validCron(spec string) (ok bool) {
 	defer func() {
 		if recover() != nil {
 			ok = false
 		}
 	}()
-	_, err := cron.ParseStandard(spec)
-	return err == nil
+	sched, err := cron.ParseStandard(spec)
+	if err != nil {
+		return false
+	}
+	// robfig runs an @every below 1s, a negative one too, every second,
+	// and cuts a fraction of a second off: a schedule other than the one
+	// written. The time zone prefix ends at the first space, as robfig reads it.
+	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
+		_, spec, _ = strings.Cut(spec, " ")
+	}
+	if d, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every "); ok {
+		every, err := time.ParseDuration(d)
+		if err != nil || every < time.Second || every%time.Second != 0 {
+			return false
+		}
+	}
+	// A date that never comes ("0 0 30 2 *") would mean no backups, without a word.
+	return !sched.Next(time.Now()).IsZero()
 }
 
-func cleanAbs(p string) bool { return strings.HasPrefix(p, "/") && path.Clean(p) == p }
+// cleanAbs says whether p is an absolute path as path.Clean writes it,
+// with no control character in it and no space at either end: "/backup "
+// would be a directory other than the /backup the job writes to.
+func cleanAbs(p string) bool {
+	return strings.HasPrefix(p, "/") && path.Clean(p) == p && strings.TrimSpace(p) == p && !strings.ContainsFunc(p, unsafePathRune)
+}
+
+// unsafePathRune is a character no path in a label may hold: NUL ends a
+// path early; a newline or escape in one is a mistake or a trick.
+func unsafePathRune(r rune) bool { return unicode.IsControl(r) }
+
+// kernelPath says whether p is in /proc, /sys or /dev: never data to
+// back up, and a mount over one hides what the job itself needs.
+func kernelPath(p string) bool {
+	for _, k := range []string{"/proc", "/sys", "/dev"} {
+		if p == k || strings.HasPrefix(p, k+"/") {
+			return true
+		}
+	}
+	return false
+}

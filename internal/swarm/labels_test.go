@@ -1,11 +1,14 @@
 package swarm
 
 import (
+	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
@@ -188,6 +191,50 @@ func TestParseHooksInvalid(t *testing.T) {
 			[]string{`updater.backup.schedule="TZ=UTC"`}},
 		{"schedule CRON_TZ only", with(map[string]string{"updater.backup.schedule": "CRON_TZ=Europe/Berlin"}),
 			[]string{`updater.backup.schedule="CRON_TZ=Europe/Berlin"`}},
+
+		// Hostile values: each is refused, never cut down to something
+		// that would run.
+		{"duration overflow", with(map[string]string{"updater.hooks.timeout": "9999999999h"}), []string{`updater.hooks.timeout="9999999999h"`}},
+		{"duration overflow in ns", with(map[string]string{"updater.hooks.timeout": "99999999999999999999ns"}), []string{"between 1s and 24h"}},
+		{"duration just over 24h", with(map[string]string{"updater.hooks.timeout": "24h0m0.000000001s"}), []string{"between 1s and 24h"}},
+		{"negative second", with(map[string]string{"updater.hooks.timeout": "-1s"}), []string{"between 1s and 24h"}},
+		{"zero duration", with(map[string]string{"updater.hooks.timeout": "0"}), []string{"between 1s and 24h"}},
+		{"duration with NUL", with(map[string]string{"updater.hooks.timeout": "5m\x00"}), []string{"between 1s and 24h"}},
+		{"duration with a unicode digit", with(map[string]string{"updater.hooks.timeout": "٥m"}), []string{"between 1s and 24h"}},
+		{"schedule with 1000 fields", with(map[string]string{"updater.backup.schedule": strings.Repeat("* ", 1000)}), []string{"updater.backup.schedule="}},
+		{"schedule every millisecond", with(map[string]string{"updater.backup.schedule": "@every 1ms"}), []string{"at least 1s"}},
+		{"schedule every negative", with(map[string]string{"updater.backup.schedule": "@every -5m"}), []string{"at least 1s"}},
+		{"schedule every fraction", with(map[string]string{"updater.backup.schedule": "TZ=UTC @every 1.5s"}), []string{"whole seconds"}},
+		{"schedule never runs", with(map[string]string{"updater.backup.schedule": "0 0 30 2 *"}), []string{`updater.backup.schedule="0 0 30 2 *"`}},
+		{"schedule with shell", with(map[string]string{"updater.backup.schedule": "@hourly; rm -rf /"}), []string{"updater.backup.schedule="}},
+		{"mount target /", with(map[string]string{"updater.backup.mounts": "backups:/"}), []string{`the target "/" would cover`}},
+		{"mount target /..", with(map[string]string{"updater.backup.mounts": "backups:/.."}), []string{`the target "/.."`}},
+		{"mount target /proc", with(map[string]string{"updater.backup.mounts": "backups:/proc"}), []string{"kernel filesystems"}},
+		{"mount target in /sys", with(map[string]string{"updater.backup.mounts": "backups:/sys/fs/cgroup"}), []string{"kernel filesystems"}},
+		{"mount target /proc by ..", with(map[string]string{"updater.backup.mounts": "backups:/backup/../proc"}), []string{"clean absolute path"}},
+		{"mount target with trailing space", with(map[string]string{"updater.backup.mounts": "backups:/backup :ro"}), []string{`the target "/backup "`}},
+		{"mount target with NUL", with(map[string]string{"updater.backup.mounts": "backups:/backup\x00/x"}), []string{"clean absolute path"}},
+		{"mount target with newline", with(map[string]string{"updater.backup.mounts": "backups:/backup\n/etc"}), []string{"clean absolute path"}},
+		{"host path /proc/self/root", with(map[string]string{"updater.backup.mounts": "/proc/self/root:/host"}), []string{"kernel filesystem"}},
+		{"host path /proc/1/root", with(map[string]string{"updater.backup.mounts": "/proc/1/root:/host:ro"}), []string{"kernel filesystem"}},
+		{"host path /dev", with(map[string]string{"updater.backup.mounts": "/dev/sda:/disk"}), []string{"kernel filesystem"}},
+		{"host path with NUL", with(map[string]string{"updater.backup.mounts": "/srv/x\x00:/backup"}), []string{"clean absolute path"}},
+		{"host path with trailing space", with(map[string]string{"updater.backup.mounts": "/srv/x :/backup"}), []string{"clean absolute path"}},
+		{"volume with NUL", with(map[string]string{"updater.backup.mounts": "vol\x00:/backup"}), []string{"is neither"}},
+		{"volume ..", with(map[string]string{"updater.backup.mounts": "..:/backup"}), []string{"is neither"}},
+		{"volume unicode", with(map[string]string{"updater.backup.mounts": "bаckups:/backup"}), []string{"is neither"}},
+		{"env with NUL", with(map[string]string{"updater.backup.env": "A=b\x00c"}), []string{"NUL"}},
+		{"env key with unicode", with(map[string]string{"updater.backup.env": "ÉTÉ=1"}), []string{"not KEY=value"}},
+		{"env key with shell", with(map[string]string{"updater.backup.env": "A;rm -rf /=1"}), []string{"not KEY=value"}},
+		{"command with NUL", with(map[string]string{"updater.backup.command": "pg_dump\x00 -f /x"}), []string{"NUL"}},
+		{"JSON command with NUL", with(map[string]string{"updater.backup.command": `["sh", "-c", "a\u0000b"]`}), []string{"NUL"}},
+		{"group with NUL", with(map[string]string{"updater.group": "db\x00"}), []string{"updater.group="}},
+		{"group ..", with(map[string]string{"updater.group": ".."}), []string{"updater.group="}},
+		{"group with slash", with(map[string]string{"updater.group": "a/../b"}), []string{"updater.group="}},
+		{"group unicode", with(map[string]string{"updater.group": "dб"}), []string{"updater.group="}},
+		{"image with carriage return", with(map[string]string{"updater.backup.image": "pg:16\r"}), []string{"no whitespace"}},
+		{"image with NUL", with(map[string]string{"updater.backup.image": "pg:16\x00"}), []string{"no whitespace"}},
+		{"image with no-break space", with(map[string]string{"updater.backup.image": "pg:16\u00a0--privileged"}), []string{"no whitespace"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -227,6 +274,12 @@ func TestParseHooksValidEdges(t *testing.T) {
 			func(h deploy.Hooks) bool { return h.BackupSchedule == "CRON_TZ=UTC 0 3 * * *" }},
 		{"every", map[string]string{"updater.backup.command": "x", "updater.backup.schedule": "@every 6h"},
 			func(h deploy.Hooks) bool { return h.BackupSchedule == "@every 6h" }},
+		{"every second", map[string]string{"updater.backup.command": "x", "updater.backup.schedule": "@every 1s"},
+			func(h deploy.Hooks) bool { return h.BackupSchedule == "@every 1s" }},
+		{"every with time zone", map[string]string{"updater.backup.command": "x", "updater.backup.schedule": "TZ=UTC @every 90s"},
+			func(h deploy.Hooks) bool { return h.BackupSchedule == "TZ=UTC @every 90s" }},
+		{"leap day", map[string]string{"updater.backup.command": "x", "updater.backup.schedule": "0 3 29 2 *"},
+			func(h deploy.Hooks) bool { return h.BackupSchedule == "0 3 29 2 *" }},
 		{"rw mount", map[string]string{"updater.backup.command": "x", "updater.backup.mounts": "backups:/backup:rw"},
 			func(h deploy.Hooks) bool {
 				return reflect.DeepEqual(h.Backup.Mounts, []deploy.Mount{{Source: "backups", Target: "/backup"}})
@@ -386,6 +439,16 @@ func TestParseMounts(t *testing.T) {
 		{"$(id):/backup", nil, "is neither"},
 		{"..:/backup", nil, "is neither"},
 		{"backups:/backup,bad", nil, `entry "bad"`},
+		{"backups:/", nil, `the target "/" would cover`},
+		{"backups:/proc", nil, "kernel filesystems"},
+		{"backups:/dev/shm", nil, "kernel filesystems"},
+		{"backups:/backup :ro", nil, `the target "/backup "`},
+		{"backups:/b\x00", nil, `the target "/b\x00"`},
+		{"/proc/self/root:/host", nil, "kernel filesystem"},
+		{"/sys:/sys:ro", nil, "kernel filesystem"},
+		{"/srv/x\x00y:/backup", nil, "clean absolute path"},
+		{"/srv/backups:/procedures", []deploy.Mount{{Source: "/srv/backups", Target: "/procedures"}}, ""},
+		{"/srv/my backups:/backup", []deploy.Mount{{Source: "/srv/my backups", Target: "/backup"}}, ""},
 	}
 	for _, tt := range tests {
 		got, err := parseMounts(tt.in)
@@ -465,4 +528,176 @@ func TestParseHooksApproveInvalid(t *testing.T) {
 		!strings.Contains(err.Error(), "updater.aprove is not an updater label") || !strings.Contains(err.Error(), "updater.approve") {
 		t.Fatalf("misspelt approve label: %v, want it named and updater.approve suggested", err)
 	}
+}
+
+// hookLabels are the labels parseHooks reads, the opt-in label included.
+var hookLabels = []string{optIn, labelBackupImage, labelBackupCommand, labelBackupMounts, labelBackupEnv, labelBackupSchedule,
+	labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelApprove}
+
+// FuzzParseHooks feeds arbitrary label maps to parseHooks: lines of
+// key=value (any key, ours or not), and one value of any bytes, newlines
+// included, for the label hookLabels[which]. Whatever the labels, it
+// returns hooks within every documented bound, which parseHooks accepts
+// again when written back as labels, or an error and no hooks (but the
+// approval a service asked for).
+func FuzzParseHooks(f *testing.F) {
+	f.Add("", uint8(0), "")
+	f.Add("updater.backup.command=pg_dump -f /backup/db.dump\nupdater.backup.mounts=backups:/backup, /srv/certs:/certs:ro\n"+
+		"updater.backup.env=PGHOST=db,PGUSER=app\nupdater.backup.schedule=@hourly\nupdater.hooks.timeout=10m\nupdater.group=site.db_1",
+		uint8(0), "")
+	f.Add(`updater.migrate.command=["./app", "migrate"]`+"\nupdater.migrate.image=app:2\nupdater.approve=manual", uint8(0), "")
+	f.Add("updater.backup.command=x", uint8(3), "vol:/..")
+	f.Add("updater.backup.command=x", uint8(9), "9999999999h")
+	f.Add("updater.backup.command=x", uint8(5), "TZ=UTC")
+	f.Fuzz(func(t *testing.T, lines string, which uint8, value string) {
+		// Labels reach the updater as JSON, so they are valid UTF-8.
+		labels := map[string]string{}
+		for _, line := range strings.Split(lines, "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				labels[strings.ToValidUTF8(k, "\uFFFD")] = strings.ToValidUTF8(v, "\uFFFD")
+			}
+		}
+		labels[hookLabels[int(which)%len(hookLabels)]] = strings.ToValidUTF8(value, "\uFFFD")
+
+		h, err := parseHooks(labels, optIn)
+		if err != nil {
+			v, asked := labels[labelApprove]
+			if !reflect.DeepEqual(h, deploy.Hooks{Approve: asked && v != "auto"}) {
+				t.Fatalf("parseHooks returned %s with its error %v", dump(h), err)
+			}
+			if !strings.HasPrefix(err.Error(), "invalid hook labels: ") {
+				t.Fatalf("error %q does not say what it is about", err)
+			}
+			return
+		}
+		checkHooks(t, labels, h)
+		again, err := parseHooks(hookLabelsOf(h), optIn)
+		if err != nil || !reflect.DeepEqual(again, h) {
+			t.Fatalf("accepted %s from %q, but not when written back: %s, %v", dump(h), labels, dump(again), err)
+		}
+	})
+}
+
+// checkHooks: accepted hooks are within every bound the labels document.
+func checkHooks(t *testing.T, labels map[string]string, h deploy.Hooks) {
+	t.Helper()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("accepted "+format+": %s from %q", append(args, dump(h), labels)...)
+	}
+	for l := range labels {
+		if strings.HasPrefix(l, "updater.") && !slices.Contains(hookLabels, l) {
+			fail("the unknown label %q", l)
+		}
+	}
+	if h.Timeout < time.Second || h.Timeout > 24*time.Hour {
+		fail("the timeout %s", h.Timeout)
+	}
+	if _, set := labels[labelHooksTimeout]; !set && h.Timeout != defaultHookTimeout {
+		fail("the timeout %s without a label", h.Timeout)
+	}
+	if h.Approve != (labels[labelApprove] == "manual") {
+		fail("approve=%v", h.Approve)
+	}
+	if h.Group != "" && !nameRE.MatchString(h.Group) {
+		fail("the group %q", h.Group)
+	}
+	if h.BackupSchedule != "" && (h.Backup == nil || !validCron(h.BackupSchedule)) {
+		fail("the backup schedule %q", h.BackupSchedule)
+	}
+	for _, c := range []struct {
+		hk      *deploy.Hook
+		command string
+	}{{h.Backup, labelBackupCommand}, {h.Migrate, labelMigrateCommand}} {
+		if _, set := labels[c.command]; set != (c.hk != nil) {
+			fail("a hook that is there=%v with %s set=%v", c.hk != nil, c.command, set)
+		}
+		if c.hk == nil {
+			continue
+		}
+		hk := c.hk
+		if strings.ContainsFunc(hk.Image, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+			fail("the image %q", hk.Image)
+		}
+		if len(hk.Command) == 0 || hk.Command[0] == "" || slices.ContainsFunc(hk.Command, func(a string) bool { return strings.ContainsRune(a, 0) }) {
+			fail("the command %q", hk.Command)
+		}
+		for _, e := range hk.Env {
+			k, v, ok := strings.Cut(e, "=")
+			if !ok || !envRE.MatchString(k) || strings.ContainsAny(v, "\x00,\n") || strings.TrimSpace(e) != e {
+				fail("the environment entry %q", e)
+			}
+		}
+		for _, m := range hk.Mounts {
+			if !cleanAbs(m.Target) || m.Target == "/" || kernelPath(m.Target) || strings.ContainsFunc(m.Target, unsafePathRune) {
+				fail("the mount target %q", m.Target)
+			}
+			if strings.HasPrefix(m.Source, "/") {
+				if !cleanAbs(m.Source) || m.Source == "/" || kernelPath(m.Source) || strings.ContainsFunc(m.Source, unsafePathRune) {
+					fail("the host path %q", m.Source)
+				}
+			} else if !nameRE.MatchString(m.Source) {
+				fail("the volume %q", m.Source)
+			}
+		}
+	}
+}
+
+// hookLabelsOf writes hooks back as the labels that say them.
+func hookLabelsOf(h deploy.Hooks) map[string]string {
+	l := map[string]string{labelHooksTimeout: h.Timeout.String()}
+	put := func(label, v string) {
+		if v != "" {
+			l[label] = v
+		}
+	}
+	put(labelGroup, h.Group)
+	put(labelBackupSchedule, h.BackupSchedule)
+	if h.Approve {
+		l[labelApprove] = "manual"
+	}
+	hook := func(hk *deploy.Hook, image, command, env, mounts string) {
+		if hk == nil {
+			return
+		}
+		put(image, hk.Image)
+		cmd, _ := json.Marshal(hk.Command)
+		l[command] = string(cmd)
+		put(env, strings.Join(hk.Env, ","))
+		var ms []string
+		for _, m := range hk.Mounts {
+			s := m.Source + ":" + m.Target
+			if m.ReadOnly {
+				s += ":ro"
+			}
+			ms = append(ms, s)
+		}
+		if mounts != "" {
+			put(mounts, strings.Join(ms, ","))
+		}
+	}
+	hook(h.Backup, labelBackupImage, labelBackupCommand, labelBackupEnv, labelBackupMounts)
+	hook(h.Migrate, labelMigrateImage, labelMigrateCommand, labelMigrateEnv, "")
+	return l
+}
+
+// FuzzParseMounts: an accepted mount has a clean absolute target that
+// hides nothing of the container's own, and a source that is a volume
+// name or a clean absolute host path outside the kernel's filesystems.
+func FuzzParseMounts(f *testing.F) {
+	for _, s := range []string{"backups:/backup", "/srv/backups:/backup:ro, certs:/certs:rw", "backups:/..", "/proc/self/root:/host",
+		"/srv/x\x00:/backup", "vol:/backup :ro", "a;rm -rf /:/backup", "$(id):/backup", "vol:/", "vol:/proc/sys", "..:/x", ",,,"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		ms, err := parseMounts(v)
+		if err != nil {
+			if ms != nil {
+				t.Fatalf("parseMounts(%q) = %+v with its error %v", v, ms, err)
+			}
+			return
+		}
+		checkHooks(t, map[string]string{labelBackupCommand: "x", labelBackupMounts: v},
+			deploy.Hooks{Timeout: defaultHookTimeout, Backup: &deploy.Hook{Command: []string{"x"}, Mounts: ms}})
+	})
 }
