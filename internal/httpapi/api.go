@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -23,6 +24,10 @@ func (s *Server) api(h http.HandlerFunc) http.Handler {
 		if !sameSecret(token(r), s.cfg.APIToken) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="updater"`)
 			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
+			return
+		}
+		if r.ContentLength > maxAPIBody {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes: the API takes none", maxAPIBody))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)

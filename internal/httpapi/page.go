@@ -74,6 +74,10 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 			http.Error(w, "The API token is needed: give it as the password (any user name).", http.StatusUnauthorized)
 			return
 		}
+		if r.ContentLength > maxAPIBody {
+			http.Error(w, "The request is too large.", http.StatusRequestEntityTooLarge)
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)
 		h(w, r)
 	})

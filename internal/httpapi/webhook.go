@@ -43,6 +43,13 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "webhooks are off: set UPDATER_WEBHOOK_SECRET to turn them on")
 		return
 	}
+	if r.ContentLength > maxWebhookBody {
+		// Said up front: refused before a byte of it is read, so a client
+		// that announces a huge body and sends it slowly holds nothing.
+		s.countWebhook(srcUnknown, "bad_request")
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxWebhookBody))
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
 	if err != nil {
 		s.countWebhook(srcUnknown, "bad_request")
