@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -187,8 +188,14 @@ func (s *Swarm) logTail(id string) []string {
 // (a timeout, a shutdown) at once; RemoveVolumes takes the anonymous
 // volumes an image's VOLUME made for the job (postgres images declare
 // one), never named ones.
+//
+// A task still being prepared has no container yet, and one removed in
+// that state gets its container anyway, left running with no service
+// (seen on 20.10 when a restarted updater removed the job a killed one had
+// just created). So removal waits, a bounded while, for every task to have
+// its container or to be done.
 func (s *Swarm) removeJob(ctx context.Context, id, name string) {
-	tasks, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+	tasks, err := s.settledTasks(ctx, id, 20*time.Second)
 	if err == nil {
 		node := s.nodeID(ctx)
 		for _, t := range tasks.Items {
@@ -208,6 +215,36 @@ func (s *Swarm) removeJob(ctx context.Context, id, name string) {
 	if _, err := s.api.ServiceRemove(ctx, id, client.ServiceRemoveOptions{}); err != nil && !isNotFound(err) {
 		s.log().Error("remove job", "service", name, "err", err)
 	}
+}
+
+// settledTasks lists the job's tasks once none is between scheduling and
+// its container's start, or when wait has passed.
+func (s *Swarm) settledTasks(ctx context.Context, id string, wait time.Duration) (client.TaskListResult, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		tasks, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+		if err != nil || time.Now().After(deadline) || !slices.ContainsFunc(tasks.Items, preparing) {
+			return tasks, err
+		}
+		select {
+		case <-ctx.Done():
+			return tasks, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// preparing is a task meant to run that has no container yet.
+func preparing(t swarm.Task) bool {
+	if t.DesiredState != swarm.TaskStateRunning && t.DesiredState != swarm.TaskStateComplete {
+		return false
+	}
+	switch t.Status.State {
+	case swarm.TaskStateNew, swarm.TaskStatePending, swarm.TaskStateAssigned, swarm.TaskStateAccepted,
+		swarm.TaskStatePreparing, swarm.TaskStateReady:
+		return true
+	}
+	return false
 }
 
 // nodeID is the swarm ID of the node the updater talks to.
@@ -233,6 +270,19 @@ func (s *Swarm) Clean(ctx context.Context) error {
 	for _, svc := range res.Items {
 		s.removeJob(ctx, svc.ID, svc.Spec.Name)
 		s.log().Warn("removed a job left by an earlier run", "service", svc.Spec.Name, "step", svc.Spec.Labels[jobStepLabel])
+	}
+	// Containers whose job service is gone (see removeJob), on this node.
+	cs, err := s.api.ContainerList(ctx, client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", jobLabel).Add("label", scopeLabel+"="+s.scope())})
+	if err != nil {
+		return fmt.Errorf("list job containers: %w", err)
+	}
+	for _, c := range cs.Items {
+		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
+			s.log().Warn("remove job container", "container", c.ID, "err", err)
+			continue
+		}
+		s.log().Warn("removed a job container left by an earlier run", "container", c.ID, "service", c.Labels["com.docker.swarm.service.name"])
 	}
 	return nil
 }

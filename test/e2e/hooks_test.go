@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -562,6 +563,13 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 		}
 		p.mu.Unlock()
 		if held {
+			// Read to the end first: only then does the server watch the
+			// connection, so a client that dies ends r.Context().
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
 			select {
 			case <-p.open:
 			case <-r.Context().Done():
