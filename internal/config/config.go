@@ -549,6 +549,11 @@ func short(d time.Duration) string {
 // trailing "/" the clients join method names to. The URL itself is not
 // quoted in the error: a webhook URL is a secret.
 func parseURL(v string, base bool, hint string) (string, error) {
+	if strings.ContainsFunc(v, unicode.IsSpace) {
+		// url.Parse takes a space in the path, so a secret file's
+		// trailing space would become part of the URL ("…/s3cr3t%20").
+		return "", errors.New("not an http(s) URL (it contains whitespace): use " + hint)
+	}
 	u, err := url.Parse(v)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return "", errors.New("not an http(s) URL: use " + hint)

@@ -428,6 +428,7 @@ func TestNotifySettingsInvalid(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope")
 	empty := secretFile(t, "\n")
 	badTokenFile := secretFile(t, "hunter2-s3cr3t\n")
+	spacedHookFile := secretFile(t, webhookURL+" \n")
 	tests := []struct {
 		name    string
 		env     env
@@ -458,6 +459,12 @@ func TestNotifySettingsInvalid(t *testing.T) {
 			"SLACK_TOKEN contains whitespace: use the bot token exactly as Slack shows it (xoxb-…)"},
 		{"malformed webhook", env{"SLACK_WEBHOOK_URL": "hooks.slack.com/services/s3cr3t"}, "SLACK_WEBHOOK_URL",
 			"SLACK_WEBHOOK_URL is not an http(s) URL: use the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…"},
+		{"webhook file with a trailing space", env{"SLACK_WEBHOOK_URL_FILE": spacedHookFile}, "SLACK_WEBHOOK_URL_FILE",
+			`SLACK_WEBHOOK_URL_FILE="` + spacedHookFile + `": is not an http(s) URL (it contains whitespace): use the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…`},
+		{"webhook with a space", env{"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/s3cr3t x"}, "SLACK_WEBHOOK_URL",
+			"SLACK_WEBHOOK_URL is not an http(s) URL (it contains whitespace): use the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…"},
+		{"API URL with a space", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "C0123", "SLACK_API_URL": "http://127.0.0.1:9/a pi/"}, "SLACK_API_URL",
+			`SLACK_API_URL="http://127.0.0.1:9/a pi/": not an http(s) URL (it contains whitespace): use the Slack Web API base, like "https://slack.com/api/"`},
 		{"webhook without a path", env{"SLACK_WEBHOOK_URL": "https://hooks.slack.com/"}, "SLACK_WEBHOOK_URL",
 			"SLACK_WEBHOOK_URL is a URL without a path: use the incoming webhook URL Slack shows, like https://hooks.slack.com/services/T…/B…/…"},
 		{"two channels", env{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "#a,#b"}, "SLACK_CHANNEL",
