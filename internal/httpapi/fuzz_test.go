@@ -189,8 +189,9 @@ func FuzzAPIAuth(f *testing.F) {
 		p, c, d := r.requests.asked()
 		acted := len(p)+c+len(d) != 0 || decided.Load() != 0
 		carries := strings.Contains(auth, apiToken)
-		if pw, ok := strings.CutPrefix(auth, "Basic "); ok {
-			if dec, err := base64.StdEncoding.DecodeString(pw); err == nil && strings.Contains(string(dec), apiToken) {
+		// The scheme is case-insensitive (RFC 7235): "BASIC" is basic auth.
+		if len(auth) > 6 && strings.EqualFold(auth[:6], "Basic ") {
+			if dec, err := base64.StdEncoding.DecodeString(auth[6:]); err == nil && strings.Contains(string(dec), apiToken) {
 				carries = true
 			}
 		}
