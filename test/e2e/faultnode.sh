@@ -87,32 +87,47 @@ start_dockerd() {
     fi
     mkdir -p "$FN_WORK"
     echo '{}' >"$FN_WORK/daemon.json" # keeps it from reading /etc/docker/daemon.json
-    log "starting dockerd in netns $FN_NS (log $FN_WORK/dockerd.log)"
-    # nsenter --net only, not `ip netns exec` (that remounts /sys and hides
-    # the cgroup mounts). unshare: its own mount namespace (private: its
-    # overlay and netns mounts stay in it and go when it ends) and hostname.
-    # A containerd that outlived its dockerd is reused by the next one, so
-    # that one joins its namespaces instead. Every step execs, so $! is the
-    # dockerd pid.
-    local enter cpid
-    if cpid="$(containerd_pid)"; then
-      enter=(nsenter --net="$NSPATH" --mount="/proc/$cpid/ns/mnt" --uts="/proc/$cpid/ns/uts" --)
-    else
-      enter=(nsenter --net="$NSPATH" unshare --uts --mount --propagation private --)
-    fi
-    (cd / && exec setsid "${enter[@]}" /bin/sh -c 'hostname "$0" && exec "$@"' "$FN_NS" \
-      /usr/sbin/dockerd --config-file "$FN_WORK/daemon.json" \
-      --data-root "$FN_DATA" --exec-root "$FN_EXEC" --pidfile "$FN_PIDFILE" -H "$FN_HOST" \
-      >>"$FN_WORK/dockerd.log" 2>&1 </dev/null 9>&-) &
-    echo $! >"$FN_WORK/dockerd.pid"
+    launch
   fi
-  local i
+  local i retried=0
   for ((i = 0; i < 300; i++)); do
     answers && return 0
-    dockerd_pid >/dev/null || { tail -20 "$FN_WORK/dockerd.log" >&2; die "dockerd exited"; }
+    if ! dockerd_pid >/dev/null; then
+      # A containerd that outlived its dockerd may end just as the new
+      # one joins it: then once more, afresh.
+      if [[ -n "$JOINED" && $retried == 0 ]] && ! alive "$JOINED"; then
+        retried=1; launch; continue
+      fi
+      tail -20 "$FN_WORK/dockerd.log" >&2; die "dockerd exited"
+    fi
     sleep 0.1
   done
   die "dockerd did not answer on $FN_SOCK in 30s"
+}
+
+# launch starts dockerd; JOINED is the containerd it joined, if any.
+JOINED=""
+launch() {
+  log "starting dockerd in netns $FN_NS (log $FN_WORK/dockerd.log)"
+  # nsenter --net only, not `ip netns exec` (that remounts /sys and hides
+  # the cgroup mounts). unshare: its own mount namespace (private: its
+  # overlay and netns mounts stay in it and go when it ends) and hostname.
+  # A containerd that outlived its dockerd is reused by the next one, so
+  # that one joins its namespaces instead. Every step execs, so $! is the
+  # dockerd pid.
+  local enter cpid
+  JOINED=""
+  if cpid="$(containerd_pid)"; then
+    JOINED="$cpid"
+    enter=(nsenter --net="$NSPATH" --mount="/proc/$cpid/ns/mnt" --uts="/proc/$cpid/ns/uts" --)
+  else
+    enter=(nsenter --net="$NSPATH" unshare --uts --mount --propagation private --)
+  fi
+  (cd / && exec setsid "${enter[@]}" /bin/sh -c 'hostname "$0" && exec "$@"' "$FN_NS" \
+    /usr/sbin/dockerd --config-file "$FN_WORK/daemon.json" \
+    --data-root "$FN_DATA" --exec-root "$FN_EXEC" --pidfile "$FN_PIDFILE" -H "$FN_HOST" \
+    >>"$FN_WORK/dockerd.log" 2>&1 </dev/null 9>&-) &
+  echo $! >"$FN_WORK/dockerd.pid"
 }
 
 # wait_swarm waits until the node is an active manager whose store answers
@@ -139,10 +154,17 @@ init_swarm() {
 }
 
 stop_dockerd() {
-  local pid
+  local pid cpid
   pid="$(dockerd_pid)" || { log "dockerd not running"; return 0; }
+  cpid="$(containerd_pid)" || cpid=""
   log "SIGTERM dockerd pid $pid"
   stop_pid "$pid" 45
+  # A cleanly stopping dockerd stops its containerd too, a moment later:
+  # wait for that, so the next start does not join the namespaces of a
+  # containerd on its way out.
+  if [[ -n "$cpid" ]] && ! wait_gone "$cpid" 15; then
+    log "containerd pid $cpid outlived its dockerd (the next start joins it)"
+  fi
 }
 
 # cleanup_leftovers: after a dockerd that died uncleanly, its containerd,
