@@ -77,7 +77,10 @@ func (k *Keeper) Acquire(ctx context.Context) {
 	if ok {
 		k.renewed.Store(time.Now().UnixMilli())
 	}
-	if was := k.held.Swap(ok); was != ok || !k.known.Swap(true) {
+	// Both swaps always run: a short-circuit left known unset on the
+	// first take, which then logged twice.
+	first := !k.known.Swap(true)
+	if was := k.held.Swap(ok); was != ok || first {
 		if ok {
 			k.Log.Info("lease taken: this updater acts", "holder", k.Holder)
 		} else {

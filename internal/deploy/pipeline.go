@@ -394,7 +394,13 @@ func (p *Pipeline) resume(ctx context.Context) error {
 		}
 		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
 		_, d := SplitImage(r.Image)
-		if d == rel.To || strings.HasPrefix(r.UpdateState, "rollback_") {
+		// A rollback counts only if it began after this deploy did: the
+		// one a failed deploy before it left in UpdateStatus is not this
+		// deploy's, whose spec write may never have landed. The updater
+		// and the manager it talks to share a clock (it runs on one).
+		ownRollback := strings.HasPrefix(r.UpdateState, "rollback_") &&
+			(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(rel.Started))
+		if d == rel.To || ownRollback {
 			p.follow(ctx, rel, true)
 		} else {
 			if targets == nil {

@@ -966,3 +966,32 @@ func TestCycleUpdateUnavailableResumesLater(t *testing.T) {
 		})
 	}
 }
+
+// A deploy left in flight before its spec write, on a service whose last
+// update was rolled back before it began: that rollback is not the
+// deploy's, so the deploy is carried on, not reported rolled back.
+func TestResumeIgnoresEarlierRollback(t *testing.T) {
+	w := newWorld(t)
+	started := time.Now().Add(-time.Minute)
+	w.open = []deploy.Release{journaled(started)}
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	stale := rollout("rollback_completed", oldD, task(oldD, "running"))
+	stale.UpdateStarted = started.Add(-time.Second)
+	w.script = []deploy.Rollout{stale}
+	update := w.services.UpdateFn
+	w.services.UpdateFn = func(ctx context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+		w.script = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}
+		w.targets = []deploy.Target{web(newD)}
+		return update(ctx, tg, image, c)
+	}
+
+	w.cycle(t.Context())
+
+	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Succeeded}) {
+		t.Fatalf("events = %v, want the resumed deploy carried on to one success", got)
+	}
+	if len(w.updates) != 1 || len(w.marked) != 0 {
+		t.Errorf("updates %v, marked %v: want one spec write, nothing blamed", w.updates, w.marked)
+	}
+}

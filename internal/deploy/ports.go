@@ -75,6 +75,9 @@ type Rollout struct {
 	// Swarm has not (yet) recorded one.
 	UpdateState   string
 	UpdateMessage string
+	// UpdateStarted is when Swarm began that update or rollback; zero when
+	// unknown. A rollback that began before a deploy is not the deploy's.
+	UpdateStarted time.Time
 	// Desired is how many tasks should run (replicas, or one per eligible
 	// node for a global service).
 	Desired int

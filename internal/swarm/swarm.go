@@ -221,6 +221,9 @@ func (s *Swarm) Rollout(ctx context.Context, serviceID string) (deploy.Rollout, 
 	r := deploy.Rollout{Image: svc.Spec.TaskTemplate.ContainerSpec.Image}
 	if svc.UpdateStatus != nil {
 		r.UpdateState, r.UpdateMessage = string(svc.UpdateStatus.State), svc.UpdateStatus.Message
+		if svc.UpdateStatus.StartedAt != nil {
+			r.UpdateStarted = *svc.UpdateStatus.StartedAt
+		}
 	}
 	if svc.ServiceStatus != nil {
 		r.Desired = int(svc.ServiceStatus.DesiredTasks)
@@ -255,7 +258,9 @@ func unavailable(err error) error {
 		return nil
 	}
 	var netErr net.Error
-	if client.IsErrConnectionFailed(err) || errors.As(err, &netErr) || errors.Is(err, io.EOF) ||
+	// A 503 is dockerd on its way down or up ("This node is not a swarm
+	// manager" for a second or two): no answer about the write either.
+	if client.IsErrConnectionFailed(err) || errdefs.IsUnavailable(err) || errors.As(err, &netErr) || errors.Is(err, io.EOF) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPIPE) {
 		return fmt.Errorf("%w: %w", deploy.ErrUnavailable, err)
