@@ -73,6 +73,11 @@ type Event struct {
 	Step *Step
 	// Part is "docker" or "registry" on Outage and Recovered events.
 	Part string
+
+	// waiting marks a deploy left in flight because Docker went away
+	// mid-write: it is not over, and nothing may deploy that service
+	// until it is resumed.
+	waiting bool
 }
 
 // Step is how one step of a deploy stands.

@@ -156,7 +156,11 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		if g := groups[key]; strings.HasPrefix(key, "group:") {
 			p.approved(p.deployGroup(ctx, g)...)
 		} else {
-			p.approved(p.deploy(ctx, g[0].Target, g[0].Want))
+			ev := p.deploy(ctx, g[0].Target, g[0].Want)
+			p.approved(ev)
+			if ev.waiting {
+				break // Docker is gone: the rest would fail the same way
+			}
 		}
 	}
 	return plans, nil
@@ -413,7 +417,11 @@ func (p *Pipeline) resume(ctx context.Context) error {
 				p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true)
 				continue
 			}
-			p.proceed(ctx, targets[i], rel, true)
+			if ev := p.proceed(ctx, targets[i], rel, true); ev.waiting {
+				// Still in flight: planning now would start a second
+				// deploy of the same service.
+				return fmt.Errorf("deploy %s of %s waits for Docker: %s", rel.ID, rel.ServiceName, ev.Reason)
+			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

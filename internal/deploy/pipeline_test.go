@@ -947,10 +947,29 @@ func TestCycleUpdateUnavailableResumesLater(t *testing.T) {
 			if len(w.open) != 1 || len(w.marked) != 0 {
 				t.Fatalf("in flight %v, marked %v: want the deploy kept in flight, no digest blamed", ids(w.open), w.marked)
 			}
+			if !applied {
+				// Still unreachable next cycle: the deploy waits in flight,
+				// and no second deploy of the service begins beside it.
+				if _, err := w.p.Cycle(t.Context()); err == nil {
+					t.Fatal("a cycle whose resumed deploy still can't reach Docker returned no error")
+				}
+				if len(w.begun) != 1 || len(w.open) != 1 {
+					t.Fatalf("journal Begin %v, in flight %v: want the one deploy, still waiting", ids(w.begun), ids(w.open))
+				}
+			}
 
 			w.services.UpdateFn = land
 			w.cycle(t.Context())
-			ev := w.outcome(deploy.Succeeded)
+			var deploys []deploy.Event // the outage and its end aside
+			for _, e := range w.milestones() {
+				if e.Kind != deploy.Outage && e.Kind != deploy.Recovered {
+					deploys = append(deploys, e)
+				}
+			}
+			if len(deploys) != 2 || deploys[0].Kind != deploy.Started || deploys[1].Kind != deploy.Succeeded {
+				t.Fatalf("events %v, want started, then one succeeded", w.kinds())
+			}
+			ev := deploys[1]
 			if !ev.Resumed {
 				t.Errorf("outcome not marked resumed: %+v", ev)
 			}

@@ -67,7 +67,7 @@ func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Cred
 			// and its outcome is reported once.
 			p.Log.Warn("docker unreachable at the spec write; the deploy resumes when it answers",
 				"deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To, "err", err)
-			return Event{Kind: Failed, Release: rel, Phase: PhaseUpdate, Reason: "docker unreachable; the deploy resumes when it answers: " + err.Error(), Resumed: resumed}
+			return Event{Kind: Failed, Release: rel, Phase: PhaseUpdate, Reason: "docker unreachable; the deploy resumes when it answers: " + err.Error(), Resumed: resumed, waiting: true}
 		}
 		// Not remembered as a bad digest: the image never ran, and the cause
 		// (Docker unreachable, a spec Swarm refuses) is not the image's.
