@@ -64,6 +64,7 @@ type Pipeline struct {
 	outages   map[string]bool
 	backingUp map[string]bool // services whose scheduled backup runs
 	warned    map[string]bool
+	unclosed  map[string]bool // deploys reported over whose journal entry would not go
 	seen      seen // what the last cycles saw, for Status
 
 	approvals approvalBook // deploys held for approval; has its own lock
@@ -360,10 +361,28 @@ func (p *Pipeline) finish(rel Release, ev Event, journaled bool) Event {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := p.Journal.End(ctx, rel); err != nil {
-			p.Log.Error("close deploy record", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+			// Reported already: resume must only close it, not follow and
+			// report it a second time.
+			p.Log.Error("close deploy record; retried next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+			p.mu.Lock()
+			if p.unclosed == nil {
+				p.unclosed = map[string]bool{}
+			}
+			p.unclosed[rel.ID] = true
+			p.mu.Unlock()
 		}
 	}
 	return ev
+}
+
+// closeRecord removes rel's journal entry, best effort, on a fresh
+// context: what it is for must happen even when the cycle is ending.
+func (p *Pipeline) closeRecord(rel Release) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Journal.End(ctx, rel); err != nil {
+		p.Log.Debug("remove deploy record", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+	}
 }
 
 // resume follows every deploy a previous run left in flight to its end.
@@ -388,6 +407,18 @@ func (p *Pipeline) resume(ctx context.Context) error {
 	}
 	var targets []Target
 	for _, rel := range open {
+		p.mu.Lock()
+		done := p.unclosed[rel.ID]
+		p.mu.Unlock()
+		if done {
+			if err := p.Journal.End(ctx, rel); err != nil {
+				return fmt.Errorf("close deploy record %s: %w", rel.ID, err)
+			}
+			p.mu.Lock()
+			delete(p.unclosed, rel.ID)
+			p.mu.Unlock()
+			continue
+		}
 		r, err := p.Services.Rollout(ctx, rel.ServiceID)
 		if errors.Is(err, ErrNotFound) {
 			p.finish(rel, Event{Kind: Failed, Phase: PhaseRollout, Reason: "the service was removed while the updater was down", Resumed: true}, true)

@@ -913,7 +913,10 @@ func TestCycleJournalUnavailableIsAnOutage(t *testing.T) {
 	if got, want := w.kinds(), []deploy.Kind{deploy.Recovered, deploy.Started, deploy.Succeeded}; !slices.Equal(got, want) {
 		t.Fatalf("events = %v, want %v", got, want)
 	}
-	w.journalPaired()
+	// The failed Begin's record is removed too, in case it was written.
+	if len(w.begun) != 1 || len(w.ended) != 2 || w.ended[1].ID != w.begun[0].ID || len(w.open) != 0 {
+		t.Errorf("journal Begin %v, End %v, open %v", ids(w.begun), ids(w.ended), ids(w.open))
+	}
 }
 
 // Docker going away at the spec write leaves the deploy in flight, with

@@ -36,7 +36,11 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 			// Nothing started and nothing was announced: Docker being down
 			// is an outage, logged once, and the next cycle tries again. A
 			// failure report here would make two outcomes of one deploy.
+			// The record may have been written with only its answer lost:
+			// removed, best effort, so no restart resumes an unannounced
+			// deploy.
 			p.track("docker", "", err)
+			p.closeRecord(rel)
 			return rel, ev, false
 		}
 		return rel, p.finish(rel, ev, false), false
@@ -60,7 +64,12 @@ func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed b
 // update writes the pinned image and follows the rollout.
 func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Credentials, resumed bool) Event {
 	if err := p.Services.Update(ctx, t, Pin(rel.Ref, rel.To), creds); err != nil {
-		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+		if ctx.Err() != nil {
+			// Stopping mid-write: Docker may have applied it. The record
+			// stays, so the next run resumes from what the spec says.
+			return Event{Kind: Failed, Release: rel, Phase: PhaseUpdate, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed, waiting: true}
+		}
+		if errors.Is(err, ErrUnavailable) {
 			// Docker went away mid-write: the spec may or may not have
 			// changed. The journal entry stays, so the next cycle that
 			// reaches Docker resumes this deploy from what the spec says,
@@ -250,9 +259,25 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	// Every spec first, then every rollout: the group spends as little
 	// time as possible half old, half new.
 	var written []int
+	failedWrite := false
 	for i, rel := range rels {
-		if err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds); err != nil {
+		err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds)
+		if err != nil && (errors.Is(err, ErrUnavailable) || ctx.Err() != nil) {
+			// The write may have landed with its answer lost: the spec says.
+			r, rerr := p.Services.Rollout(ctx, rel.ServiceID)
+			if _, d := SplitImage(r.Image); rerr == nil && d == rel.To {
+				err = nil
+			} else if rerr != nil {
+				// Unknown: the record stays, and a later cycle resumes it.
+				p.Log.Warn("docker unreachable at the spec write; the deploy resumes when it answers",
+					"deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To, "err", err)
+				failedWrite = true
+				continue
+			}
+		}
+		if err != nil {
 			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error()}, true))
+			failedWrite = true
 			continue
 		}
 		written = append(written, i)
@@ -269,7 +294,7 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 			failed = rels[i].ServiceName
 		}
 	}
-	if failed == "" && len(written) < len(rels) {
+	if failed == "" && failedWrite {
 		failed = "a spec write"
 	}
 	for _, i := range written {

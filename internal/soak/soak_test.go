@@ -20,7 +20,6 @@ import (
 var (
 	soakSeed   = flag.Uint64("soak.seed", 0, "seed of the soak's faults and pushes; 0 picks one (logged)")
 	soakCycles = flag.Int("soak.cycles", 2000, "cycles the soak runs (200 with -short)")
-	knownBugs  = flag.Bool("soak.known-bugs", false, "inject the Swarm faults the pipeline is known to mishandle, and run TestKnownBugs")
 )
 
 const (
@@ -62,7 +61,7 @@ func TestSoak(t *testing.T) {
 	specs[3] = serviceSpec{tag: 3, hooks: true, group: "pair"}
 	w := newWorld(t, seed, specs)
 	reg, sw, tags, clk, rep, logs, closeIdle := w.reg, w.sw, w.tags, w.clk, w.rep, w.logs, w.closeIdle
-	sw.faultFn = randomFaults(rand.New(rand.NewPCG(seed+1, seed^0x5a4a)), *knownBugs)
+	sw.faultFn = randomFaults(rand.New(rand.NewPCG(seed+1, seed^0x5a4a)))
 	p := w.pipeline()
 
 	actions := map[deploy.Action]int{}

@@ -67,9 +67,8 @@ type swarmFault struct {
 var errUnavailable = fmt.Errorf("injected: %w: read unix @->/var/run/docker.sock: connection reset by peer", deploy.ErrUnavailable)
 
 // randomFaults is the soak's Swarm: it fails now and then, in the ways the
-// pipeline is built to survive. With knownBugs it also fails in the ways
-// this soak found it does not (see TestKnownBugs).
-func randomFaults(rng *rand.Rand, knownBugs bool) func(method string, s *service) swarmFault {
+// pipeline must survive, lost answers included (see TestLostAnswers).
+func randomFaults(rng *rand.Rand) func(method string, s *service) swarmFault {
 	return func(method string, s *service) swarmFault {
 		x := rng.Float64()
 		switch method {
@@ -83,7 +82,7 @@ func randomFaults(rng *rand.Rand, knownBugs bool) func(method string, s *service
 				return swarmFault{err: errors.New("injected: update out of sequence, gave up")}
 			case x < 0.02:
 				return swarmFault{err: errUnavailable}
-			case x < 0.03 && (s.hooks.Group == "" || knownBugs):
+			case x < 0.03:
 				return swarmFault{err: errUnavailable, applied: true}
 			}
 		case "Rollout":
@@ -102,11 +101,11 @@ func randomFaults(rng *rand.Rand, knownBugs bool) func(method string, s *service
 			switch {
 			case x < 0.01:
 				return swarmFault{err: errUnavailable}
-			case x < 0.02 && knownBugs:
+			case x < 0.02:
 				return swarmFault{err: errUnavailable, applied: true}
 			}
 		case "End":
-			if x < 0.01 && knownBugs {
+			if x < 0.01 {
 				return swarmFault{err: errUnavailable}
 			}
 		}
@@ -156,6 +155,7 @@ type fakeSwarm struct {
 	markedEver map[pair]bool              // MarkFailed, never forgotten
 	ledger     map[string]map[string]bool // what Ledger.Failed answers
 	journal    map[string]deploy.Release  // in flight, by deploy ID
+	unanswered map[string]bool            // deploy IDs whose Begin got an error, written or not
 	begun      map[string]bool            // every deploy ID ever begun
 	migrated   map[string]map[string]bool // Migrations, by key
 	migrations map[pair]int               // migrate jobs run, by service and digest
@@ -184,6 +184,7 @@ func newFakeSwarm(c *clock) *fakeSwarm {
 		markedEver: map[pair]bool{},
 		ledger:     map[string]map[string]bool{},
 		journal:    map[string]deploy.Release{},
+		unanswered: map[string]bool{},
 		begun:      map[string]bool{},
 		migrated:   map[string]map[string]bool{},
 		migrations: map[pair]int{},
@@ -434,6 +435,9 @@ func (f *fakeSwarm) Begin(_ context.Context, r deploy.Release) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fl := f.fault("Begin", f.services[r.ServiceID])
+	if fl.err != nil {
+		f.unanswered[r.ID] = true // its End may come, written or not
+	}
 	if fl.err != nil && !fl.applied {
 		return fl.err
 	}
@@ -452,7 +456,7 @@ func (f *fakeSwarm) End(_ context.Context, r deploy.Release) error {
 	if fl.err != nil && !fl.applied {
 		return fl.err
 	}
-	if _, ok := f.journal[r.ID]; !ok {
+	if _, ok := f.journal[r.ID]; !ok && !f.unanswered[r.ID] {
 		f.problem("deploy %s (%s to %s) ended but not in flight", r.ID, r.ServiceName, deploy.Short(r.To))
 	}
 	delete(f.journal, r.ID)

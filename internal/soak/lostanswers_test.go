@@ -8,15 +8,11 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 )
 
-// TestKnownBugs reproduces, one at a time and without randomness, what the
-// soak found when its Swarm also failed in these ways (-soak.known-bugs).
-// Each is a lost answer from Docker: the write happened, the updater was
-// told it failed, or the other way round. They fail today, so they run
-// only on request: go test ./internal/soak -run KnownBugs -args -soak.known-bugs
-func TestKnownBugs(t *testing.T) {
-	if !*knownBugs {
-		t.Skip("documents open bugs; run with -args -soak.known-bugs")
-	}
+// TestLostAnswers replays, one at a time and without randomness, the lost
+// answers from Docker the soak found mishandled (the write happened and the
+// updater was told it failed, or the other way round); each was a bug, now
+// fixed in internal/deploy.
+func TestLostAnswers(t *testing.T) {
 
 	// Journal.End fails once (dockerd restarting as the record is
 	// removed): finish logs it and moves on, the record stays, and the
