@@ -65,7 +65,7 @@ type Pipeline struct {
 	backingUp map[string]bool // services whose scheduled backup runs
 	warned    map[string]bool
 	unclosed  map[string]bool // deploys reported over whose journal entry would not go
-	seen      seen // what the last cycles saw, for Status
+	seen      seen            // what the last cycles saw, for Status
 
 	approvals approvalBook // deploys held for approval; has its own lock
 }
