@@ -61,7 +61,7 @@ type Pipeline struct {
 
 	running   sync.Mutex // one cycle or deploy at a time, whoever triggers it
 	mu        sync.Mutex // guards the maps below and seen
-	outages   map[string]bool
+	outages   map[string]int // consecutive failed cycles, by part and image
 	backingUp map[string]bool // services whose scheduled backup runs
 	warned    map[string]bool
 	unclosed  map[string]bool // deploys reported over whose journal entry would not go

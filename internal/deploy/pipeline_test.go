@@ -556,14 +556,44 @@ func TestCycleLogsRegistryOutageOnce(t *testing.T) {
 		!strings.Contains(fmt.Sprint(errs[0]["err"]), "503") {
 		t.Errorf("error lines = %v, want exactly one saying the registry is failing for %s", errs, ref)
 	}
-	if n := len(w.logLines("DEBUG", "still failing")); n != 4 {
-		t.Errorf("%d debug lines for the ongoing outage, want 4", n)
+	if n := len(w.logLines("DEBUG", "still failing")); n != 3 {
+		t.Errorf("%d debug lines for the ongoing outage, want 3", n)
 	}
 	if back := w.logLines("INFO", "recovered"); len(back) != 1 || back[0]["image"] != ref {
 		t.Errorf("recovery lines = %v, want exactly one for %s", back, ref)
 	}
-	if n := len(w.logLines("WARN", "")); n != 0 {
-		t.Errorf("%d warnings for a service with health check, start-first and rollback", n)
+	if n := len(w.logLines("WARN", "")); n != 1 {
+		t.Errorf("%d warnings, want 1: the first failure, before it was an outage", n)
+	}
+	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Outage, deploy.Recovered}) {
+		t.Errorf("events %v, want one outage and one recovery", got)
+	}
+}
+
+// One failed lookup that the next cycle does not repeat is a blip: a
+// warning, no outage and no recovery to report.
+func TestCycleRegistryBlipIsNoOutage(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(newD)}
+	fail := true
+	w.registry.DigestFn = func(_ context.Context, ref string) (string, error) {
+		if fail {
+			fail = false
+			return "", fmt.Errorf("resolve %s: 503 service unavailable", ref)
+		}
+		return newD, nil
+	}
+	for range 3 {
+		w.cycle(t.Context())
+	}
+	if len(w.events) != 0 {
+		t.Errorf("events %v for one failed lookup, want none", w.kinds())
+	}
+	if n := len(w.logLines("WARN", "registry failed; retrying next cycle")); n != 1 {
+		t.Errorf("%d warnings, want 1", n)
+	}
+	if n := len(w.logLines("ERROR", "")); n != 0 {
+		t.Errorf("%d error lines for a blip", n)
 	}
 }
 
@@ -900,8 +930,8 @@ func TestCycleJournalUnavailableIsAnOutage(t *testing.T) {
 	w.script = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}
 
 	w.cycle(t.Context())
-	if len(w.events) != 1 || w.events[0].Kind != deploy.Outage {
-		t.Fatalf("events %v, want one outage and no deploy event", w.kinds())
+	if len(w.events) != 0 || len(w.logLines("WARN", "docker failed")) != 1 {
+		t.Fatalf("events %v, want none (a warning: one failure is not an outage yet)", w.kinds())
 	}
 	if len(w.updates) != 0 {
 		t.Fatalf("updates %v while the journal could not be written", w.updates)
@@ -910,7 +940,7 @@ func TestCycleJournalUnavailableIsAnOutage(t *testing.T) {
 	w.journal.BeginFn = begin
 	w.events = nil
 	w.cycle(t.Context())
-	if got, want := w.kinds(), []deploy.Kind{deploy.Recovered, deploy.Started, deploy.Succeeded}; !slices.Equal(got, want) {
+	if got, want := w.kinds(), []deploy.Kind{deploy.Started, deploy.Succeeded}; !slices.Equal(got, want) {
 		t.Fatalf("events = %v, want %v", got, want)
 	}
 	// The failed Begin's record is removed too, in case it was written.
