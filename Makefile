@@ -8,10 +8,10 @@ GO_IMAGE ?= golang:1.26-bookworm
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo demo-down build test unit e2e e2e-multinode bench bench-e2e bench-e2e-multinode lint image clean
+.PHONY: help demo demo-down build test unit e2e e2e-multinode soak fuzz bench bench-e2e bench-e2e-multinode lint image clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 demo: ## the demo: a stack with the updater rolling v2 forward and a broken v3 back
 	demo/demo.sh
@@ -36,6 +36,18 @@ e2e: ## end-to-end tests: real dockerd in swarm mode, real registry
 # namespace and a second dockerd); leaves the swarm advertising 127.0.0.1.
 e2e-multinode: ## the multi-node suite: a 2-node swarm on this machine (manager + a worker in a netns)
 	E2E_REQUIRED=1 E2E_MULTINODE=1 $(GO) test -tags e2e -count=1 -timeout 15m -v -run MultiNode ./test/e2e/
+
+soak: ## 2,000 cycles against a faulty registry and Swarm, with its figures (it also runs, quietly, in make unit)
+	$(GO) test -count=1 -run '^TestSoak$$' -v ./internal/soak/
+
+# The committed seeds (testdata/fuzz) replay in make unit; this explores.
+FUZZTIME ?= 30s
+fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
+	@set -e; for pkg in $$($(GO) list ./internal/...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
 
 bench: ## benchmarks: one cycle over 1,000 services sharing 200 tags
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/...
