@@ -421,13 +421,19 @@ func removeImages(ctx context.Context) {
 			}
 		}
 		if left == 0 {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			log.Printf("e2e: %d test images still in use after a minute; left behind", left)
-			return
+			break
 		}
 		time.Sleep(time.Second)
+	}
+	// The Dockerfiles' build stages stay behind untagged (the build cache of
+	// make image and the demo's images): the suite's builds made them.
+	f := make(client.Filters).Add("dangling", "true").Add("label", "org.updater.stage=build")
+	if _, err := env.docker.ImagePrune(ctx, client.ImagePruneOptions{Filters: f}); err != nil {
+		log.Printf("e2e: remove build stage images: %v", err)
 	}
 }
 
