@@ -19,6 +19,9 @@ type Release struct {
 	// Labels are the new image's labels (org.opencontainers.image.*), for
 	// reports that link a deploy to its commit; empty when unknown.
 	Labels map[string]string `json:"-"`
+	// Recorded is when Swarm wrote the deploy's record, on the managers'
+	// clock (the one UpdateStatus uses); zero until the record is read back.
+	Recorded time.Time `json:"-"`
 }
 
 // Kind is what happened to a deploy.

@@ -59,12 +59,13 @@ type Pipeline struct {
 	// unused on every node; its zero value prunes nothing.
 	Pruning Pruning
 
-	running   sync.Mutex // one cycle or deploy at a time, whoever triggers it
-	mu        sync.Mutex // guards the maps below and seen
-	outages   map[string]int // consecutive failed cycles, by part and image
+	running   sync.Mutex      // one cycle or deploy at a time, whoever triggers it
+	mu        sync.Mutex      // guards the maps below and seen
+	outages   map[string]int  // consecutive failed cycles, by part and image
 	backingUp map[string]bool // services whose scheduled backup runs
 	warned    map[string]bool
-	unclosed  map[string]bool // deploys reported over whose journal entry would not go
+	unclosed  map[string]bool // deploys over whose journal entry would not go
+	prepared  map[string]bool // deploys waiting for Docker whose hooks have run
 	seen      seen            // what the last cycles saw, for Status
 
 	approvals approvalBook // deploys held for approval; has its own lock
@@ -114,18 +115,24 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		p.setBusy(time.Time{})
 		p.observe(CycleStats{Full: full, Started: start, Duration: p.now().Sub(start), Err: err, Deploys: deploys})
 	}()
+	// How Docker answered this cycle, tracked once at its end: a list that
+	// works must not clear a write that failed in the same cycle, or an
+	// outage would never count two cycles in a row.
+	var dockerErr error
+	defer func() {
+		if ctx.Err() == nil {
+			p.track("docker", "", dockerErr)
+		}
+	}()
 	if !p.DryRun {
 		if err := p.resume(ctx); err != nil {
-			// Recovery is left to the service list in plan, so the two
-			// calls can't log the outage's end and start in turn.
-			if ctx.Err() == nil {
-				p.track("docker", "", err)
-			}
+			dockerErr = err
 			return nil, err
 		}
 	}
 	plans, err = p.plan(ctx, pushes)
 	if err != nil {
+		dockerErr = err
 		return nil, err
 	}
 	if full {
@@ -160,7 +167,9 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 			ev := p.deploy(ctx, g[0].Target, g[0].Want)
 			p.approved(ev)
 			if ev.waiting {
-				break // Docker is gone: the rest would fail the same way
+				// Docker is gone: the rest would fail the same way.
+				dockerErr = fmt.Errorf("%s: %w", ev.Reason, ErrUnavailable)
+				break
 			}
 		}
 	}
@@ -356,32 +365,25 @@ func (p *Pipeline) finish(rel Release, ev Event, journaled bool) Event {
 	ev.Duration = p.now().Sub(rel.Started)
 	p.report(ev)
 	if journaled {
-		// A fresh context: the outcome must be recorded even when the
-		// cycle's context is ending.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := p.Journal.End(ctx, rel); err != nil {
-			// Reported already: resume must only close it, not follow and
-			// report it a second time.
-			p.Log.Error("close deploy record; retried next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
-			p.mu.Lock()
-			if p.unclosed == nil {
-				p.unclosed = map[string]bool{}
-			}
-			p.unclosed[rel.ID] = true
-			p.mu.Unlock()
-		}
+		p.end(rel)
 	}
 	return ev
 }
 
-// closeRecord removes rel's journal entry, best effort, on a fresh
-// context: what it is for must happen even when the cycle is ending.
-func (p *Pipeline) closeRecord(rel Release) {
+// end removes rel's journal entry, on a fresh context: it must go even when
+// the cycle's context is ending. One that will not go is closed by the next
+// cycle's resume, which neither follows nor reports it again.
+func (p *Pipeline) end(rel Release) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := p.Journal.End(ctx, rel); err != nil {
-		p.Log.Debug("remove deploy record", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+		p.Log.Error("remove deploy record; retried next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+		p.mu.Lock()
+		if p.unclosed == nil {
+			p.unclosed = map[string]bool{}
+		}
+		p.unclosed[rel.ID] = true
+		p.mu.Unlock()
 	}
 }
 
@@ -395,6 +397,27 @@ func (p *Pipeline) resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read deploys in flight: %w", err)
 	}
+	// Records of deploys already over (reported, or never announced) are
+	// only closed. Marks of records gone anyway are dropped.
+	p.mu.Lock()
+	unclosed := p.unclosed
+	p.unclosed = nil
+	p.mu.Unlock()
+	var left []Release
+	for _, rel := range open {
+		if !unclosed[rel.ID] {
+			left = append(left, rel)
+		} else if err := p.Journal.End(ctx, rel); err != nil {
+			p.mu.Lock()
+			if p.unclosed == nil {
+				p.unclosed = map[string]bool{}
+			}
+			p.unclosed[rel.ID] = true
+			p.mu.Unlock()
+			return fmt.Errorf("remove deploy record %s: %w", rel.ID, err)
+		}
+	}
+	open = left
 	if len(open) == 0 {
 		return nil
 	}
@@ -407,18 +430,6 @@ func (p *Pipeline) resume(ctx context.Context) error {
 	}
 	var targets []Target
 	for _, rel := range open {
-		p.mu.Lock()
-		done := p.unclosed[rel.ID]
-		p.mu.Unlock()
-		if done {
-			if err := p.Journal.End(ctx, rel); err != nil {
-				return fmt.Errorf("close deploy record %s: %w", rel.ID, err)
-			}
-			p.mu.Lock()
-			delete(p.unclosed, rel.ID)
-			p.mu.Unlock()
-			continue
-		}
 		r, err := p.Services.Rollout(ctx, rel.ServiceID)
 		if errors.Is(err, ErrNotFound) {
 			p.finish(rel, Event{Kind: Failed, Phase: PhaseRollout, Reason: "the service was removed while the updater was down", Resumed: true}, true)
@@ -429,12 +440,16 @@ func (p *Pipeline) resume(ctx context.Context) error {
 		}
 		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
 		_, d := SplitImage(r.Image)
-		// A rollback counts only if it began after this deploy did: the
-		// one a failed deploy before it left in UpdateStatus is not this
-		// deploy's, whose spec write may never have landed. The updater
-		// and the manager it talks to share a clock (it runs on one).
+		// A rollback counts only if it began after this deploy's record
+		// was written: the one a failed deploy before it left in
+		// UpdateStatus is not this deploy's, whose spec write may never
+		// have landed. Both times are the managers' clock.
+		since := rel.Recorded
+		if since.IsZero() {
+			since = rel.Started
+		}
 		ownRollback := strings.HasPrefix(r.UpdateState, "rollback_") &&
-			(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(rel.Started))
+			(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(since))
 		if d == rel.To || ownRollback {
 			p.follow(ctx, rel, true)
 		} else {

@@ -916,10 +916,10 @@ func TestCycleReportsRolloutProgressOnChange(t *testing.T) {
 
 func withDesired(n int, r deploy.Rollout) deploy.Rollout { r.Desired = n; return r }
 
-// Docker going away at the journal write is an outage, not a deploy
-// outcome: nothing is reported, and the next cycle that reaches Docker
-// deploys with one start and one outcome.
-func TestCycleJournalUnavailableIsAnOutage(t *testing.T) {
+// Docker going away at the journal write is no deploy outcome: nothing is
+// reported, and the next cycle that reaches Docker deploys with one start
+// and one outcome.
+func TestCycleJournalUnavailableWaits(t *testing.T) {
 	w := newWorld(t)
 	w.targets = []deploy.Target{web(oldD)}
 	w.digests[ref] = newD
@@ -1045,5 +1045,32 @@ func TestResumeIgnoresEarlierRollback(t *testing.T) {
 	}
 	if len(w.updates) != 1 || len(w.marked) != 0 {
 		t.Errorf("updates %v, marked %v: want one spec write, nothing blamed", w.updates, w.marked)
+	}
+}
+
+// Docker failing writes while reads work is counted per cycle, however many
+// deploys tried: two services refused in one cycle are a warning, the
+// second cycle of it an outage, reported once.
+func TestCycleDockerWriteOutageCountsCycles(t *testing.T) {
+	w := newWorld(t)
+	other := web(oldD)
+	other.ID, other.Name, other.Image = "svc2", "api", "127.0.0.1:5000/api:1@"+oldD
+	w.targets = []deploy.Target{web(oldD), other}
+	w.digests[ref] = newD
+	w.digests["127.0.0.1:5000/api:1"] = newD
+	w.journal.BeginFn = func(context.Context, deploy.Release) error {
+		return fmt.Errorf("record deploy: %w: 503 this node is not a swarm manager", deploy.ErrUnavailable)
+	}
+	w.cycle(t.Context())
+	if len(w.events) != 0 {
+		t.Fatalf("events %v after one cycle, want none", w.kinds())
+	}
+	w.cycle(t.Context())
+	w.cycle(t.Context())
+	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Outage}) {
+		t.Fatalf("events %v after three cycles refusing writes, want one outage", got)
+	}
+	if len(w.updates) != 0 {
+		t.Fatalf("updates %v without a record", w.updates)
 	}
 }

@@ -32,7 +32,6 @@ type Plan struct {
 // services that track one of the pushed tags.
 func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, error) {
 	targets, err := p.Lister.List(ctx)
-	p.track("docker", "", err)
 	p.listed(err)
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)

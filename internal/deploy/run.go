@@ -32,15 +32,14 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 	// carried on or reported on restart rather than forgotten.
 	if err := p.Journal.Begin(ctx, rel); err != nil {
 		ev := Event{Kind: Failed, Release: rel, Phase: PhasePrepare, Reason: "record the deploy in Swarm: " + err.Error()}
-		if errors.Is(err, ErrUnavailable) {
+		if errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
 			// Nothing started and nothing was announced: Docker being down
-			// is an outage, logged once, and the next cycle tries again. A
-			// failure report here would make two outcomes of one deploy.
-			// The record may have been written with only its answer lost:
-			// removed, best effort, so no restart resumes an unannounced
-			// deploy.
-			p.track("docker", "", err)
-			p.closeRecord(rel)
+			// (or the updater stopping) is no deploy outcome, and a later
+			// cycle tries again. The record may have been written with only
+			// its answer lost: it goes, so nothing resumes a deploy never
+			// announced.
+			p.end(rel)
+			ev.waiting = true
 			return rel, ev, false
 		}
 		return rel, p.finish(rel, ev, false), false
@@ -55,10 +54,28 @@ func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed b
 	if err != nil {
 		return p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "get registry credentials: " + err.Error(), Resumed: resumed}, true)
 	}
-	if ev, ok := p.prepare(ctx, t, []Release{rel}, creds, resumed); !ok {
-		return p.fail(ctx, rel, ev)
+	// Hooks that ran for this deploy in this process are not run again
+	// while it waits for Docker to take its spec write.
+	p.mu.Lock()
+	prepared := p.prepared[rel.ID]
+	p.mu.Unlock()
+	if !prepared {
+		if ev, ok := p.prepare(ctx, t, []Release{rel}, creds, resumed); !ok {
+			return p.fail(ctx, rel, ev)
+		}
 	}
-	return p.update(ctx, t, rel, creds, resumed)
+	ev := p.update(ctx, t, rel, creds, resumed)
+	p.mu.Lock()
+	if ev.waiting {
+		if p.prepared == nil {
+			p.prepared = map[string]bool{}
+		}
+		p.prepared[rel.ID] = true
+	} else {
+		delete(p.prepared, rel.ID)
+	}
+	p.mu.Unlock()
+	return ev
 }
 
 // update writes the pinned image and follows the rollout.
@@ -74,8 +91,7 @@ func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Cred
 			// changed. The journal entry stays, so the next cycle that
 			// reaches Docker resumes this deploy from what the spec says,
 			// and its outcome is reported once.
-			p.Log.Warn("docker unreachable at the spec write; the deploy resumes when it answers",
-				"deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To, "err", err)
+			p.unanswered(rel, err)
 			return Event{Kind: Failed, Release: rel, Phase: PhaseUpdate, Reason: "docker unreachable; the deploy resumes when it answers: " + err.Error(), Resumed: resumed, waiting: true}
 		}
 		// Not remembered as a bad digest: the image never ran, and the cause
@@ -83,6 +99,13 @@ func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Cred
 		return p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error(), Resumed: resumed}, true)
 	}
 	return p.follow(ctx, rel, resumed)
+}
+
+// unanswered logs a spec write that got no answer from Docker: the deploy
+// stays in flight and resumes from what the spec says.
+func (p *Pipeline) unanswered(rel Release, err error) {
+	p.Log.Warn("docker unreachable at the spec write; the deploy resumes when it answers",
+		"deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To, "err", err)
 }
 
 // fail ends a deploy that failed before the service was touched. A hook
@@ -268,11 +291,11 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 			if _, d := SplitImage(r.Image); rerr == nil && d == rel.To {
 				err = nil
 			} else if rerr != nil {
-				// Unknown: the record stays, and a later cycle resumes it.
-				p.Log.Warn("docker unreachable at the spec write; the deploy resumes when it answers",
-					"deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To, "err", err)
-				failedWrite = true
-				continue
+				// Unknown: unwinding the members written would leave this
+				// one perhaps on the new version alone. Every record stays,
+				// as when stopping, and each resumes from what its spec says.
+				p.unanswered(rel, err)
+				return events
 			}
 		}
 		if err != nil {

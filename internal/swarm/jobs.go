@@ -82,7 +82,20 @@ func (s *Swarm) startJob(ctx context.Context, spec swarm.ServiceSpec, auth strin
 	if err != nil {
 		return "", fmt.Errorf("create job %s: %w", spec.Name, err)
 	}
+	s.mu.Lock()
+	if s.jobs == nil {
+		s.jobs = map[string]bool{}
+	}
+	s.jobs[res.ID] = true
+	s.mu.Unlock()
 	return res.ID, nil
+}
+
+// ours reports whether the job service id is one this process runs now.
+func (s *Swarm) ours(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.jobs[id]
 }
 
 // dropJob removes a job with a fresh context: the job must go also when
@@ -92,6 +105,9 @@ func (s *Swarm) dropJob(id, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s.removeJob(ctx, id, name)
+	s.mu.Lock()
+	delete(s.jobs, id)
+	s.mu.Unlock()
 }
 
 func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpec {
@@ -259,8 +275,9 @@ func (s *Swarm) nodeID(ctx context.Context) string {
 	return s.node
 }
 
-// Clean removes every job of this updater's scope: only one updater acts
-// on a scope, so any job there when it (re)starts was left by a run that
+// Clean removes every job of this updater's scope but the ones this
+// process runs now (a scheduled backup goes on beside cycles): only one
+// updater acts on a scope, so any other job there was left by a run that
 // died. Other updaters' jobs are theirs.
 func (s *Swarm) Clean(ctx context.Context) error {
 	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("label", jobLabel).Add("label", scopeLabel+"="+s.scope())})
@@ -268,6 +285,9 @@ func (s *Swarm) Clean(ctx context.Context) error {
 		return fmt.Errorf("list jobs: %w", err)
 	}
 	for _, svc := range res.Items {
+		if s.ours(svc.ID) {
+			continue
+		}
 		s.removeJob(ctx, svc.ID, svc.Spec.Name)
 		s.log().Warn("removed a job left by an earlier run", "service", svc.Spec.Name, "step", svc.Spec.Labels[jobStepLabel])
 	}
@@ -278,6 +298,9 @@ func (s *Swarm) Clean(ctx context.Context) error {
 		return fmt.Errorf("list job containers: %w", err)
 	}
 	for _, c := range cs.Items {
+		if s.ours(c.Labels["com.docker.swarm.service.id"]) {
+			continue
+		}
 		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
 			s.log().Warn("remove job container", "container", c.ID, "err", err)
 			continue

@@ -118,6 +118,7 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 		if err := json.Unmarshal(data, &r); err != nil {
 			return nil, fmt.Errorf("decode deploy record %s: %w", c.Spec.Name, err)
 		}
+		r.Recorded = c.CreatedAt
 		out = append(out, r)
 	}
 	return out, nil

@@ -48,7 +48,8 @@ type Swarm struct {
 	cfg Config
 
 	mu   sync.Mutex
-	node string // this node's swarm ID, read once
+	node string          // this node's swarm ID, read once
+	jobs map[string]bool // IDs of the job services this process runs now: Clean leaves them
 
 	nodes nodeNames // node IDs to hostnames, for reports
 }
