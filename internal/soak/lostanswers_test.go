@@ -11,14 +11,14 @@ import (
 // TestLostAnswers replays, one at a time and without randomness, the lost
 // answers from Docker the soak found mishandled (the write happened and the
 // updater was told it failed, or the other way round); each was a bug, now
-// fixed in internal/deploy.
+// fixed in internal/deploy. Each comment tells what used to happen.
 func TestLostAnswers(t *testing.T) {
 
 	// Journal.End fails once (dockerd restarting as the record is
-	// removed): finish logs it and moves on, the record stays, and the
+	// removed). It was: finish logs it and moves on, the record stays, and the
 	// next cycle's resume follows the finished deploy again and reports a
 	// second outcome for it.
-	t.Run("record not removed: the outcome is reported twice", func(t *testing.T) {
+	t.Run("record not removed: the outcome was reported twice", func(t *testing.T) {
 		w := newWorld(t, 1, []serviceSpec{{tag: 0}})
 		p := w.pipeline()
 		w.tags.pushClass(w.tags.refs[0], good)
@@ -32,7 +32,7 @@ func TestLostAnswers(t *testing.T) {
 	})
 
 	// In a group, the spec write of one member is applied but its answer is
-	// lost (ErrUnavailable). deployGroup treats every Update error as "not
+	// lost (ErrUnavailable). It was: deployGroup treats every Update error as "not
 	// written": it reports the member failed in the update phase and closes
 	// its record, so nothing watches its rollout and nothing rolls it back.
 	// A bad image then stays deployed: its digest is what the tag points
@@ -53,7 +53,7 @@ func TestLostAnswers(t *testing.T) {
 	})
 
 	// The updater is stopped (SIGTERM) while the spec write is in flight:
-	// Docker applied it, the client returns context.Canceled. update only
+	// Docker applied it, the client returns context.Canceled. It was: update only
 	// keeps the record for ErrUnavailable with a live context; with a
 	// cancelled one it reports "failed (update): context canceled" and
 	// closes the record. The restarted updater finds nothing in flight and
@@ -82,7 +82,7 @@ func TestLostAnswers(t *testing.T) {
 		w.stillOn("sv00", bad)
 	})
 
-	// Journal.Begin writes the record but its answer is lost: begin
+	// Journal.Begin writes the record but its answer is lost. It was: begin
 	// returns without announcing the deploy, and the next cycle resumes
 	// the record and reports an outcome of a deploy that never started.
 	t.Run("record written, answer lost: an outcome without a start", func(t *testing.T) {
