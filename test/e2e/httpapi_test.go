@@ -67,7 +67,9 @@ func call(t testing.TB, method, target, auth string, header map[string]string, b
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	capture("HTTP API answers", fmt.Appendf(nil, "%s %s: %d %v %s", method, target, resp.StatusCode, resp.Header, b))
+	// The answer only: the request is the test's own, a secret in its
+	// query included.
+	capture("HTTP API answers", fmt.Appendf(nil, "%s %s: %d %v %s", method, req.URL.Path, resp.StatusCode, resp.Header, b))
 	return reply{resp.StatusCode, string(b), resp.Header}
 }
 
