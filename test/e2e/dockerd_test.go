@@ -112,25 +112,10 @@ func (n *faultNode) start(t *testing.T) time.Duration {
 }
 
 // createService is createService of the harness on the fault node: the
-// same spec (start-first, failure_action rollback, DNSRR, the image's
-// health check, monitor 3s), opted in, pinned to digest.
+// same spec, opted in, pinned to digest.
 func (n *faultNode) createService(t *testing.T, svcName, stack, repo, digest string, replicas uint64) string {
 	t.Helper()
-	spec := swarm.ServiceSpec{
-		Annotations: swarm.Annotations{Name: svcName, Labels: map[string]string{
-			"com.docker.stack.namespace": stack, "updater.enable": "true"}},
-		TaskTemplate: swarm.TaskSpec{
-			ContainerSpec: &swarm.ContainerSpec{Image: image(repo) + "@" + digest},
-			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionOnFailure},
-		},
-		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}},
-		UpdateConfig: &swarm.UpdateConfig{
-			Parallelism: 1, Order: swarm.UpdateOrderStartFirst, FailureAction: swarm.UpdateFailureActionRollback,
-			Monitor: 3 * time.Second,
-		},
-		RollbackConfig: &swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStartFirst, Monitor: time.Second},
-		EndpointSpec:   &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR},
-	}
+	spec := serviceSpec(svcName, repo, digest, svcOpts{stack: stack, optIn: true, replicas: replicas})
 	res, err := n.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: spec})
 	if err != nil {
 		t.Fatalf("create service %s on the fault node: %v", svcName, err)

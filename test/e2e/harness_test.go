@@ -332,7 +332,19 @@ type svcOpts struct {
 // runs.
 func createService(t testing.TB, svcName, repo, digest string, o svcOpts) string {
 	t.Helper()
-	ctx := context.Background()
+	res, err := env.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: serviceSpec(svcName, repo, digest, o)})
+	if err != nil {
+		t.Fatalf("create service %s: %v", svcName, err)
+	}
+	t.Cleanup(func() { removeService(res.ID) })
+	waitFor(t, 60*time.Second, svcName+" running", func() bool {
+		return allRunning(t, res.ID, "")
+	})
+	return res.ID
+}
+
+// serviceSpec is the spec createService gives a service.
+func serviceSpec(svcName, repo, digest string, o svcOpts) swarm.ServiceSpec {
 	labels := map[string]string{"com.docker.stack.namespace": o.stack}
 	for k, v := range o.labels {
 		labels[k] = v
@@ -369,15 +381,7 @@ func createService(t testing.TB, svcName, repo, digest string, o svcOpts) string
 		spec.EndpointSpec = nil
 		spec.UpdateConfig.Order, spec.RollbackConfig.Order = swarm.UpdateOrderStopFirst, swarm.UpdateOrderStopFirst
 	}
-	res, err := env.docker.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
-	if err != nil {
-		t.Fatalf("create service %s: %v", svcName, err)
-	}
-	t.Cleanup(func() { removeService(res.ID) })
-	waitFor(t, 60*time.Second, svcName+" running", func() bool {
-		return allRunning(t, res.ID, "")
-	})
-	return res.ID
+	return spec
 }
 
 func removeService(id string) {

@@ -59,24 +59,8 @@ dw() { docker -H "$W_HOST" "$@"; }    # worker
 need_root() { [[ $EUID -eq 0 ]] || die "run as root"; }
 take_lock() { exec 9>"$LOCK"; flock -w 300 9 || die "another multinode.sh holds $LOCK"; }
 
-# ---- pid helpers (only pid files we control) ---------------------------------
-alive() { local st; st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1; [[ -n "$st" && "${st:0:1}" != Z ]]; }
-pid_alive_match() { # PIDFILE SUBSTRING -> pid if alive and its cmdline has SUBSTRING
-  local f="$1" want="$2" pid
-  [[ -s "$f" ]] || return 1
-  pid="$(tr -dc '0-9' <"$f")"; [[ -n "$pid" ]] || return 1
-  alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$want" || return 1
-  echo "$pid"
-}
-stop_pid() { # PID SECONDS: TERM, wait, KILL
-  local pid="$1" t="$2" i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < t * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
-  log "pid $pid still alive after ${t}s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do alive "$pid" || return 0; sleep 0.1; done
-}
+# shellcheck source=dockerd-lib.sh
+source "$(dirname "$0")/dockerd-lib.sh"
 
 # ---- network namespace ---------------------------------------------------------
 setup_netns() {
@@ -156,7 +140,7 @@ kill_worker() {
 }
 
 stop_worker() {
-  local pid cpid b id ip sp
+  local pid
   if pid="$(worker_pid)"; then
     if dw info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null | grep -qE 'active|pending|error'; then
       timeout 30 docker -H "$W_HOST" swarm leave --force >/dev/null 2>&1 || log "worker swarm leave failed (continuing)"
@@ -164,28 +148,9 @@ stop_worker() {
     log "stopping worker dockerd pid $pid"
     stop_pid "$pid" 45
   fi
-  # After a dockerd that died uncleanly: its containerd, container processes
-  # and shims, found through pid files under the worker's own exec-root.
-  if cpid="$(pid_alive_match "$W_EXEC/containerd/containerd.pid" "$W_EXEC/containerd/")"; then
-    log "stopping leftover worker containerd pid $cpid"; stop_pid "$cpid" 15
-  fi
-  for b in "$W_EXEC"/containerd/daemon/io.containerd.runtime.v2.task/*/*/; do
-    [[ -f "$b/init.pid" ]] || continue
-    id="$(basename "$b")"; ip="$(tr -dc '0-9' <"$b/init.pid")"
-    [[ -n "$ip" ]] && alive "$ip" && grep -q "$id" "/proc/$ip/cgroup" 2>/dev/null || continue
-    sp="$(awk '/^PPid:/ {print $2}' "/proc/$ip/status")"
-    log "killing leftover container process $ip (container ${id:0:12})"; kill -KILL "$ip" || true
-    if [[ -n "$sp" ]] && tr '\0' ' ' <"/proc/$sp/cmdline" 2>/dev/null | grep -q -- "-id $id .*$W_EXEC/containerd/"; then
-      log "killing its shim $sp"; kill -KILL "$sp" || true
-    fi
-    rmdir /sys/fs/cgroup/*/docker/"$id" 2>/dev/null || true
-  done
-  # Mounts live in the worker's own mount namespace and went with it; any
-  # that reached the host's (none should) are undone, deepest first.
-  local rd re m
-  rd="$(readlink -m "$W_DATA")"; re="$(readlink -m "$W_EXEC")"
-  awk -v a="$rd" -v b="$re" 'index($5, a "/") == 1 || $5 == a || index($5, b "/") == 1 || $5 == b {print $5}' /proc/self/mountinfo |
-    sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "cannot unmount $m"; done
+  # After a dockerd that died uncleanly; its mounts live in the worker's
+  # own mount namespace and went with it.
+  dockerd_leftovers "$W_EXEC" "$W_DATA"
   rm -rf "$W_DATA" "$W_EXEC" "$W_SOCK" "$W_PIDFILE" "$MN_WORK/worker.pid" || log "could not remove all worker files"
   return 0
 }
