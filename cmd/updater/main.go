@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -61,8 +62,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case cmd == "deploy" && len(args) != 1:
 		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
 		return 2
-	case cmd != "run" && cmd != "check" && cmd != "deploy" && cmd != "healthcheck" || cmd != "deploy" && len(args) > 0:
-		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s\n", cmd+" "+fmt.Sprint(args), usage)
+	case cmd != "run" && cmd != "check" && cmd != "deploy" && cmd != "healthcheck":
+		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s\n", cmd, usage)
+		return 2
+	case cmd != "deploy" && len(args) > 0:
+		fmt.Fprintf(stderr, "updater %s: takes no arguments, got %q\n\n%s\n", cmd, strings.Join(args, " "), usage)
 		return 2
 	}
 
