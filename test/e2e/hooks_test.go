@@ -551,9 +551,7 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 	p := &dockerProxy{host: "unix://" + sock, open: make(chan struct{})}
 	target, _ := url.Parse("http://docker")
 	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", "/var/run/docker.sock")
-	}}
+	rp.Transport = &http.Transport{DialContext: dockerDial}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		held := r.Method == http.MethodPost && (p.service != "" && strings.Contains(r.URL.Path, "/services/"+p.service+"/update") ||

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -87,9 +86,7 @@ func newAllowProxy(t testing.TB, allow []endpoint) *allowProxy {
 	p := &allowProxy{allow: allow, used: map[string]int{}}
 	target, _ := url.Parse("http://docker")
 	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", "/var/run/docker.sock")
-	}}
+	rp.Transport = &http.Transport{DialContext: dockerDial}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
