@@ -28,9 +28,12 @@ func fakeSlack(t *testing.T) *fakeapi.Slack {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
+	// The webhook URL's last path segment is its secret.
+	addSecret("Slack webhook URL of "+t.Name(), s.WebhookURL[strings.LastIndex(s.WebhookURL, "/")+1:])
 	t.Cleanup(func() {
-		for _, c := range s.Accepted() {
-			capture("Slack messages", []byte(c.Content()))
+		// Every call, refused ones too: a refused message still left.
+		for _, c := range s.Calls() {
+			capture("Slack calls", fmt.Appendf(nil, "%s %s %s", c.Method, c.Channel, c.Content()))
 		}
 	})
 	return s
@@ -43,7 +46,14 @@ func fakeRollbar(t *testing.T) *fakeapi.Rollbar {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Close)
-	t.Cleanup(func() { capture("Rollbar deploys", fmt.Appendf(nil, "%+v", r.Deploys())) })
+	t.Cleanup(func() {
+		// Every call, error items and refused calls too. The access_token
+		// field is where the token belongs; every other field is output.
+		for _, c := range r.Calls() {
+			delete(c.Params, "access_token")
+			capture("Rollbar calls", fmt.Appendf(nil, "%s %d %v", c.Route, c.DeployID, c.Params))
+		}
+	})
 	return r
 }
 
