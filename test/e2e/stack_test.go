@@ -6,8 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -20,6 +18,8 @@ import (
 
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
+
+	updaterswarm "github.com/updater-dev/updater/internal/swarm"
 )
 
 // What we ship is what we test: the updater image built from ./Dockerfile
@@ -241,11 +241,8 @@ func (l *stackLogs) wait(t testing.TB, msg string, kv ...string) {
 }
 
 // scopeOf is the scope of an updater with the default opt-in label and
-// this stack, as internal/swarm names it.
-func scopeOf(stack string) string {
-	sum := sha256.Sum256([]byte("updater.enable\x00" + stack))
-	return hex.EncodeToString(sum[:8])
-}
+// this stack.
+func scopeOf(stack string) string { return updaterswarm.Scope("updater.enable", stack) }
 
 // removeScope removes what an updater of this stack keeps in Swarm (its
 // lease, deploys in flight, notifier references) if it left any.
