@@ -1,0 +1,214 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+func TestFailedDigests(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{})
+	ctx := context.Background()
+	for _, m := range []struct{ svc, digest string }{{"s1", digest1}, {"s1", digest2}, {"s2", digest1}, {"s1", digest1}} {
+		if err := s.MarkFailed(ctx, m.svc, m.digest, "rollout failed"); err != nil {
+			t.Fatalf("mark %s failed on %s: %v (twice is no error)", m.digest, m.svc, err)
+		}
+	}
+	got, err := s.Failed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]map[string]bool{"s1": {digest1: true, digest2: true}, "s2": {digest1: true}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("failed digests %v, want %v", got, want)
+	}
+	if c, _ := e.config(recordName("failed", "s1", digest2)); string(c.Spec.Data) != "rollout failed\n" {
+		t.Errorf("the record keeps the reason: %q", c.Spec.Data)
+	}
+
+	if err := s.Forget(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.Failed(ctx); !reflect.DeepEqual(got, map[string]map[string]bool{"s2": {digest1: true}}) {
+		t.Errorf("after forgetting s1: %v, want only s2's", got)
+	}
+
+	e.fail("POST /configs/create", 500, "raft: no leader", 1)
+	if err := s.MarkFailed(ctx, "s3", digest1, "x"); err == nil {
+		t.Error("a refused record write gave no error")
+	}
+}
+
+func TestInFlight(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{Stack: "shop"})
+	ctx := context.Background()
+	r := deploy.Release{ID: "r1", ServiceID: "s1", ServiceName: "shop_web", Stack: "shop", Ref: appRepo + ":v1",
+		From: digest1, To: digest2, Started: time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)}
+	if err := s.Begin(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	// Another updater's deploy, on another stack, is not ours to resume.
+	if err := e.client(t, Config{Stack: "blog"}).Begin(ctx, deploy.Release{ID: "r2", ServiceID: "s9", To: digest1}); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := e.config(recordName("deploy", "s1", "r1"))
+	for name, omits := range map[string]bool{"list with data": false, "list without data, so inspect": true} {
+		e.with(func() { e.listOmitsData = omits })
+		got, err := s.InFlight(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(got) != 1 {
+			t.Fatalf("%s: in flight %+v, want r1 only", name, got)
+		}
+		g := got[0]
+		if g.ID != r.ID || g.ServiceID != r.ServiceID || g.ServiceName != r.ServiceName || g.From != r.From || g.To != r.To ||
+			!g.Started.Equal(r.Started) || !g.Recorded.Equal(rec.CreatedAt) || g.Recorded.IsZero() {
+			t.Errorf("%s: read back %+v, want %+v recorded at %s", name, g, r, rec.CreatedAt)
+		}
+	}
+
+	if err := s.End(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.InFlight(ctx); err != nil || len(got) != 0 {
+		t.Errorf("after End: %+v, %v", got, err)
+	}
+	if err := s.End(ctx, r); err != nil {
+		t.Errorf("End twice: %v", err)
+	}
+	if _, ok := e.config(recordName("deploy", "s9", "r2")); !ok {
+		t.Error("the other stack's record went too")
+	}
+
+	// Docker gone while recording: the deploy must know the record may or
+	// may not be there.
+	e.cut("POST /configs/create", 1)
+	if err := s.Begin(ctx, r); !errors.Is(err, deploy.ErrUnavailable) {
+		t.Errorf("Begin on a cut connection: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestMemo(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{})
+	ctx := context.Background()
+	if _, ok, err := s.Recall(ctx, "r1", "slack"); ok || err != nil {
+		t.Errorf("recall before remember: %v, %v", ok, err)
+	}
+	if err := s.Remember(ctx, "r1", "slack", "C123/1700000000.000100"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remember(ctx, "r1", "rollbar", "deploy-42"); err != nil {
+		t.Fatal(err)
+	}
+	for _, omits := range []bool{false, true} {
+		e.with(func() { e.listOmitsData = omits })
+		if v, ok, err := s.Recall(ctx, "r1", "slack"); v != "C123/1700000000.000100" || !ok || err != nil {
+			t.Errorf("recall (list without data %v): %q, %v, %v", omits, v, ok, err)
+		}
+	}
+	if err := s.Drop(ctx, "r1", "slack"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.Recall(ctx, "r1", "slack"); ok {
+		t.Error("recalled a dropped memo")
+	}
+	if v, ok, _ := s.Recall(ctx, "r1", "rollbar"); v != "deploy-42" || !ok {
+		t.Errorf("the other key went with the drop: %q, %v", v, ok)
+	}
+	if err := s.Drop(ctx, "r1", "slack"); err != nil {
+		t.Errorf("drop twice: %v", err)
+	}
+}
+
+func TestMigrated(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{})
+	ctx := context.Background()
+	const key, other = "g:shop/web", "g:blog/web"
+	if ok, err := s.Migrated(ctx, key, digest1); ok || err != nil {
+		t.Errorf("migrated before any mark: %v, %v", ok, err)
+	}
+	for _, m := range []struct{ key, digest string }{{key, digest1}, {other, digest1}, {key, digest1}} {
+		if err := s.MarkMigrated(ctx, m.key, m.digest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, _ := s.Migrated(ctx, key, digest1); !ok {
+		t.Error("not migrated after the mark")
+	}
+	if ok, _ := s.Migrated(ctx, key, digest2); ok {
+		t.Error("migrated for a digest never marked")
+	}
+	// Only the newest digest per key is kept: a tag moving back runs the
+	// old version's migrations again.
+	if err := s.MarkMigrated(ctx, key, digest2); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.Migrated(ctx, key, digest1); ok {
+		t.Error("the older record stayed")
+	}
+	if ok, _ := s.Migrated(ctx, key, digest2); !ok {
+		t.Error("the new record is missing")
+	}
+	if ok, _ := s.Migrated(ctx, other, digest1); !ok {
+		t.Error("another key's record went")
+	}
+}
+
+func TestPromoted(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{})
+	ctx := context.Background()
+	if got, err := s.Promoted(ctx, "s1"); got != nil || err != nil {
+		t.Errorf("promoted before any record: %v, %v", got, err)
+	}
+	if err := s.SetPromoted(ctx, "s1", []string{digest2, digest1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetPromoted(ctx, "s2", []string{digest1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetPromoted(ctx, "s1", []string{digest1, digest2}); err != nil {
+		t.Fatal(err)
+	}
+	for _, omits := range []bool{false, true} {
+		e.with(func() { e.listOmitsData = omits })
+		if got, err := s.Promoted(ctx, "s1"); !slices.Equal(got, []string{digest1, digest2}) || err != nil {
+			t.Errorf("promoted (list without data %v): %v, %v", omits, got, err)
+		}
+	}
+	var records []string
+	for _, n := range e.configNames() {
+		if strings.HasPrefix(n, "updater-promoted-s1") {
+			records = append(records, n)
+		}
+	}
+	if len(records) != 1 {
+		t.Errorf("records of s1: %v, want the newest only", records)
+	}
+
+	// An updater died between writing a new record and removing the old:
+	// the newer one counts, whatever the order of the list.
+	e.with(func() {
+		id := e.newID("zzz") // listed last: the older record comes first
+		e.configs[id] = &swarm.Config{ID: id, Meta: swarm.Meta{CreatedAt: e.tick()}, Spec: swarm.ConfigSpec{
+			Annotations: swarm.Annotations{Name: "updater-promoted-s1-new", Labels: map[string]string{
+				kindLabel: kindPromoted, serviceLabel: "s1", scopeLabel: s.scope()}},
+			Data: []byte(digest2 + "\n")}}
+	})
+	if got, _ := s.Promoted(ctx, "s1"); !slices.Equal(got, []string{digest2}) {
+		t.Errorf("promoted with two records: %v, want the newer record's", got)
+	}
+}
