@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -50,11 +51,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		cmd, args = args[0], args[1:]
 	}
+	known := cmd == "run" || cmd == "check" || cmd == "deploy" || cmd == "healthcheck"
 	switch {
-	case cmd == "version":
+	case cmd == "version" || cmd == "--version":
 		fmt.Fprintln(stdout, "updater", version)
 		return 0
-	case cmd == "help" || cmd == "-h" || cmd == "--help":
+	// `deploy --help` is a question, not a service named "--help": it is
+	// answered before the configuration, the lease or Docker.
+	case cmd == "help" || cmd == "-h" || cmd == "--help" || known && slices.ContainsFunc(args, isHelp):
 		fmt.Fprintln(stdout, usage)
 		return 0
 	case cmd == "prune":
@@ -62,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case cmd == "deploy" && len(args) != 1:
 		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
 		return 2
-	case cmd != "run" && cmd != "check" && cmd != "deploy" && cmd != "healthcheck":
+	case !known:
 		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s\n", cmd, usage)
 		return 2
 	case cmd != "deploy" && len(args) > 0:
@@ -273,6 +277,8 @@ func holder() string {
 	h, _ := os.Hostname()
 	return fmt.Sprintf("%s/%d", h, os.Getpid())
 }
+
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" }
 
 func orNone(s string) string {
 	if s == "" {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -27,6 +28,9 @@ func prune(args []string, stdout, stderr io.Writer) int {
 	service := fs.String("service", "", "the service whose old task containers may go with their image")
 	scope := fs.String("scope", "", "the updater scope whose exited job containers go")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // the flags' usage is printed; asked for, not an error
+		}
 		return 2
 	}
 	if *repo == "" || fs.NArg() > 0 {
