@@ -249,9 +249,9 @@ func TestPruneDockerAbsent(t *testing.T) {
 }
 
 // fakeEngine answers, on a unix socket, the few Engine API calls an
-// updater makes before it acts: the ping, /info (an active manager) and
-// the lease, which another updater holds for an hour. Any other request
-// is refused and recorded.
+// updater makes before it acts: the ping, /info (an active manager), the
+// lease, which another updater holds for an hour, and empty lists of
+// services and configs. Every request is recorded; any other is refused.
 type fakeEngine struct {
 	mu   sync.Mutex
 	reqs []string
@@ -275,6 +275,8 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/_ping":
 		fmt.Fprint(w, "OK")
+	case r.Method == http.MethodGet && (path == "/services" || path == "/configs"):
+		fmt.Fprint(w, "[]") // no service is watched, no record kept
 	case r.Method == http.MethodGet && path == "/info":
 		fmt.Fprint(w, `{"Swarm":{"LocalNodeState":"active","ControlAvailable":true}}`)
 	case r.Method == http.MethodGet && strings.HasPrefix(path, "/configs/updater-lease-"):
@@ -287,9 +289,9 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// TestDeployOnStandby: while another updater holds the lease, `updater
-// deploy` changes nothing, exits 1 and says how to ask the running one.
-func TestDeployOnStandby(t *testing.T) {
+// serveEngine starts a fakeEngine and points DOCKER_HOST at it.
+func serveEngine(t *testing.T) *fakeEngine {
+	t.Helper()
 	sock := filepath.Join(sockDir(t), "docker.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -300,6 +302,46 @@ func TestDeployOnStandby(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	isolate(t, sock)
+	return engine
+}
+
+// writes lists the requests that were not reads.
+func writes(reqs []string) []string {
+	var out []string
+	for _, r := range reqs {
+		if !strings.HasPrefix(r, "GET ") && !strings.HasPrefix(r, "HEAD ") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestCheckNothingWatched: check is a dry run; with no watched service it
+// prints only the table's header, writes nothing and takes no lease.
+func TestCheckNothingWatched(t *testing.T) {
+	engine := serveEngine(t)
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"check"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("check = %d, want 0\nstderr: %s", code, &stderr)
+	}
+	if got := strings.Fields(stdout.String()); fmt.Sprint(got) != "[SERVICE TAG RUNNING REGISTRY ACTION REASON]" {
+		t.Errorf("stdout %q, want the header alone", &stdout)
+	}
+	reqs := engine.requests()
+	if w := writes(reqs); len(w) > 0 {
+		t.Errorf("check wrote to Docker: %v", w)
+	}
+	for _, r := range reqs {
+		if strings.Contains(r, "updater-lease-") {
+			t.Errorf("check, a dry run, asked for the lease: %s", r)
+		}
+	}
+}
+
+// TestDeployOnStandby: while another updater holds the lease, `updater
+// deploy` changes nothing, exits 1 and says how to ask the running one.
+func TestDeployOnStandby(t *testing.T) {
+	engine := serveEngine(t)
 
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"deploy", "web"}, &stdout, &stderr); code != 1 {
@@ -317,11 +359,11 @@ func TestDeployOnStandby(t *testing.T) {
 		t.Errorf("stdout should be empty: %s", &stdout)
 	}
 	reqs := engine.requests()
+	if w := writes(reqs); len(w) > 0 {
+		t.Errorf("a standby deploy wrote to Docker: %v", w)
+	}
 	var asked bool
 	for _, r := range reqs {
-		if !strings.HasPrefix(r, "GET ") && !strings.HasPrefix(r, "HEAD ") {
-			t.Errorf("a standby deploy wrote to Docker: %s", r)
-		}
 		asked = asked || strings.HasPrefix(r, "GET /configs/updater-lease-")
 	}
 	if !asked {
