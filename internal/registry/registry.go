@@ -37,7 +37,7 @@ const (
 // Config tunes a Client; the zero value is ready for production.
 type Config struct {
 	Timeout    time.Duration     // deadline for one Digest call including its retries; 0 => 30s
-	Keychain   authn.Keychain    // nil => authn.DefaultKeychain (DOCKER_CONFIG / ~/.docker/config.json and credential helpers)
+	Keychain   authn.Keychain    // nil => the Docker config file (DOCKER_CONFIG / ~/.docker/config.json), then ECR and Google credentials, all in-process (see defaultKeychain)
 	Transport  http.RoundTripper // nil => remote.DefaultTransport
 	Retries    int               // retries for 429/5xx/temporary network errors; 0 => 3; negative => none
 	MaxBackoff time.Duration     // cap on one wait, including an honoured Retry-After; 0 => 10s
@@ -63,7 +63,7 @@ func New(cfg Config) *Client {
 		cfg.Timeout = defaultTimeout
 	}
 	if cfg.Keychain == nil {
-		cfg.Keychain = authn.DefaultKeychain
+		cfg.Keychain = defaultKeychain(nil)
 	}
 	if cfg.Transport == nil {
 		cfg.Transport = remote.DefaultTransport
