@@ -81,7 +81,9 @@ func main() {
 // migrations are applied in order, each in its own transaction, and
 // recorded in schema_migrations: running migrate twice changes nothing
 // the second time. Every run that applies something adds a row to
-// migration_runs, so a test can count runs.
+// migration_runs; every invocation, even one with nothing left to apply,
+// adds a row to migrate_invocations first, so a test can tell "the
+// migration ran once" from "it ran twice and skipped the second time".
 var migrations = map[int][]string{
 	1: {
 		`CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)`,
@@ -90,6 +92,9 @@ var migrations = map[int][]string{
 	2: {
 		`ALTER TABLE items ADD COLUMN price integer NOT NULL DEFAULT 0`,
 		`UPDATE items SET price = 100`,
+	},
+	3: {
+		`ALTER TABLE items ADD COLUMN stock integer NOT NULL DEFAULT 0`,
 	},
 	99: {
 		`CREATE TABLE half_done (id integer)`,
@@ -110,10 +115,14 @@ func migrate(ctx context.Context) error {
 	for _, q := range []string{
 		`CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY)`,
 		`CREATE TABLE IF NOT EXISTS migration_runs (version integer, app text, at timestamptz DEFAULT now())`,
+		`CREATE TABLE IF NOT EXISTS migrate_invocations (app text, at timestamptz DEFAULT now())`,
 	} {
 		if _, err := conn.Exec(ctx, q); err != nil {
 			return err
 		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO migrate_invocations (app) VALUES ($1)`, version); err != nil {
+		return err
 	}
 	for v := 1; v <= target; v++ {
 		steps, ok := migrations[v]

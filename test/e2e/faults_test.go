@@ -216,13 +216,13 @@ func TestKilledAtEveryPhase(t *testing.T) {
 
 		second := startUpdater(t, stack)
 		ev := resumed(t, first, second, v2, "succeeded")
-		if runs := query(t, dbURL, `SELECT count(*)::text FROM migration_runs WHERE version = 2`); runs != "1" {
-			t.Fatalf("migration 2 ran %s times, want once", runs)
+		if runs := migrateRuns(t, dbURL, "v2"); runs != 1 {
+			t.Fatalf("v2's migrate ran %d times, want once", runs)
 		}
 		if !allRunning(t, app, v2) {
 			t.Fatal("v2 not running")
 		}
-		row.set("carried on by the restart (backup, migration, update): one outcome (succeeded, resumed=%v); migration ran once; no job left", ev["resumed"])
+		row.set("carried on by the restart (backup, migration, update): one outcome (succeeded, resumed=%v); migration ran once (1 run in the database); no job left", ev["resumed"])
 		second.stop(syscall.SIGTERM)
 	})
 
@@ -252,7 +252,13 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		if !allRunning(t, app, v3) {
 			t.Fatal("v3 not running")
 		}
-		row.set("the killed run's job removed, the deploy carried on from the backup: one outcome (succeeded, resumed=%v); migration ran once; no job left", ev["resumed"])
+		if runs := migrateRuns(t, dbURL, "v3"); runs != 1 {
+			t.Fatalf("v3's migrate ran %d times, want once", runs)
+		}
+		if v := query(t, dbURL, `SELECT max(version)::text FROM schema_migrations`); v != "3" {
+			t.Fatalf("schema at %s, want v3's 3", v)
+		}
+		row.set("the killed run's job removed, the deploy carried on from the backup: one outcome (succeeded, resumed=%v); migration ran once (1 run in the database); no job left", ev["resumed"])
 		second.stop(syscall.SIGTERM)
 	})
 
@@ -283,6 +289,11 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		if n := second.count("deploy started", "to_digest", bad); n != 0 {
 			t.Fatal("the broken digest was started again")
 		}
-		row.set("the restart followed the rollback to its end: one outcome (failed, rolled_back=true, resumed=%v); back on the previous version, healthy; digest remembered", ev["resumed"])
+		// The broken version's migrate ran before its update; going back
+		// to v3 runs no migration.
+		if b, v := migrateRuns(t, dbURL, "broken"), migrateRuns(t, dbURL, "v3"); b != 1 || v != 1 {
+			t.Fatalf("migrate ran %d times for broken and %d for v3 in all, want 1 and 1", b, v)
+		}
+		row.set("the restart followed the rollback to its end: one outcome (failed, rolled_back=true, resumed=%v); back on the previous version, healthy; digest remembered; no migration rerun (1 run each in the database)", ev["resumed"])
 	})
 }
