@@ -541,8 +541,9 @@ func (e *engine) removeImage(w http.ResponseWriter, ref string) {
 	img.RepoDigests = slices.DeleteFunc(img.RepoDigests, func(s string) bool { return s == ref })
 	out := []image.DeleteResponse{{Untagged: ref}}
 	if last {
-		e.images = slices.DeleteFunc(e.images, func(i image.Summary) bool { return i.ID == img.ID })
-		out = append(out, image.DeleteResponse{Deleted: img.ID})
+		id := img.ID // img points into e.images
+		e.images = slices.DeleteFunc(e.images, func(i image.Summary) bool { return i.ID == id })
+		out = append(out, image.DeleteResponse{Deleted: id})
 	}
 	e.answer(w, out)
 }
