@@ -354,3 +354,24 @@ func TestRollout(t *testing.T) {
 		t.Error("a failed task list gave no error")
 	}
 }
+
+// New takes Docker's own environment and negotiates the API version down
+// to what the engine speaks (the fake fails any call not made with 1.41).
+func TestNewFromEnvironment(t *testing.T) {
+	e := newEngine(t)
+	t.Setenv("DOCKER_HOST", "tcp://"+e.srv.Listener.Addr().String())
+	t.Setenv("DOCKER_API_VERSION", "")
+	t.Setenv("DOCKER_TLS_VERIFY", "")
+	t.Setenv("DOCKER_CERT_PATH", "")
+	s, err := New(Config{Label: "updater.enable"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.cfg.Retries != 5 {
+		t.Errorf("default retries %d, want 5", s.cfg.Retries)
+	}
+	if err := s.Ping(context.Background()); err != nil {
+		t.Errorf("ping through DOCKER_HOST: %v", err)
+	}
+}
