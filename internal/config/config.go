@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +31,7 @@ type Config struct {
 	LogLevel            slog.Level    // UPDATER_LOG_LEVEL
 	RegistryConcurrency int           // UPDATER_REGISTRY_CONCURRENCY: digest lookups in flight at once
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
+	InsecureRegistries  []string      // UPDATER_INSECURE_REGISTRIES: registries (lower-case host:port) also reached over plain HTTP; none by default
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
 	LeaseTTL            time.Duration // UPDATER_LEASE_TTL: how long a dead updater's lease blocks another
 	ApprovalTimeout     time.Duration // UPDATER_APPROVAL_TIMEOUT: how long a deploy waits for a person's approval
@@ -169,6 +171,10 @@ func settings() []setting {
 		}},
 		{"UPDATER_REGISTRY_TIMEOUT", func(c *Config, v string) (err error) {
 			c.RegistryTimeout, err = parseDuration(v, time.Second, 10*time.Minute, `"30s" or "2m"`)
+			return err
+		}},
+		{"UPDATER_INSECURE_REGISTRIES", func(c *Config, v string) (err error) {
+			c.InsecureRegistries, err = parseInsecureRegistries(v)
 			return err
 		}},
 		{"UPDATER_WATCH_INTERVAL", func(c *Config, v string) (err error) {
@@ -595,6 +601,42 @@ func parseListen(v string) (string, error) {
 		return "", errors.New("contains whitespace: " + hint)
 	}
 	return v, nil
+}
+
+// hostname is a DNS name as a registry host may be: dot-separated labels
+// of letters, digits and inner hyphens.
+var hostname = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+
+// parseInsecureRegistries reads a comma-separated list of host:port. The
+// port is required: an image reference names the registry with its port
+// (registry.lan:5000/app), and that is what is matched.
+func parseInsecureRegistries(v string) ([]string, error) {
+	const hint = `use a comma-separated list of host:port, like "registry.lan:5000,10.0.0.7:5000" ` +
+		`(no scheme or path; loopback registries need no entry)`
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not host:port: %s", item, hint)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q: the port is not a number from 1 to 65535: %s", item, hint)
+		}
+		if net.ParseIP(host) == nil && !hostname.MatchString(host) {
+			return nil, fmt.Errorf("%q: %q is not a host name or IP address: %s", item, host, hint)
+		}
+		if item = strings.ToLower(item); !slices.Contains(out, item) {
+			out = append(out, item)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("lists no registry: " + hint)
+	}
+	return out, nil
 }
 
 // minTokenLen keeps tokens out of guessing range; a random one from

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -73,7 +74,7 @@ func TestDefaults(t *testing.T) {
 			"UPDATER_SCHEDULE": "", "UPDATER_LABEL": "", "UPDATER_STACK": "",
 			"UPDATER_DEPLOY_TIMEOUT": "", "UPDATER_DRY_RUN": "", "UPDATER_LOG_FORMAT": "",
 			"UPDATER_LOG_LEVEL": "", "UPDATER_REGISTRY_CONCURRENCY": "",
-			"UPDATER_REGISTRY_TIMEOUT": "", "UPDATER_WATCH_INTERVAL": "",
+			"UPDATER_REGISTRY_TIMEOUT": "", "UPDATER_WATCH_INTERVAL": "", "UPDATER_INSECURE_REGISTRIES": "",
 			"SLACK_TOKEN": "", "SLACK_TOKEN_FILE": "", "SLACK_CHANNEL": "", "SLACK_WEBHOOK_URL": "",
 			"SLACK_WEBHOOK_URL_FILE": "", "SLACK_API_URL": "", "ROLLBAR_TOKEN": "", "ROLLBAR_TOKEN_FILE": "",
 			"ROLLBAR_ENVIRONMENT": "", "ROLLBAR_ENDPOINT": "",
@@ -90,7 +91,7 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			if got != want {
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("got %+v\nwant %+v", got, want)
 			}
 		})
@@ -199,7 +200,7 @@ func TestInvalid(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
 			got, err := env{tt.name: tt.value}.load()
-			if got != (Config{}) {
+			if !reflect.DeepEqual(got, Config{}) {
 				t.Errorf("Load returned %+v with its error, want the zero Config", got)
 			}
 			errs := errorsOf(t, err)
@@ -221,6 +222,56 @@ func TestInvalid(t *testing.T) {
 				t.Errorf("message %q is more than one line", msg)
 			}
 		})
+	}
+}
+
+// UPDATER_INSECURE_REGISTRIES is a list of host:port, matched as image
+// references name registries; nothing else is taken, and the refusal
+// says what is right.
+func TestInsecureRegistries(t *testing.T) {
+	valid := []struct {
+		value string
+		want  []string
+	}{
+		{"registry.lan:5000", []string{"registry.lan:5000"}},
+		{"Registry.LAN:5000, 10.0.0.7:5000,,[fd00::1]:5000,", []string{"registry.lan:5000", "10.0.0.7:5000", "[fd00::1]:5000"}},
+		{"registry.lan:5000,REGISTRY.lan:5000", []string{"registry.lan:5000"}},
+		{"registry:80", []string{"registry:80"}},
+	}
+	for _, tt := range valid {
+		t.Run(tt.value, func(t *testing.T) {
+			got, err := env{"UPDATER_INSECURE_REGISTRIES": tt.value}.load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.InsecureRegistries, tt.want) {
+				t.Errorf("got %q, want %q", got.InsecureRegistries, tt.want)
+			}
+		})
+	}
+	const hint = `use a comma-separated list of host:port, like "registry.lan:5000,10.0.0.7:5000" (no scheme or path; loopback registries need no entry)`
+	invalid := []struct{ value, reason string }{
+		{"registry.lan", `"registry.lan" is not host:port`},
+		{"http://registry.lan:5000", `"http://registry.lan:5000" is not host:port`},
+		{"registry.lan:5000/v2", `"registry.lan:5000/v2": the port is not a number from 1 to 65535`},
+		{"registry.lan:0", `"registry.lan:0": the port is not a number from 1 to 65535`},
+		{"registry.lan:http", `"registry.lan:http": the port is not a number from 1 to 65535`},
+		{"ok.lan:5000,bad_host:5000", `"bad_host:5000": "bad_host" is not a host name or IP address`},
+		{":5000", `":5000": "" is not a host name or IP address`},
+		{"registry.lan:5000 other.lan:5000", `"registry.lan:5000 other.lan:5000" is not host:port`},
+		{",", "lists no registry"},
+	}
+	for _, tt := range invalid {
+		t.Run(tt.value, func(t *testing.T) {
+			_, err := env{"UPDATER_INSECURE_REGISTRIES": tt.value}.load()
+			want := `UPDATER_INSECURE_REGISTRIES="` + tt.value + `": ` + tt.reason + ": " + hint
+			if err == nil || err.Error() != want {
+				t.Errorf("got  %v\nwant %s", err, want)
+			}
+		})
+	}
+	if c, err := (env{}).load(); err != nil || c.InsecureRegistries != nil {
+		t.Errorf("default: got %q, %v; want none", c.InsecureRegistries, err)
 	}
 }
 
@@ -317,8 +368,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 30 {
-		t.Errorf("got %d names, want 30: %v", len(names), names)
+	if len(names) != 31 {
+		t.Errorf("got %d names, want 31: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add("SLACK_TOKEN="+slackToken+"\nSLACK_CHANNEL=#deploys\nROLLBAR_TOKEN="+rollbarToken, uint8(0), "")
 	f.Add("UPDATER_API_TOKEN=0123456789abcdef0123\nUPDATER_WEBHOOK_SECRET=fedcba9876543210fedc", uint8(0), "")
 	f.Add("UPDATER_PRUNE=after-deploy\nUPDATER_PRUNE_KEEP=3", uint8(0), "")
+	f.Add("UPDATER_INSECURE_REGISTRIES=registry.lan:5000, [fd00::1]:5000", uint8(0), "")
 	f.Add("updater_dry_run=true\nUPDATER_SCHEDUEL=@hourly", uint8(0), "")
 	f.Fuzz(func(t *testing.T, lines string, which uint8, value string) {
 		names := Names()
@@ -58,7 +60,7 @@ func FuzzLoad(f *testing.F) {
 		}
 		checkBounds(t, e, c)
 		again, err := render(t, c).load()
-		if err != nil || again != c {
+		if err != nil || !reflect.DeepEqual(again, c) {
 			t.Fatalf("accepted %+v, but not when written back: %+v, %v", c, again, err)
 		}
 	})
@@ -68,7 +70,7 @@ func FuzzLoad(f *testing.F) {
 // none of them shows a secret.
 func checkRefusal(t *testing.T, e env, files map[string]string, c Config, err error) {
 	t.Helper()
-	if c != (Config{}) {
+	if !reflect.DeepEqual(c, Config{}) {
 		t.Fatalf("Load returned %+v with its error", c)
 	}
 	joined, ok := err.(interface{ Unwrap() []error })
@@ -144,6 +146,11 @@ func checkBounds(t *testing.T, e env, c Config) {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		fail("an address to listen on")
 	}
+	for _, r := range c.InsecureRegistries {
+		if _, port, err := net.SplitHostPort(r); err != nil || port == "" || r != strings.ToLower(r) || strings.ContainsAny(r, "/, \t") {
+			fail("an insecure registry that is not a lower-case host:port")
+		}
+	}
 	for _, tok := range []string{c.APIToken, c.WebhookSecret} {
 		if tok != "" && (len(tok) < minTokenLen || strings.ContainsFunc(tok, unicode.IsSpace)) {
 			fail("a short or spaced token")
@@ -184,6 +191,7 @@ func render(t *testing.T, c Config) env {
 	put("UPDATER_LOG_LEVEL", c.LogLevel != d.LogLevel, c.LogLevel.String())
 	put("UPDATER_REGISTRY_CONCURRENCY", c.RegistryConcurrency != d.RegistryConcurrency, strconv.Itoa(c.RegistryConcurrency))
 	put("UPDATER_REGISTRY_TIMEOUT", c.RegistryTimeout != d.RegistryTimeout, c.RegistryTimeout.String())
+	put("UPDATER_INSECURE_REGISTRIES", len(c.InsecureRegistries) > 0, strings.Join(c.InsecureRegistries, ","))
 	put("UPDATER_WATCH_INTERVAL", c.WatchInterval != d.WatchInterval, c.WatchInterval.String())
 	put("UPDATER_LEASE_TTL", c.LeaseTTL != d.LeaseTTL, c.LeaseTTL.String())
 	put("UPDATER_APPROVAL_TIMEOUT", c.ApprovalTimeout != d.ApprovalTimeout, c.ApprovalTimeout.String())

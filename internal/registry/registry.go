@@ -41,6 +41,9 @@ type Config struct {
 	Transport  http.RoundTripper // nil => remote.DefaultTransport
 	Retries    int               // retries for 429/5xx/temporary network errors; 0 => 3; negative => none
 	MaxBackoff time.Duration     // cap on one wait, including an honoured Retry-After; 0 => 10s
+	// Insecure lists the registries (host:port, as in image references)
+	// that may be reached over plain HTTP besides loopback ones; nil: none.
+	Insecure []string
 }
 
 // Client resolves tags to digests. It is safe for concurrent use.
@@ -48,6 +51,7 @@ type Client struct {
 	timeout   time.Duration
 	keychain  authn.Keychain
 	transport http.RoundTripper
+	insecure  map[string]bool // lower-cased host:port
 
 	// A session per repository keeps the ping result and the bearer token,
 	// so a poll that runs every minute costs one HEAD instead of a ping, a
@@ -77,14 +81,19 @@ func New(cfg Config) *Client {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = defaultMaxBackoff
 	}
+	insecure := map[string]bool{}
+	for _, h := range cfg.Insecure {
+		insecure[strings.ToLower(h)] = true
+	}
 	return &Client{
 		timeout:  cfg.Timeout,
 		keychain: cfg.Keychain,
-		transport: digestCheck{next: &retrying{
+		insecure: insecure,
+		transport: plainHTTP{allowed: insecure, next: digestCheck{next: &retrying{
 			next:       cfg.Transport,
 			retries:    cfg.Retries,
 			maxBackoff: cfg.MaxBackoff,
-		}},
+		}}},
 		sessions: map[string]*remote.Puller{},
 	}
 }
@@ -94,7 +103,7 @@ func New(cfg Config) *Client {
 // Hub's pull limit. For a multi-arch image it is the index digest, which is
 // what a service spec pins.
 func (c *Client) Digest(ctx context.Context, ref string) (string, error) {
-	r, err := parseRef(ref)
+	r, err := c.parseRef(ref)
 	if err != nil {
 		return "", err
 	}
@@ -132,7 +141,7 @@ func (c *Client) Digest(ctx context.Context, ref string) (string, error) {
 // deploy, never for a poll. For a multi-arch index it reads linux/amd64,
 // or the first image when there is none.
 func (c *Client) Labels(ctx context.Context, ref string) (map[string]string, error) {
-	r, err := parseRef(ref)
+	r, err := c.parseRef(ref)
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +198,7 @@ func pick(idx v1.ImageIndex) (v1.Image, error) {
 // X-Registry-Auth), read afresh from the keychain on every call so a
 // rotated password reaches the nodes; the zero value means anonymous.
 func (c *Client) Credentials(ctx context.Context, ref string) (deploy.Credentials, error) {
-	r, err := parseRef(ref)
+	r, err := c.parseRef(ref)
 	if err != nil {
 		return deploy.Credentials{}, err
 	}
@@ -268,13 +277,16 @@ func (c *Client) forget(repo name.Repository, p *remote.Puller) {
 // parseRef accepts what `docker pull` accepts. Loopback registries are
 // marked insecure because Docker trusts them over plain HTTP by default and
 // go-containerregistry only knows "localhost:port", "*.localhost",
-// "127.0.0.1" and "::1", not the rest of 127.0.0.0/8 or a bare "localhost".
-func parseRef(ref string) (name.Reference, error) {
+// "127.0.0.1" and "::1", not the rest of 127.0.0.0/8 or a bare "localhost";
+// so are the registries Config.Insecure lists. Insecure means HTTPS is
+// tried first, then plain HTTP.
+func (c *Client) parseRef(ref string) (name.Reference, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return nil, fmt.Errorf("parse image reference %q: want [registry[:port]/]repository[:tag] or [registry[:port]/]repository@sha256:<64 hex>, for example 127.0.0.1:5000/app:latest or ghcr.io/org/app:1.2: %w", ref, err)
 	}
-	if loopback(r.Context().RegistryStr()) {
+	host := r.Context().RegistryStr()
+	if loopback(host) || c.insecure[strings.ToLower(host)] {
 		return name.ParseReference(ref, name.Insecure)
 	}
 	return r, nil

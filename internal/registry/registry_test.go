@@ -805,7 +805,7 @@ func TestLoopbackRegistriesUsePlainHTTP(t *testing.T) {
 		"ghcr.io/org/app":      "https",
 		"registry.example/app": "https",
 	} {
-		r, err := parseRef(ref)
+		r, err := New(Config{}).parseRef(ref)
 		if err != nil {
 			t.Fatalf("%s: %v", ref, err)
 		}

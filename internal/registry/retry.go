@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -151,4 +152,24 @@ func (t digestCheck) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, &badDigestError{got: got}
 	}
 	return resp, nil
+}
+
+// plainHTTP refuses plain-HTTP requests to hosts that are neither loopback
+// nor listed as insecure. go-containerregistry falls back to HTTP by itself
+// for private addresses (10/8, 172.16/12, 192.168/16), where Docker does
+// not: there, anyone on the path could answer in the registry's name, and
+// read the credentials sent to it.
+type plainHTTP struct {
+	allowed map[string]bool
+	next    http.RoundTripper
+}
+
+func (t plainHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
+	if host := req.URL.Host; req.URL.Scheme == "http" && !loopback(host) && !t.allowed[strings.ToLower(host)] {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, fmt.Errorf("plain HTTP to %s refused: it is not listed as an insecure registry, so only HTTPS is used", host)
+	}
+	return t.next.RoundTrip(req)
 }
