@@ -3,7 +3,9 @@ package deploy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,29 +140,69 @@ func (c *cycles) ObserveCycle(s deploy.CycleStats) {
 }
 
 // Pushes that arrive while a cycle holds the pipeline are not lost: they
-// wait, merged, and run as one cycle right after it.
+// wait, merged, and run as one cycle right after it. The scheduled cycle
+// has asked the registry before the tags move, so it finds nothing to
+// deploy: only the pushes' follow-up can deploy the new digests, one per
+// service and different, so a lost push or a mixed-up service shows.
 func TestTriggerQueuesOneFollowUp(t *testing.T) {
+	const otherRef = "127.0.0.1:5000/other:1"
+	otherD := "sha256:" + strings.Repeat("c", 64)
 	w := newWorld(t)
 	other := web(oldD)
-	other.ID, other.Name, other.Image = "svc2", "other", "127.0.0.1:5000/other:1@"+oldD
+	other.ID, other.Name, other.Image = "svc2", "other", deploy.Pin(otherRef, oldD)
 	w.targets = []deploy.Target{web(oldD), other}
 	w.digests[ref] = oldD
-	w.digests["127.0.0.1:5000/other:1"] = oldD
+	w.digests[otherRef] = oldD
 	obs := &cycles{ch: make(chan deploy.CycleStats, 10)}
 	w.p.Observer = obs
 
-	// A scheduled cycle that hangs in the service list until released.
+	// A spec write is what the next List and Rollout show, as in Swarm:
+	// a service deployed once is up to date for the next cycle.
+	write := w.services.UpdateFn
+	w.services.UpdateFn = func(ctx context.Context, tg deploy.Target, image string, creds deploy.Credentials) error {
+		if err := write(ctx, tg, image, creds); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for i := range w.targets {
+			if w.targets[i].ID == tg.ID {
+				w.targets[i].Image = image
+			}
+		}
+		return nil
+	}
+	w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, tg := range w.targets {
+			if tg.ID == id {
+				return deploy.Rollout{Image: tg.Image, UpdateState: "completed", Desired: 1,
+					Tasks: []deploy.Task{{ID: id + "-t", Image: tg.Image, State: "running", Desired: "running"}}}, nil
+			}
+		}
+		return deploy.Rollout{}, deploy.ErrNotFound
+	}
+
+	// A scheduled cycle that, once both its registry lookups have their
+	// answer (the old digests), hangs until released: it holds the
+	// pipeline while the tags move and the pushes arrive.
 	entered, release := make(chan struct{}), make(chan struct{})
-	list := w.lister.ListFn
-	var once sync.Once
-	w.lister.ListFn = func(ctx context.Context) ([]deploy.Target, error) {
-		hang := false
-		once.Do(func() { hang = true })
+	lookups := 0
+	w.registry.DigestFn = func(_ context.Context, r string) (string, error) {
+		w.mu.Lock()
+		d, ok := w.digests[r]
+		lookups++
+		hang := lookups == 2
+		w.mu.Unlock()
 		if hang {
 			close(entered)
 			<-release
 		}
-		return list(ctx)
+		if !ok {
+			return "", fmt.Errorf("resolve %s: %w", r, deploy.ErrNotFound)
+		}
+		return d, nil
 	}
 	go w.p.Cycle(context.Background())
 	<-entered
@@ -172,28 +214,59 @@ func TestTriggerQueuesOneFollowUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	tr := deploy.NewTrigger(ctx, w.p)
 	defer func() { cancel(); tr.Stop() }()
+	w.mu.Lock()
+	w.digests[ref], w.digests[otherRef] = newD, otherD
+	w.mu.Unlock()
 	tr.Push(deploy.PushOf(ref))
-	tr.Push(deploy.PushOf("127.0.0.1:5000/other:1"), deploy.PushOf(ref))
+	tr.Push(deploy.PushOf(otherRef), deploy.PushOf(ref))
 	close(release)
 
-	if s := <-obs.ch; !s.Full || s.Err != nil {
-		t.Fatalf("first cycle done: %+v, want the scheduled one", s)
+	if s := <-obs.ch; !s.Full || s.Err != nil || s.Deploys != 0 {
+		t.Fatalf("first cycle done: %+v, want the scheduled one, which looked before the tags moved", s)
 	}
-	s := <-obs.ch
-	if s.Full || s.Err != nil {
-		t.Fatalf("follow-up %+v, want a push's cycle", s)
-	}
-	select {
-	case s := <-obs.ch:
-		// Both pushes may land before the worker wakes (one cycle) or the
-		// second after it took the first (two); never more, never lost.
-		if s.Full {
-			t.Fatalf("unexpected full cycle %+v", s)
+	// Both pushes may land before the worker wakes (one cycle) or the
+	// second after it took the first (two); never more, never lost.
+	var followUps []deploy.CycleStats
+	deploys := 0
+	timeout := time.After(10 * time.Second)
+	for deploys < 2 {
+		select {
+		case s := <-obs.ch:
+			if s.Full || s.Err != nil {
+				t.Fatalf("follow-up %+v, want a push's cycle", s)
+			}
+			followUps = append(followUps, s)
+			deploys += s.Deploys
+		case <-timeout:
+			t.Fatalf("follow-ups %+v deployed %d services in 10 s, want 2: a push was lost", followUps, deploys)
 		}
-	case <-time.After(200 * time.Millisecond):
 	}
-	if st := w.p.Status(); len(st.Services) != 2 {
-		t.Fatalf("status after the follow-up: %d services", len(st.Services))
+	// Once the trigger has stopped, every cycle it ran has been observed.
+	cancel()
+	tr.Stop()
+	for len(obs.ch) > 0 {
+		followUps = append(followUps, <-obs.ch)
+	}
+	if len(followUps) > 2 {
+		t.Errorf("%d cycles after the scheduled one, want at most one per push: %+v", len(followUps), followUps)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	got := make([]string, 0, len(w.updates))
+	for _, u := range w.updates {
+		got = append(got, u.image)
+	}
+	slices.Sort(got)
+	if want := []string{pinned(newD), deploy.Pin(otherRef, otherD)}; !slices.Equal(got, want) {
+		t.Fatalf("spec writes %q, want each service once on its new digest %q", got, want)
+	}
+	if ks := w.milestones(); len(ks) != 4 {
+		t.Fatalf("%d events, want each service started and succeeded", len(ks))
+	}
+	for _, e := range w.milestones() {
+		if e.Kind != deploy.Started && e.Kind != deploy.Succeeded {
+			t.Errorf("%s: %s %s, want started and succeeded", e.Release.ServiceName, e.Kind, e.Reason)
+		}
 	}
 }
 
