@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,8 @@ type Metrics struct {
 	cycles           *prometheus.CounterVec
 	cycleDuration    *prometheus.HistogramVec
 	registryRequests *prometheus.CounterVec
+	rateLimit        *prometheus.GaugeVec
+	rateRemaining    *prometheus.GaugeVec
 	deploys          *prometheus.CounterVec
 	deployDuration   *prometheus.HistogramVec
 	webhooks         *prometheus.CounterVec
@@ -64,6 +67,14 @@ func New(src Source, now func() time.Time) *Metrics {
 			Name: "updater_registry_requests_total",
 			Help: "HTTP requests to registries, every retry counted, by method and result (the status code, or error when no answer came).",
 		}, []string{"method", "result"}),
+		rateLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "updater_registry_ratelimit_limit",
+			Help: "Pulls the registry allows per window, from its last RateLimit-Limit header (Docker Hub sends one), by registry host.",
+		}, []string{"registry"}),
+		rateRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "updater_registry_ratelimit_remaining",
+			Help: "Pulls left in the registry's window, from its last RateLimit-Remaining header (Docker Hub sends one), by registry host.",
+		}, []string{"registry"}),
 		deploys: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_deploys_total",
 			Help: "Deploys ended, by outcome (succeeded, failed, rolled_back) and the phase they ended in.",
@@ -78,7 +89,7 @@ func New(src Source, now func() time.Time) *Metrics {
 			Help: "Registry webhooks received, by source (dockerhub, github, distribution, unknown) and result (accepted, ignored, unauthorized, bad_request).",
 		}, []string{"source", "result"}),
 	}
-	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.deploys, m.deployDuration, m.webhooks,
+	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.rateLimit, m.rateRemaining, m.deploys, m.deployDuration, m.webhooks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "updater_last_successful_cycle_age_seconds",
@@ -155,18 +166,20 @@ func (m *Metrics) Webhook(source, result string) {
 	m.webhooks.WithLabelValues(source, result).Inc()
 }
 
-// Transport counts every request next makes. Give it to the registry
-// client as its innermost transport, so each retry is counted.
+// Transport counts every request next makes, and keeps the rate-limit
+// headers registries answer with. Give it to the registry client as its
+// innermost transport, so each retry is counted.
 func (m *Metrics) Transport(next http.RoundTripper) http.RoundTripper {
 	if next == nil {
 		next = http.DefaultTransport
 	}
-	return counting{next: next, requests: m.registryRequests}
+	return counting{next: next, requests: m.registryRequests, limit: m.rateLimit, remaining: m.rateRemaining}
 }
 
 type counting struct {
-	next     http.RoundTripper
-	requests *prometheus.CounterVec
+	next             http.RoundTripper
+	requests         *prometheus.CounterVec
+	limit, remaining *prometheus.GaugeVec
 }
 
 func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -174,7 +187,27 @@ func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	result := "error"
 	if err == nil {
 		result = strconv.Itoa(resp.StatusCode)
+		// Docker Hub answers manifest requests, 429s included, with
+		// "RateLimit-Remaining: 76;w=21600" (76 pulls left in a window of
+		// 21600 s); a registry without a limit sends nothing, and gets
+		// no series.
+		if n, ok := rateValue(resp.Header.Get("RateLimit-Remaining")); ok {
+			c.remaining.WithLabelValues(r.URL.Host).Set(n)
+		}
+		if n, ok := rateValue(resp.Header.Get("RateLimit-Limit")); ok {
+			c.limit.WithLabelValues(r.URL.Host).Set(n)
+		}
 	}
 	c.requests.WithLabelValues(r.Method, result).Inc()
 	return resp, err
+}
+
+// rateValue reads the count of a rate-limit header: "76;w=21600" or "76".
+func rateValue(h string) (float64, bool) {
+	v, _, _ := strings.Cut(h, ";")
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return float64(n), true
 }

@@ -1,15 +1,26 @@
 package metrics
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/registry"
 )
 
 type fakeSource struct {
@@ -135,4 +146,81 @@ func TestGauges(t *testing.T) {
 	src.status = deploy.Status{Checked: clock.Add(-5 * time.Second), Services: make([]deploy.Plan, 3)}
 	src.approvals = []deploy.Approval{{State: deploy.ApprovalPending}, {State: deploy.ApprovalRejected}, {State: deploy.ApprovalPending}}
 	has(t, scrape(t, m), "updater_last_successful_cycle_age_seconds 5", "updater_watched_services 3", "updater_approvals_pending 2")
+}
+
+// A registry that meters pulls (Docker Hub) says how many are left in
+// every manifest answer, a 429 included; the gauges keep the last value
+// per registry host, and a registry that says nothing has no series.
+func TestRegistryRateLimit(t *testing.T) {
+	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	var remaining atomic.Int64
+	remaining.Store(77)
+	metered := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") && r.Method == http.MethodHead {
+			n := remaining.Add(-1)
+			w.Header().Set("RateLimit-Limit", "100;w=21600")
+			w.Header().Set("RateLimit-Remaining", fmt.Sprintf("%d;w=21600", n))
+			if n == 0 {
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	defer metered.Close()
+	plain := httptest.NewServer(inner)
+	defer plain.Close()
+	host := strings.TrimPrefix(metered.URL, "http://")
+	plainHost := strings.TrimPrefix(plain.URL, "http://")
+
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(plainHost + "/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+
+	m := New(&fakeSource{}, nil)
+	c := registry.New(registry.Config{Transport: m.Transport(nil), Keychain: authn.NewMultiKeychain(), Retries: -1})
+	ctx := context.Background()
+	for _, ref := range []string{host + "/app:1", host + "/app:1", plainHost + "/app:1"} {
+		if _, err := c.Digest(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := scrape(t, m)
+	has(t, body,
+		`updater_registry_ratelimit_remaining{registry="`+host+`"} 75`,
+		`updater_registry_ratelimit_limit{registry="`+host+`"} 100`,
+	)
+	if strings.Contains(body, plainHost) {
+		t.Errorf("a registry without rate-limit headers has a series:\n%s", body)
+	}
+
+	remaining.Store(1) // the next answer is the last pull's 429
+	if _, err := c.Digest(ctx, host+"/app:1"); err == nil {
+		t.Fatal("want the 429 as an error")
+	}
+	has(t, scrape(t, m),
+		`updater_registry_ratelimit_remaining{registry="`+host+`"} 0`,
+		`updater_registry_requests_total{method="HEAD",result="429"} 1`,
+	)
+}
+
+func TestRateValue(t *testing.T) {
+	for h, want := range map[string]float64{"76;w=21600": 76, "100": 100, " 0 ;w=60": 0} {
+		if got, ok := rateValue(h); !ok || got != want {
+			t.Errorf("rateValue(%q) = %v, %v; want %v", h, got, ok, want)
+		}
+	}
+	for _, h := range []string{"", "lots", "-1;w=60", "1.5"} {
+		if _, ok := rateValue(h); ok {
+			t.Errorf("rateValue(%q) accepted", h)
+		}
+	}
 }
