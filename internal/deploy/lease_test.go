@@ -71,11 +71,14 @@ func TestKeeperOneHolder(t *testing.T) {
 	}
 }
 
-// A holder whose renewals fail stops counting itself as holder once its
-// TTL has passed: by then another updater may have taken over.
+// A holder whose renewals fail keeps counting itself as holder until its
+// TTL has passed (no other updater can take the lease before), and stops
+// once it has: by then another updater may have taken over.
 func TestKeeperLapsesWhenRenewalFails(t *testing.T) {
+	const ttl = 500 * time.Millisecond // far above the few µs between the renewals below
 	lease := &fakeLease{}
-	k := &deploy.Keeper{Lease: lease, Holder: "a", TTL: 50 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	k := &deploy.Keeper{Lease: lease, Holder: "a", TTL: ttl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	taken := time.Now()
 	k.Acquire(t.Context())
 	if !k.Held() {
 		t.Fatal("not held after a successful acquire")
@@ -83,13 +86,20 @@ func TestKeeperLapsesWhenRenewalFails(t *testing.T) {
 	lease.mu.Lock()
 	lease.fail = true
 	lease.mu.Unlock()
+	k.Acquire(t.Context())
+	if !k.Held() {
+		t.Fatalf("not held right after one failed renewal, %s into a %s TTL", time.Since(taken), ttl)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for k.Held() {
 		k.Acquire(t.Context())
 		if time.Now().After(deadline) {
-			t.Fatal("still held 5 s after renewals began to fail, with a 50 ms TTL")
+			t.Fatalf("still held 5 s after renewals began to fail, with a %s TTL", ttl)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if held := time.Since(taken); held < ttl {
+		t.Fatalf("lapsed %s after the last renewal, before its %s TTL ran out", held, ttl)
 	}
 }
 
