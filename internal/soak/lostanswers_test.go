@@ -28,6 +28,7 @@ func TestLostAnswers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		w.fired("End")
 		w.problems()
 	})
 
@@ -48,6 +49,7 @@ func TestLostAnswers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		w.fired("Update(applied)")
 		w.problems()
 		w.stillOn("sv01", bad)
 	})
@@ -78,6 +80,7 @@ func TestLostAnswers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		w.fired("Update(applied)")
 		w.problems()
 		w.stillOn("sv00", bad)
 	})
@@ -95,6 +98,7 @@ func TestLostAnswers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		w.fired("Begin(applied)")
 		w.problems()
 	})
 }
@@ -110,6 +114,18 @@ func (w *world) failOnce(call string, fl swarmFault) {
 		}
 		fired = true
 		return fl
+	}
+}
+
+// fired fails the test unless the fake Swarm injected exactly one fault,
+// and of kind ("method", or "method(applied)" for a lost answer): a
+// subtest whose fault never fired proves nothing.
+func (w *world) fired(kind string) {
+	w.t.Helper()
+	w.sw.mu.Lock()
+	defer w.sw.mu.Unlock()
+	if n := w.sw.injected[kind]; n != 1 || len(w.sw.injected) != 1 {
+		w.t.Errorf("faults injected %v, want one %s: the fault under test did not fire as meant", w.sw.injected, kind)
 	}
 }
 
