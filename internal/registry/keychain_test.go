@@ -16,9 +16,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -353,5 +355,93 @@ func TestDockerConfigHelpers(t *testing.T) {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// A Google Artifact Registry (or GCR) host is reached with an access token
+// from Google's Application Default Credentials, here a Google Cloud
+// machine's metadata server: a local one that, as the real one, answers
+// only requests carrying Metadata-Flavor: Google, found through
+// GCE_METADATA_HOST. google.Keychain resolves once per process, so this
+// runs in a child, whose environment is all the test's.
+func TestGoogleTokens(t *testing.T) {
+	t.Parallel()
+	const host = "europe-docker.pkg.dev"
+	var calls atomic.Int32
+	meta := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Metadata-Flavor") != "Google" {
+			http.Error(w, "missing Metadata-Flavor", http.StatusForbidden)
+			return
+		}
+		if r.URL.Path != "/computeMetadata/v1/instance/service-accounts/default/token" {
+			http.NotFound(w, r)
+			return
+		}
+		n := calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":"ya29.test-%d","expires_in":3599,"token_type":"Bearer"}`, n)
+	}))
+	t.Cleanup(meta.Close)
+
+	dir := t.TempDir()
+	caPEM, leaf := newCA(t, host)
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"bin", "certs"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	var refused atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if user, pass, ok := r.BasicAuth(); !ok || user != "_token" || pass != fmt.Sprintf("ya29.test-%d", calls.Load()) {
+			if ok {
+				refused.Add(1)
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="`+host+`"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	seed := httptest.NewServer(inner)
+	t.Cleanup(seed.Close)
+	want := pushVia(t, http.DefaultTransport, strings.TrimPrefix(seed.URL, "http://")+"/proj/repo/app:1")
+
+	// No config.json, then the one `gcloud auth configure-docker` writes.
+	for i, config := range []string{"", `{"credHelpers":{"` + host + `":"gcloud"}}`} {
+		if config != "" {
+			if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = []string{
+			childEnv + "=" + host + "/proj/repo/app:1", childEnv + "_ADDR=" + srv.Listener.Addr().String(), childEnv + "_CHAIN=1",
+			"HOME=" + dir, "DOCKER_CONFIG=" + dir, "PATH=" + filepath.Join(dir, "bin"), "XDG_CONFIG_HOME=" + dir,
+			"SSL_CERT_FILE=" + filepath.Join(dir, "ca.pem"), "SSL_CERT_DIR=" + filepath.Join(dir, "certs"),
+			"GCE_METADATA_HOST=" + strings.TrimPrefix(meta.URL, "http://"), "AWS_EC2_METADATA_DISABLED=true",
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		token := fmt.Sprintf("ya29.test-%d", i+1)
+		for _, w := range []string{"digest: " + want, "credentials: {ServerAddress:" + host + " Username:_token Password:" + token + " "} {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("config %q: child said %q, want %q", config, out, w)
+			}
+		}
+		if n := calls.Load(); n != int32(i+1) {
+			t.Errorf("config %q: %d token requests to the metadata server in all, want %d (one per process: the token is reused)", config, n, i+1)
+		}
+	}
+	if n := refused.Load(); n != 0 {
+		t.Errorf("%d credentialed requests refused", n)
 	}
 }

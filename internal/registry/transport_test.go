@@ -41,18 +41,25 @@ func TestMain(m *testing.M) {
 }
 
 // resolveChild resolves ref with the production transport's TLS settings
-// (no RootCAs: the system pool), the registry's name dialled at addr,
-// and prints the digest or the error.
+// (no RootCAs: the system pool), the registry's name dialled at addr, and
+// prints the digest or the error; with _CHAIN set, through the production
+// keychain, printing the credentials the nodes would get as well.
 func resolveChild(ref, addr string) int {
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, network, addr)
-	}}
-	d, err := New(Config{Keychain: anonymous(), Transport: tr, Retries: -1, Timeout: 10 * time.Second}).Digest(context.Background(), ref)
+	kc := anonymous()
+	if os.Getenv(childEnv+"_CHAIN") != "" {
+		kc = nil
+	}
+	c := New(Config{Keychain: kc, Transport: redirect(addr), Retries: -1, Timeout: 10 * time.Second})
+	d, err := c.Digest(context.Background(), ref)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 0
 	}
 	fmt.Println("digest:", d)
+	if kc == nil {
+		creds, err := c.Credentials(context.Background(), ref)
+		fmt.Printf("credentials: %+v %v\n", creds, err)
+	}
 	return 0
 }
 
