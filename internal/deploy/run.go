@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,7 +61,11 @@ func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed b
 	prepared := p.prepared[rel.ID]
 	p.mu.Unlock()
 	if !prepared {
-		if ev, ok := p.prepare(ctx, t, []Release{rel}, creds, resumed); !ok {
+		jobCreds, err := p.jobCredentials(ctx, t, rel)
+		if err != nil {
+			return p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error(), Resumed: resumed}, true)
+		}
+		if ev, ok := p.prepare(ctx, t, []Release{rel}, jobCreds, resumed); !ok {
 			return p.fail(ctx, rel, ev)
 		}
 	}
@@ -122,10 +127,44 @@ func (p *Pipeline) fail(ctx context.Context, rel Release, ev Event) Event {
 	return p.finish(rel, ev, true)
 }
 
+// hookImages are the images t's backup and migration run in for rel ("" for
+// a hook t does not have): the backup in the version that wrote the data,
+// the migration in the new one, unless a label names another image.
+func hookImages(t Target, rel Release) (backup, migrate string) {
+	if h := t.Hooks.Backup; h != nil {
+		backup = cmp.Or(h.Image, t.Image)
+	}
+	if h := t.Hooks.Migrate; h != nil {
+		migrate = cmp.Or(h.Image, Pin(rel.Ref, rel.To))
+	}
+	return backup, migrate
+}
+
+// jobCredentials are the pull credentials of each of t's hook images, each
+// looked up for that image's own registry: a hook image may live anywhere
+// a stack file names, and must not be sent the credentials of the
+// service's registry (whoever wrote the label would collect them).
+func (p *Pipeline) jobCredentials(ctx context.Context, t Target, rel Release) (map[string]Credentials, error) {
+	creds := map[string]Credentials{}
+	backup, migrate := hookImages(t, rel)
+	for _, image := range []string{backup, migrate} {
+		if _, done := creds[image]; image == "" || done {
+			continue
+		}
+		c, err := p.Registry.Credentials(ctx, image)
+		if err != nil {
+			return nil, fmt.Errorf("get registry credentials for %s: %w", image, err)
+		}
+		creds[image] = c
+	}
+	return creds, nil
+}
+
 // prepare runs the hooks of t for the releases deployed together with it:
 // the backup, then the migration in the new image, once per digest. ok is
-// false when one failed or could not run; ev then is the failure.
-func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds Credentials, resumed bool) (ev Event, ok bool) {
+// false when one failed or could not run; ev then is the failure. creds
+// holds the pull credentials of each hook image (jobCredentials).
+func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds map[string]Credentials, resumed bool) (ev Event, ok bool) {
 	if t.HooksErr != nil {
 		return Event{Kind: Failed, Phase: PhasePrepare, Reason: t.HooksErr.Error(), Resumed: resumed}, false
 	}
@@ -147,21 +186,14 @@ func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds 
 			return Event{}, true
 		}
 	}
+	backup, migrate := hookImages(t, rel)
 	if h.Backup != nil {
-		image := h.Backup.Image
-		if image == "" {
-			image = t.Image // the version that wrote the data
-		}
-		if ev, ok := p.hook(ctx, t, rels, PhaseBackup, *h.Backup, image, false, creds, resumed); !ok {
+		if ev, ok := p.hook(ctx, t, rels, PhaseBackup, *h.Backup, backup, false, creds[backup], resumed); !ok {
 			return ev, false
 		}
 	}
 	if h.Migrate != nil {
-		image := h.Migrate.Image
-		if image == "" {
-			image = Pin(rel.Ref, rel.To)
-		}
-		if ev, ok := p.hook(ctx, t, rels, PhaseMigrate, *h.Migrate, image, true, creds, resumed); !ok {
+		if ev, ok := p.hook(ctx, t, rels, PhaseMigrate, *h.Migrate, migrate, true, creds[migrate], resumed); !ok {
 			return ev, false
 		}
 		if err := p.Migrations.MarkMigrated(ctx, key, rel.To); err != nil {
@@ -266,14 +298,28 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 		return nil
 	}
 	events := make([]Event, 0, len(rels))
-	creds, err := p.Registry.Credentials(ctx, rels[0].Ref)
+	// Each member is written with the credentials of its own image's
+	// registry: members may live on different registries, and none is sent
+	// another's.
+	creds := make([]Credentials, len(rels))
+	var err error
+	for i, rel := range rels {
+		if creds[i], err = p.Registry.Credentials(ctx, rel.Ref); err != nil {
+			err = fmt.Errorf("get registry credentials: %w", err)
+			break
+		}
+	}
+	var jobCreds map[string]Credentials
+	if err == nil {
+		jobCreds, err = p.jobCredentials(ctx, lead, own(lead, rels))
+	}
 	if err != nil {
 		for _, rel := range rels {
-			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "get registry credentials: " + err.Error()}, true))
+			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error()}, true))
 		}
 		return events
 	}
-	if ev, ok := p.prepare(ctx, lead, rels, creds, false); !ok {
+	if ev, ok := p.prepare(ctx, lead, rels, jobCreds, false); !ok {
 		for _, rel := range rels {
 			events = append(events, p.fail(ctx, rel, ev))
 		}
@@ -284,7 +330,7 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	var written []int
 	failedWrite := false
 	for i, rel := range rels {
-		err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds)
+		err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds[i])
 		if err != nil && (errors.Is(err, ErrUnavailable) || ctx.Err() != nil) {
 			// The write may have landed with its answer lost: the spec says.
 			r, rerr := p.Services.Rollout(ctx, rel.ServiceID)
@@ -397,13 +443,10 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 		p.mu.Unlock()
 	}()
 	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), Started: p.now()}
-	creds, err := p.Registry.Credentials(ctx, rel.Ref)
+	image, _ := hookImages(t, rel)
+	creds, err := p.Registry.Credentials(ctx, image)
 	if err != nil {
-		return fmt.Errorf("get registry credentials: %w", err)
-	}
-	image := t.Hooks.Backup.Image
-	if image == "" {
-		image = t.Image
+		return fmt.Errorf("get registry credentials for %s: %w", image, err)
 	}
 	if ev, ok := p.hook(ctx, t, []Release{rel}, PhaseBackup, *t.Hooks.Backup, image, false, creds, false); !ok {
 		return errors.New(ev.Reason)
