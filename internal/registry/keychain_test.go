@@ -63,7 +63,9 @@ type fakeECR struct {
 	clock *fakeClock
 
 	mu     sync.Mutex
-	calls  int
+	calls  int                  // tokens issued
+	denied int                  // requests refused on purpose
+	deny   bool                 // refuse every request, as ECR does a principal without ecr:GetAuthorizationToken
 	tokens map[string]time.Time // password => expiry
 }
 
@@ -77,6 +79,14 @@ func (f *fakeECR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.mu.Lock()
+	if f.deny {
+		f.denied++
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"__type":"AccessDeniedException","message":"not authorized to perform: ecr:GetAuthorizationToken"}`)
+		return
+	}
 	f.calls++
 	pass := fmt.Sprintf("ecr-token-%d", f.calls)
 	expires := f.clock.Now().Add(12 * time.Hour)
@@ -142,6 +152,10 @@ func (f *fakeECR) valid(pass string) bool {
 }
 
 func (f *fakeECR) callCount() int { f.mu.Lock(); defer f.mu.Unlock(); return f.calls }
+
+func (f *fakeECR) refuse() { f.mu.Lock(); f.deny = true; f.mu.Unlock() }
+
+func (f *fakeECR) deniedCount() int { f.mu.Lock(); defer f.mu.Unlock(); return f.denied }
 
 // ecrRegistry is go-containerregistry's registry behind TLS, answering as
 // ECR does: Basic auth, user AWS, a password fakeECR issued and that has
@@ -300,8 +314,43 @@ func TestECRTokens(t *testing.T) {
 			digest("ecr-token-2", 2)
 			clock.Advance(time.Hour)
 			digest("ecr-token-2", 2)
+
+			// ECR refusing a new token (the role lost its permission) costs
+			// nothing while the one in hand lasts, and is asked again on
+			// each lookup; past its expiry, the lookup fails saying why.
+			issuer.refuse()
+			clock.Advance(5 * time.Hour) // token 2: 6.5 of its 12 hours
+			digest("ecr-token-2", 2)
+			digest("ecr-token-2", 2)
+			if n := issuer.deniedCount(); n != 2 {
+				t.Fatalf("%d refused GetAuthorizationToken calls, want 2 (one per lookup)", n)
+			}
+			clock.Advance(6 * time.Hour)
+			_, err = c.Digest(ctx, ref)
+			if err == nil || !strings.Contains(err.Error(), "get an ECR authorization token for "+ecrHost+" (account "+ecrAccount+", region "+ecrRegion+")") ||
+				!strings.Contains(err.Error(), "AccessDeniedException") {
+				t.Fatalf("got %v, want the ECR refusal", err)
+			}
 		})
 	}
+}
+
+// Without AWS credentials an ECR lookup fails naming ECR and the SDK's
+// reason, before anything is sent to ECR or the registry.
+func TestECRWithoutAWSCredentials(t *testing.T) {
+	isolate(t)
+	issuer := &fakeECR{t: t, clock: &fakeClock{t: time.Now()}, tokens: map[string]time.Time{}}
+	api := httptest.NewServer(issuer)
+	t.Cleanup(api.Close)
+	t.Setenv("AWS_ENDPOINT_URL_ECR", api.URL)
+	_, err := New(Config{}).Credentials(context.Background(), ecrHost+"/app:1")
+	if err == nil || !strings.Contains(err.Error(), "get an ECR authorization token for "+ecrHost) || !strings.Contains(err.Error(), "credentials") {
+		t.Fatalf("got %v, want an error about the missing AWS credentials", err)
+	}
+	if n := issuer.callCount() + issuer.deniedCount(); n != 0 {
+		t.Errorf("%d requests reached ECR", n)
+	}
+	t.Log(err)
 }
 
 // A credential helper config.json names that is neither served in-process
