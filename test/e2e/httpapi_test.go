@@ -127,13 +127,16 @@ func waitSpec(t testing.TB, id, digest string, limit time.Duration) time.Time {
 	return time.Now()
 }
 
-// A push webhook deploys at once, with polling an hour away: the median
-// of five, each well under 2 s from the POST to the spec write. Bad
-// signatures and tokens before them are refused and change nothing.
+// A push webhook deploys at once, with polling an hour away: five pushes
+// are five spec writes in Docker's events, each after its POST and before
+// the next one (the latency from POST to write is logged, not asserted: on
+// a loaded machine it says more about the machine). Bad signatures and
+// tokens before them are refused and change nothing.
 func TestWebhookTriggersDeploy(t *testing.T) {
-	const stack, repo = "e2ehook", "e2e/hook"
+	const stack, repo = "e2ewebhook", "e2e/webhook"
+	ev := recordEvents(t)
 	v1 := push(t, repo, "v1")
-	app := createService(t, "e2ehook_app", repo, v1, svcOpts{stack: stack, optIn: true})
+	app := createService(t, "e2ewebhook_app", repo, v1, svcOpts{stack: stack, optIn: true})
 	u := startUpdater(t, stack, httpEnv("UPDATER_SCHEDULE=@every 1h")...)
 	base := u.base(t)
 	waitFor(t, 30*time.Second, "the first cycle", func() bool { return u.cycles() >= 1 })
@@ -188,17 +191,21 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 	// The real thing, five times, alternating a distribution registry's
 	// notification (bearer token) and a GitHub package event (HMAC).
 	var toSpec, toStart, toDone []time.Duration
+	var posts []time.Time
+	var wants []string
 	want := v2
 	for i := range 5 {
 		if i > 0 {
 			want = push(t, repo, "v2")
 		}
+		wants = append(wants, want)
 		hdr, auth, payload := map[string]string(nil), "Bearer "+webhookSecret, distributionPush(repo)
 		if i%2 == 1 {
 			payload = githubPush(env.faulty, repo)
 			hdr, auth = map[string]string{"X-GitHub-Event": "package", "X-Hub-Signature-256": hubSignature(payload, webhookSecret)}, ""
 		}
 		posted := time.Now()
+		posts = append(posts, posted)
 		r := call(t, "POST", base+"/hooks/registry", auth, hdr, payload)
 		if r.status != http.StatusAccepted {
 			t.Fatalf("push %d: %d %s", i, r.status, r.body)
@@ -224,9 +231,16 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 	t.Logf("webhook POST -> deploy started: %v, median %s", round(toStart), med(toStart).Round(time.Millisecond))
 	t.Logf("webhook POST -> spec pinned to the new digest: %v, median %s", round(toSpec), med(toSpec).Round(time.Millisecond))
 	t.Logf("webhook POST -> deploy succeeded (healthy on every task): %v, median %s", round(toDone), med(toDone).Round(time.Millisecond))
-	for i, d := range toSpec {
-		if d >= 2*time.Second {
-			t.Errorf("push %d took %s from the POST to the spec write, want under 2s", i, d)
+	// One image write per push, read from Docker: not one more (a deploy
+	// started twice), none before its POST (polling, not the webhook), and
+	// each before the next POST.
+	writes := ev.wantImageWrites(t, app, wants...)
+	for i, w := range writes {
+		if w.At.Before(posts[i]) {
+			t.Errorf("push %d: Docker saw the write %s before the POST", i, posts[i].Sub(w.At))
+		}
+		if i+1 < len(posts) && !w.At.Before(posts[i+1]) {
+			t.Errorf("push %d: Docker saw the write only after the next POST", i)
 		}
 	}
 	if c := u.cycles(); c != 1 {
