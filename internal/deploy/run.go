@@ -250,7 +250,7 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 // own is the release of t among the releases deployed with it. The hooks
 // come from t's labels, so they run in t's images and are about t's
 // release, wherever t sorts in its group; the first release stands in
-// when t's own could not begin.
+// should t have none (a group goes ahead only when every member's began).
 func own(t Target, rels []Release) Release {
 	for _, r := range rels {
 		if r.ServiceID == t.ID {
@@ -289,13 +289,22 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	for _, pl := range plans {
 		rel, ev, ok := p.begin(ctx, pl.Target, pl.Want)
 		if !ok {
+			// Deploying the others would leave the group half old, half
+			// new, its migration run under this member's old code. Nothing
+			// was touched: the records begun are closed, and the next cycle
+			// tries the whole group again.
 			p.Log.Error("group deploy not started", "service", pl.Target.Name, "err", ev.Reason)
-			continue
+			events := make([]Event, 0, len(rels)+1)
+			if !ev.waiting {
+				events = append(events, ev)
+			}
+			for _, rel := range rels {
+				events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare,
+					Reason: "not deployed: the deploy of " + pl.Target.Name + ", of its group, could not begin: " + ev.Reason}, true))
+			}
+			return events
 		}
 		rels, targets = append(rels, rel), append(targets, pl.Target)
-	}
-	if len(rels) == 0 {
-		return nil
 	}
 	events := make([]Event, 0, len(rels))
 	// Each member is written with the credentials of its own image's
