@@ -336,8 +336,7 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	}
 	// Every spec first, then every rollout: the group spends as little
 	// time as possible half old, half new.
-	var written []int
-	failedWrite := false
+	var written, refused []int
 	for i, rel := range rels {
 		err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds[i])
 		if err != nil && (errors.Is(err, ErrUnavailable) || ctx.Err() != nil) {
@@ -355,7 +354,7 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 		}
 		if err != nil {
 			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error()}, true))
-			failedWrite = true
+			refused = append(refused, i)
 			continue
 		}
 		written = append(written, i)
@@ -372,8 +371,18 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 			failed = rels[i].ServiceName
 		}
 	}
-	if failed == "" && failedWrite {
+	if failed == "" && len(refused) > 0 {
 		failed = "a spec write"
+	}
+	if len(written) > 0 {
+		// The members written are rolled back and remembered as failed;
+		// one whose write was refused is remembered too, or the next cycle
+		// would deploy it alone.
+		for _, i := range refused {
+			if err := p.Ledger.MarkFailed(ctx, rels[i].ServiceID, rels[i].To, "its group failed: its spec write was refused"); err != nil {
+				p.Log.Error("remember failed digest", "service", rels[i].ServiceName, "to_digest", rels[i].To, "err", err)
+			}
+		}
 	}
 	for _, i := range written {
 		ev := outcomes[i]
