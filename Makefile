@@ -6,9 +6,14 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 IMAGE    ?= updater:$(VERSION)
 GO_IMAGE ?= golang:1.26-bookworm
 LDFLAGS  := -s -w -X main.version=$(VERSION)
+# The images' org.opencontainers.image.revision and .created labels. Created
+# is the commit's time, not the clock's: a commit builds to one digest.
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+CREATED  ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+PLATFORMS ?= linux/amd64,linux/arm64,linux/arm/v7
 
 .DEFAULT_GOAL := help
-.PHONY: help demo demo-down build test unit e2e e2e-multinode soak fuzz bench bench-e2e bench-e2e-multinode lint image clean
+.PHONY: help demo demo-down build test unit e2e e2e-multinode soak fuzz bench bench-e2e bench-e2e-multinode lint image image-multiarch clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,7 +72,15 @@ lint: ## gofmt and go vet
 # Without Docker Hub the builder image is made from the local Go toolchain.
 image: ## build the updater image from the Dockerfile
 	@docker image inspect $(GO_IMAGE) >/dev/null 2>&1 || docker pull -q $(GO_IMAGE) 2>/dev/null || scripts/offline-go-image.sh $(GO_IMAGE)
-	docker build -q --build-arg GO_IMAGE=$(GO_IMAGE) --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+	docker build -q --build-arg GO_IMAGE=$(GO_IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$(REVISION) --build-arg CREATED=$(CREATED) -t $(IMAGE) .
+
+# Cross-compiled, no QEMU or buildx, no Docker at all: scripts/multiarch
+# builds each platform's binary and pushes one OCI index, as ko does.
+image-multiarch: ## push the image for PLATFORMS (amd64, arm64, arm/v7) as one index: MULTIARCH_IMAGE=host:port/repo:tag
+	@test -n '$(MULTIARCH_IMAGE)' || { echo 'usage: make image-multiarch MULTIARCH_IMAGE=registry.example.com/updater:$(VERSION) [PLATFORMS=…]'; exit 2; }
+	$(GO) run ./scripts/multiarch -image '$(MULTIARCH_IMAGE)' -platforms '$(PLATFORMS)' -ldflags '$(LDFLAGS)' \
+	  -version '$(VERSION)' -revision '$(REVISION)' -created '$(CREATED)'
 
 clean: ## remove build output
 	rm -rf bin
