@@ -151,7 +151,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DryRun:          cfg.DryRun || cmd == "check",
 		ApprovalTimeout: cfg.ApprovalTimeout,
 	}
-	regCfg := registry.Config{Timeout: cfg.RegistryTimeout}
+	regCfg := registry.Config{Timeout: cfg.RegistryTimeout, Insecure: cfg.InsecureRegistries}
 	var surface *operating
 	if cmd == "run" {
 		// Metrics and the deploy history watch the pipeline they serve.
@@ -200,7 +200,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	log.Info("updater started", "version", version, "schedule", cfg.Schedule, "label", cfg.Label, "stack", cfg.Stack, "dry_run", p.DryRun)
+	log.Info("updater started", "version", version, "schedule", cfg.Schedule, "label", cfg.Label, "stack", cfg.Stack, "dry_run", p.DryRun, "insecure_registries", cfg.InsecureRegistries)
 	// Scheduled backups follow the labels the cycles read.
 	var backups *schedule.Backups
 	if !p.DryRun {
