@@ -52,21 +52,33 @@ func TestIndex(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var out bytes.Buffer
-	err := run(ctx, []string{"-image", ref, "-pkg", "./testdata/standin",
-		"-ldflags", "-s -w -X main.version=1.2.3", "-version", "1.2.3", "-revision", "0123abc",
-		"-created", "2026-01-02T03:04:05Z", "-ca-bundle", ca}, &out)
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, out.String())
+	push := func(ref string) v1.ImageIndex {
+		var out bytes.Buffer
+		err := run(ctx, []string{"-image", ref, "-pkg", "./testdata/standin",
+			"-ldflags", "-s -w -X main.version=1.2.3", "-version", "1.2.3", "-revision", "0123abc",
+			"-created", "2026-01-02T03:04:05Z", "-ca-bundle", ca}, &out)
+		if err != nil {
+			t.Fatalf("run: %v\n%s", err, out.String())
+		}
+		r, err := name.ParseReference(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx, err := remote.Index(r)
+		if err != nil {
+			t.Fatalf("read the index back: %v", err)
+		}
+		return idx
 	}
-
+	idx := push(ref)
+	// One commit, one digest: the second build comes from Go's cache.
+	again, _ := push(ref + "-again").Digest()
+	if first, _ := idx.Digest(); first != again {
+		t.Errorf("the same build twice gave indexes %s and %s", first, again)
+	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
-	}
-	idx, err := remote.Index(r)
-	if err != nil {
-		t.Fatalf("read the index back: %v", err)
 	}
 	im, err := idx.IndexManifest()
 	if err != nil {
