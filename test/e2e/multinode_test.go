@@ -105,10 +105,7 @@ func setupMultiNode(tb testing.TB) *multiNode {
 	// Making the swarm re-initialises the host's, which would pull it from
 	// under another suite (or make demo) running on this dockerd, between
 	// its tests too: wait for those to end.
-	waitFor(tb, 15*time.Minute, "other e2e runs and demos on this machine to end (multinode.sh setup re-initialises the swarm)", func() bool {
-		res, err := env.docker.ServiceList(context.Background(), client.ServiceListOptions{})
-		return err == nil && len(res.Items) == 0 && len(othersOnDocker()) == 0
-	})
+	waitForIdleHost(tb)
 	start := time.Now()
 	run("setup")
 	vars := map[string]string{}
@@ -145,6 +142,43 @@ func setupMultiNode(tb testing.TB) *multiNode {
 	tb.Cleanup(func() { mn.removeHostImages() })
 	tb.Logf("2-node swarm (manager %s, worker %s) and registry ready in %s", mn.manager, mn.workerName, time.Since(start).Round(100*time.Millisecond))
 	return mn
+}
+
+// idleHostWait bounds the wait for the host's swarm to be free. It must end
+// well inside the test binary's -timeout (15m in make e2e-multinode) so a
+// busy host fails with what is in its way, not with the timeout's panic,
+// and leaves the suite itself (several minutes) its time.
+const idleHostWait = 5 * time.Minute
+
+// waitForIdleHost waits until no service runs on the host's swarm and no
+// other e2e run or demo uses it, for idleHostWait or a third of the time
+// the test binary has left, whichever is shorter.
+func waitForIdleHost(tb testing.TB) {
+	tb.Helper()
+	limit := idleHostWait
+	if t, ok := tb.(interface{ Deadline() (time.Time, bool) }); ok {
+		if d, ok := t.Deadline(); ok {
+			limit = min(limit, time.Until(d)/3)
+		}
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		res, err := env.docker.ServiceList(context.Background(), client.ServiceListOptions{})
+		others := othersOnDocker()
+		if err == nil && len(res.Items) == 0 && len(others) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			var names []string
+			for _, svc := range res.Items {
+				names = append(names, svc.Spec.Name)
+			}
+			tb.Fatalf("the host's swarm is still in use after %s: services %q, processes %q (list error: %v); "+
+				"multinode.sh setup re-initialises the swarm, which would remove them: run the multi-node suite when they have ended",
+				limit.Round(time.Second), names, others, err)
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // othersOnDocker lists the other processes of this machine that use the
@@ -742,6 +776,20 @@ func TestMultiNode(t *testing.T) {
 	// finds its own image for the prune job by inspecting its container.
 	t.Run("UpdaterServiceOnManager", func(t *testing.T) {
 		const repo = "e2e/mnplaced"
+		// An old version on both nodes, untagged as a deploy leaves it and
+		// used by nothing: the prune must remove it on each, the manager
+		// included, where the updater itself runs.
+		v0 := mn.pushApp(t, repo, "v1", 0)
+		nodes := map[string]*client.Client{mn.manager: env.docker, mn.workerName: mn.worker}
+		for node, c := range nodes {
+			res, err := c.ImagePull(t.Context(), mn.open+"/"+repo+"@"+v0, client.ImagePullOptions{})
+			if err == nil {
+				err = res.Wait(t.Context())
+			}
+			if err != nil {
+				t.Fatalf("pull v0 on %s: %v", node, err)
+			}
+		}
 		v1 := mn.pushApp(t, repo, "v1", 0)
 		app := mn.createOn(t, mnStack+"_placed", repo, v1, mnService{constraint: "node.role==worker"})
 		name := mn.startUpdaterService(t)
@@ -757,6 +805,16 @@ func TestMultiNode(t *testing.T) {
 		}
 		if l := logs.find("images pruned", "node", mn.workerName); l["image"] != mn.open+"/"+repo {
 			t.Errorf("prune line %v: want it about %s", l, mn.open+"/"+repo)
+		}
+		// What each node's dockerd holds now: the manager kept nothing of
+		// the repository (the app never ran there), the worker the current
+		// version and the previous one (UPDATER_PRUNE_KEEP defaults to 1).
+		for node, want := range map[string][]string{mn.manager: nil, mn.workerName: {v1, v2}} {
+			got := repoDigests(t, nodes[node], mn.open+"/"+repo)
+			sort.Strings(want)
+			if slices.Contains(got, v0) || !slices.Equal(got, want) {
+				t.Errorf("images of %s on %s after the prune: %v, want %v (v0 %s gone)", repo, node, got, want, v0[:19])
+			}
 		}
 	})
 
