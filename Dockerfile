@@ -1,6 +1,6 @@
-# The updater image: a static binary on scratch, 23.5 MB (`make image`,
-# measured with docker image inspect --format '{{.Size}}'): the binary and
-# a 0.2 MB CA bundle. `make image-multiarch` builds the same image for
+# The updater image: a static binary on scratch, 23.6 MB (23,550,575 bytes
+# by docker image inspect --format '{{.Size}}' after `make image` at
+# ea3908e): a 23.3 MB binary and a 0.2 MB CA bundle. `make image-multiarch` builds the same image for
 # linux/amd64, arm64 and arm/v7 (scripts/multiarch; its test keeps the two
 # in step, so change both).
 #
