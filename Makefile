@@ -33,8 +33,11 @@ unit: ## unit tests (no Docker needed)
 	$(GO) test -race -count=1 ./...
 
 # E2E_REQUIRED makes a missing Docker a failure rather than a skip.
-e2e: ## end-to-end tests: real dockerd in swarm mode, real registry
+# The multi-arch image's check is its own run after the suite, so its
+# three cross-compiles don't compete with the suite's timed waits.
+e2e: ## end-to-end tests: real dockerd in swarm mode, real registry; then the multi-arch image pulled by dockerd
 	E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 20m -v -skip MultiNode ./test/e2e/
+	E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 10m -v -run TestRealImage ./scripts/multiarch/
 
 # Its own go test run, after e2e: making the 2-node swarm re-initialises
 # the host's swarm, which removes every service. Needs root (a network
