@@ -161,6 +161,7 @@ func TestRegistryOutage(t *testing.T) {
 func TestKilledMidRollout(t *testing.T) {
 	const stack, repo = "e2ekill", "e2e/kill"
 	row := fault(t, "updater SIGKILLed mid-rollout (spec written, tasks not all on the new version)")
+	ev := recordEvents(t)
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2ekill_app", repo, v1, svcOpts{stack: stack, optIn: true, replicas: 2})
 	// With Slack and Rollbar: the restarted updater must report to the
@@ -210,6 +211,8 @@ func TestKilledMidRollout(t *testing.T) {
 	if n := second.count("deploy started"); n != 0 {
 		t.Fatalf("the restarted updater started the deploy again (%d times)", n)
 	}
+	ev.wantImageWrites(t, app, v2) // nor wrote the spec again
+
 	if n := second.count("deploy succeeded") + second.count("deploy failed"); n != 1 {
 		t.Fatalf("%d outcome events after the restart, want exactly 1", n)
 	}
@@ -219,7 +222,7 @@ func TestKilledMidRollout(t *testing.T) {
 	if n := records(t, app, "deploy-in-flight"); n != 0 {
 		t.Fatalf("%d in-flight records left, want 0", n)
 	}
-	row.set("the restart followed the rollout: one outcome (succeeded, resumed=true), not started again; one Slack message, one Rollbar deploy closed; no record left")
+	row.set("the restart followed the rollout: one outcome (succeeded, resumed=true), not started again (one image write in Docker's events); one Slack message, one Rollbar deploy closed; no record left")
 }
 
 // A service created without a digest (docker service create
@@ -365,23 +368,39 @@ func TestIdleRSSWatching100Services(t *testing.T) {
 func TestTwoUpdatersOneActs(t *testing.T) {
 	const stack, repo = "e2etwo", "e2e/two"
 	row := fault(t, "two updaters on one stack; the acting one SIGKILLed")
+	ev := recordEvents(t)
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2etwo_app", repo, v1, svcOpts{stack: stack, optIn: true})
-	a := startUpdater(t, stack)
+	// Each through a proxy of its own: whose connection wrote the spec is
+	// seen outside both.
+	pa, pb := newDockerProxy(t), newDockerProxy(t)
+	a := startUpdater(t, stack, "DOCKER_HOST="+pa.host)
 	a.waitLog(t, 30*time.Second, 1, "lease taken: this updater acts")
-	b := startUpdater(t, stack)
+	b := startUpdater(t, stack, "DOCKER_HOST="+pb.host)
 	b.waitLog(t, 30*time.Second, 1, "lease held by another updater: standing by")
 
 	v2 := push(t, repo, "v2")
 	a.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v2)
 	after := a.cycles()
 	waitFor(t, 30*time.Second, "2 more cycles", func() bool { return a.cycles() >= after+2 })
+	// By Swarm's account: the lease names a, the push was written once,
+	// and only through a's connection.
+	if h, want := leaseHolder(t, stack), holderOf(t, a); h != want {
+		t.Fatalf("the lease in Swarm names %q, want the acting updater %q", h, want)
+	}
+	ev.wantImageWrites(t, app, v2)
+	if wa, wb := pa.specWrites(app), pb.specWrites(app); wa == 0 || wb != 0 {
+		t.Fatalf("spec writes of the service: %d through the holder's connection, %d through the standby's; want some and none", wa, wb)
+	}
 	if n := b.count("deploy started"); n != 0 {
 		t.Fatalf("the standby updater started %d deploys", n)
 	}
 
 	a.stop(syscall.SIGKILL) // no release: b waits out the lease
 	b.waitLog(t, 30*time.Second, 1, "lease taken: this updater acts")
+	if h, want := leaseHolder(t, stack), holderOf(t, b); h != want {
+		t.Fatalf("after the takeover the lease in Swarm names %q, want %q", h, want)
+	}
 	v3 := push(t, repo, "v3")
 	b.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v3)
 	if !allRunning(t, app, v3) {
@@ -390,5 +409,9 @@ func TestTwoUpdatersOneActs(t *testing.T) {
 	if n := a.count("deploy started") + b.count("deploy started"); n != 2 {
 		t.Fatalf("%d deploys started for two pushes, want 2", n)
 	}
-	row.set("only the lease holder deployed; the standby took over when the lease expired and deployed the next push; 2 deploys for 2 pushes")
+	ev.wantImageWrites(t, app, v2, v3)
+	if pb.specWrites(app) == 0 {
+		t.Fatal("v3 written, but not through the new holder's connection")
+	}
+	row.set("only the lease holder (named in Swarm's lease config) deployed, through its own connection; the standby took over when the lease expired and deployed the next push; 2 image writes in Docker's events for 2 pushes")
 }

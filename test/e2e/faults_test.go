@@ -173,8 +173,10 @@ func TestKilledAtEveryPhase(t *testing.T) {
 	}
 	gateOpen()
 
-	// resumed checks what every phase promises of the restarted updater.
-	resumed := func(t *testing.T, first, second *updater, digest string, kind string) map[string]any {
+	// resumed checks what every phase promises of the restarted updater;
+	// writes are the image writes Docker is to have seen in the subtest:
+	// the deploy's one, and Swarm's rollback if any.
+	resumed := func(t *testing.T, ev *dockerEvents, first, second *updater, digest string, kind string, writes ...string) map[string]any {
 		t.Helper()
 		second.waitLog(t, deployLimit, 1, "deploy "+kind, "to_digest", digest, "resumed", "true")
 		if n := second.count("deploy started"); n != 0 {
@@ -189,10 +191,11 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		if outcomes != 1 {
 			t.Fatalf("%d outcomes reported for the deploy across both updaters, want 1", outcomes)
 		}
-		migrations := first.count("deploy progress", "to_digest", digest, "step", "migrate", "state", "started") +
-			second.count("deploy progress", "to_digest", digest, "step", "migrate", "state", "started")
-		if migrations > 1 {
-			t.Fatalf("the migration to %s ran %d times", digest[:19], migrations)
+		// Not started again, by Docker's account: one spec write of the
+		// digest, one migration job.
+		ev.wantImageWrites(t, app, writes...)
+		if j := ev.jobs(t, "e2ekall_app", "migrate"); len(j) != 1 {
+			t.Fatalf("%d migration jobs created in Docker for %s, want 1: %+v", len(j), digest[:19], j)
 		}
 		if n := records(t, app, "deploy-in-flight"); n != 0 {
 			t.Fatalf("%d in-flight records left", n)
@@ -203,6 +206,7 @@ func TestKilledAtEveryPhase(t *testing.T) {
 
 	t.Run("before the backup", func(t *testing.T) {
 		row := fault(t, "updater SIGKILLed before the backup (journal written, no job yet)")
+		ev := recordEvents(t)
 		proxy := newDockerProxy(t)
 		proxy.holdCreates()
 		first := startUpdater(t, stack, "DOCKER_HOST="+proxy.host)
@@ -215,19 +219,20 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		noJobsLeft(t)
 
 		second := startUpdater(t, stack)
-		ev := resumed(t, first, second, v2, "succeeded")
+		out := resumed(t, ev, first, second, v2, "succeeded", v2)
 		if runs := migrateRuns(t, dbURL, "v2"); runs != 1 {
 			t.Fatalf("v2's migrate ran %d times, want once", runs)
 		}
 		if !allRunning(t, app, v2) {
 			t.Fatal("v2 not running")
 		}
-		row.set("carried on by the restart (backup, migration, update): one outcome (succeeded, resumed=%v); migration ran once (1 run in the database); no job left", ev["resumed"])
+		row.set("carried on by the restart (backup, migration, update): one outcome (succeeded, resumed=%v); one image write and one migration job in Docker's events; migration ran once (1 run in the database); no job left", out["resumed"])
 		second.stop(syscall.SIGTERM)
 	})
 
 	t.Run("during the backup", func(t *testing.T) {
 		row := fault(t, "updater SIGKILLed during the backup (job running)")
+		ev := recordEvents(t)
 		os.Remove(gate)
 		markers, _ := filepath.Glob(filepath.Join(dir, "started-*"))
 		first := startUpdater(t, stack)
@@ -248,7 +253,11 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		// restarted backup can write a dump.
 		second.waitLog(t, 30*time.Second, 1, "resuming deploy left in flight", "to_digest", v3)
 		gateOpen()
-		ev := resumed(t, first, second, v3, "succeeded")
+		out := resumed(t, ev, first, second, v3, "succeeded", v3)
+		// The backup ran again, after the killed run's job was gone.
+		if b := ev.jobs(t, "e2ekall_app", "backup"); len(b) != 2 || b[0].Removed.IsZero() || b[1].Created.Before(b[0].Removed) {
+			t.Fatalf("backup jobs in Docker's events %+v: want the killed run's, removed before the restart's was created", b)
+		}
 		if !allRunning(t, app, v3) {
 			t.Fatal("v3 not running")
 		}
@@ -258,29 +267,35 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		if v := query(t, dbURL, `SELECT max(version)::text FROM schema_migrations`); v != "3" {
 			t.Fatalf("schema at %s, want v3's 3", v)
 		}
-		row.set("the killed run's job removed, the deploy carried on from the backup: one outcome (succeeded, resumed=%v); migration ran once (1 run in the database); no job left", ev["resumed"])
+		row.set("the killed run's job removed, the deploy carried on from the backup: one outcome (succeeded, resumed=%v); one image write and one migration job in Docker's events; migration ran once (1 run in the database); no job left", out["resumed"])
 		second.stop(syscall.SIGTERM)
 	})
 
 	t.Run("during the rollback", func(t *testing.T) {
 		row := fault(t, "updater SIGKILLed during Swarm's rollback of a broken version")
+		ev := recordEvents(t)
 		v3 := specDigest(t, app)
+		// Swarm declares a rollback complete a monitor period after its
+		// last task; the harness's 1 s leaves the kill too short a window
+		// on a busy machine.
+		s := inspect(t, app)
+		s.Spec.RollbackConfig.Monitor = 5 * time.Second
+		if _, err := env.docker.ServiceUpdate(context.Background(), app, client.ServiceUpdateOptions{Version: s.Version, Spec: s.Spec}); err != nil {
+			t.Fatalf("lengthen the rollback's monitor: %v", err)
+		}
 		first := startUpdater(t, stack)
 		bad := push(t, repo, "broken")
 		first.waitLog(t, deployLimit, 1, "deploy started", "to_digest", bad)
-		waitFor(t, deployLimit, "Swarm to start rolling back", func() bool {
-			s := inspect(t, app)
-			return s.UpdateStatus != nil && s.UpdateStatus.State == "rollback_started"
-		})
+		waitFor(t, deployLimit, "Swarm to start rolling back", func() bool { return ev.reached(t, app, "rollback_started") })
 		first.stop(syscall.SIGKILL)
 		if n := first.count("deploy failed") + first.count("deploy succeeded", "to_digest", bad); n != 0 {
 			t.Fatal("the outcome was reported before the kill: too late to test anything")
 		}
 
 		second := startUpdater(t, stack)
-		ev := resumed(t, first, second, bad, "failed")
-		if ev["rolled_back"] != true {
-			t.Fatalf("resumed outcome %v, want rolled_back=true", ev)
+		out := resumed(t, ev, first, second, bad, "failed", bad, v3)
+		if out["rolled_back"] != true {
+			t.Fatalf("resumed outcome %v, want rolled_back=true", out)
 		}
 		waitFor(t, deployLimit, "the service on v3 and healthy", func() bool { return allRunning(t, app, v3) })
 		if n := records(t, app, "failed-digest"); n != 1 {
@@ -294,6 +309,6 @@ func TestKilledAtEveryPhase(t *testing.T) {
 		if b, v := migrateRuns(t, dbURL, "broken"), migrateRuns(t, dbURL, "v3"); b != 1 || v != 1 {
 			t.Fatalf("migrate ran %d times for broken and %d for v3 in all, want 1 and 1", b, v)
 		}
-		row.set("the restart followed the rollback to its end: one outcome (failed, rolled_back=true, resumed=%v); back on the previous version, healthy; digest remembered; no migration rerun (1 run each in the database)", ev["resumed"])
+		row.set("the restart followed the rollback to its end: one outcome (failed, rolled_back=true, resumed=%v); back on the previous version, healthy; digest remembered; Docker's events: the broken write and Swarm's rollback, one migration job; no migration rerun (1 run each in the database)", out["resumed"])
 	})
 }

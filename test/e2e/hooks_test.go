@@ -334,6 +334,7 @@ func removeMigrationRecords() {
 // fails stops the deploy with the database as its transaction left it.
 func TestBackupMigrateThenPromote(t *testing.T) {
 	const stack, repo = "e2ehook", "e2e/hook"
+	seen := recordEvents(t)
 	t.Cleanup(removeMigrationRecords)
 	dbURL := createDB(t, "e2ehook")
 	dir := backupDir(t)
@@ -378,6 +379,18 @@ func TestBackupMigrateThenPromote(t *testing.T) {
 	if want := "[backup:started backup:succeeded migrate:started migrate:succeeded]"; fmt.Sprint(order) != want {
 		t.Fatalf("hook steps %v, want %s", order, want)
 	}
+	// The same order by Docker's clock: the backup job created (and gone)
+	// before the migration job, which was done before the spec write.
+	write := seen.wantImageWrites(t, app, v2)[0]
+	b, m := seen.jobs(t, "e2ehook_app", "backup"), seen.jobs(t, "e2ehook_app", "migrate")
+	if len(b) != 1 || len(m) != 1 || b[0].Removed.IsZero() || m[0].Removed.IsZero() {
+		t.Fatalf("hook jobs in Docker's events: backup %+v, migrate %+v; want one of each, both removed", b, m)
+	}
+	if !b[0].Removed.Before(m[0].Created) || !m[0].Removed.Before(write.At) {
+		t.Fatalf("by Docker's events: backup job %s–%s, migration job %s–%s, spec write %s; want them in that order",
+			b[0].Created.Format(time.StampMicro), b[0].Removed.Format(time.StampMicro),
+			m[0].Created.Format(time.StampMicro), m[0].Removed.Format(time.StampMicro), write.At.Format(time.StampMicro))
+	}
 	if !allRunning(t, app, v2) {
 		t.Fatal("v2 reported but not running")
 	}
@@ -412,6 +425,10 @@ func TestBackupMigrateThenPromote(t *testing.T) {
 	if runs := migrateRuns(t, dbURL, "badmig"); runs != 1 {
 		t.Fatalf("the failing migrate ran %d times, want once", runs)
 	}
+	if m := seen.jobs(t, "e2ehook_app", "migrate"); len(m) != 2 {
+		t.Fatalf("%d migration jobs in Docker's events, want v2's and the failing one's", len(m))
+	}
+	seen.wantImageWrites(t, app, v2) // and no write after the failed one
 	noJobsLeft(t)
 }
 
@@ -474,6 +491,7 @@ func TestBackupFailureAndHookTimeout(t *testing.T) {
 func TestKilledAfterMigration(t *testing.T) {
 	const stack, repo = "e2ekmig", "e2e/kmig"
 	row := fault(t, "updater SIGKILLed after the migration, before the spec write")
+	ev := recordEvents(t)
 	t.Cleanup(removeMigrationRecords)
 	dbURL := createDB(t, "e2ekmig")
 	v1 := push(t, repo, "v1")
@@ -509,11 +527,17 @@ func TestKilledAfterMigration(t *testing.T) {
 	if runs := migrateRuns(t, dbURL, "v2"); runs != 1 {
 		t.Fatalf("v2's migrate ran %d times, want once", runs)
 	}
+	// Not started again, by Docker's account: one spec write, one
+	// migration job (the killed run's).
+	ev.wantImageWrites(t, app, v2)
+	if j := ev.jobs(t, "e2ekmig_app", "migrate"); len(j) != 1 {
+		t.Fatalf("%d migration jobs created in Docker, want the killed run's only: %+v", len(j), j)
+	}
 	if !allRunning(t, app, v2) {
 		t.Fatal("v2 not running after the resumed deploy")
 	}
 	noJobsLeft(t)
-	row.set("carried on by the restart: migration not run again (1 run in the database), one outcome (succeeded, resumed=true); no job left")
+	row.set("carried on by the restart: migration not run again (1 run in the database, 1 migration job in Docker's events), one image write, one outcome (succeeded, resumed=true); no job left")
 }
 
 // 6. A group: one backup, one migration, every member updated.
@@ -549,14 +573,16 @@ func TestGroupDeploysTogether(t *testing.T) {
 }
 
 // dockerProxy passes the Engine API through from a unix socket of its own
-// to dockerd's, and can hold a service's spec writes.
+// to dockerd's, counts the spec writes it passes (so a test can tell whose
+// connection wrote), and can hold a service's spec writes.
 type dockerProxy struct {
 	host    string
 	mu      sync.Mutex
 	service string // its spec writes are held
 	creates bool   // service creations (hook jobs) are held
 	waiting int
-	dropped int // held requests whose client went away
+	dropped int            // held requests whose client went away
+	writes  map[string]int // spec writes passed on, by service ID
 	open    chan struct{}
 }
 
@@ -567,7 +593,7 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &dockerProxy{host: "unix://" + sock, open: make(chan struct{})}
+	p := &dockerProxy{host: "unix://" + sock, open: make(chan struct{}), writes: map[string]int{}}
 	target, _ := url.Parse("http://docker")
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.Transport = &http.Transport{DialContext: dockerDial}
@@ -578,6 +604,7 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 		if held {
 			p.waiting++
 		}
+		write := specWrite.FindStringSubmatch(r.URL.Path)
 		p.mu.Unlock()
 		if held {
 			// Read to the end first: only then does the server watch the
@@ -596,11 +623,25 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 				return
 			}
 		}
+		if write != nil && r.Method == http.MethodPost {
+			p.mu.Lock()
+			p.writes[write[1]]++
+			p.mu.Unlock()
+		}
 		rp.ServeHTTP(w, r)
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	t.Cleanup(func() { p.release(); srv.Close() })
 	return p
+}
+
+var specWrite = regexp.MustCompile(`/services/([^/]+)/update$`)
+
+// specWrites is how many spec writes of the service it passed on.
+func (p *dockerProxy) specWrites(serviceID string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.writes[serviceID]
 }
 
 func (p *dockerProxy) hold(serviceID string) { p.mu.Lock(); p.service = serviceID; p.mu.Unlock() }

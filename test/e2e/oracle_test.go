@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
+
+	updaterswarm "github.com/updater-dev/updater/internal/swarm"
 )
 
 // dockerEvents is Docker's service events from a test's start to its end.
@@ -122,6 +125,20 @@ func (r *dockerEvents) wantImageWrites(t testing.TB, id string, digests ...strin
 	return w
 }
 
+// reached reports whether Swarm's update of the service with ID id has
+// been in state (rollback_started, say) since the recording began. Polling
+// the service's UpdateStatus can miss a state that lasts a second on a
+// busy machine; the event of its change is kept.
+func (r *dockerEvents) reached(t testing.TB, id, state string) bool {
+	t.Helper()
+	for _, m := range r.snapshot(t) {
+		if m.Actor.ID == id && m.Action == events.ActionUpdate && strings.EqualFold(m.Actor.Attributes["updatestate.new"], state) {
+			return true
+		}
+	}
+	return false
+}
+
 // jobRun is one hook job service the updater created, from Docker's events.
 type jobRun struct {
 	ID, Name         string
@@ -154,6 +171,30 @@ func (r *dockerEvents) jobs(t testing.TB, svcName, phase string) []jobRun {
 		}
 	}
 	return out
+}
+
+// leaseHolder is who the stack's lease names in Swarm: the config
+// internal/swarm/lease.go compares-and-sets, read here with no updater in
+// between.
+func leaseHolder(t testing.TB, stack string) string {
+	t.Helper()
+	name := "updater-lease-" + updaterswarm.Scope("updater.enable", stack)
+	res, err := env.docker.ConfigInspect(context.Background(), name, client.ConfigInspectOptions{})
+	if err != nil {
+		t.Fatalf("read the lease %s: %v", name, err)
+	}
+	return res.Config.Spec.Labels["io.updater.holder"]
+}
+
+// holderOf is the name u takes the lease by: cmd/updater's holder(),
+// hostname/pid.
+func holderOf(t testing.TB, u *updater) string {
+	t.Helper()
+	h, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%s/%d", h, u.cmd.Process.Pid)
 }
 
 // dockerDial dials the daemon env.docker talks to (DOCKER_HOST's, or the

@@ -134,6 +134,7 @@ func TestSocketProxyAllowlist(t *testing.T) {
 	allow := readmeEndpoints(t)
 	proxy := newAllowProxy(t, allow)
 	dockerHost := "DOCKER_HOST=tcp://" + proxy.addr
+	ev := recordEvents(t)
 
 	// The proxy does refuse: what the updater must never need.
 	for _, probe := range []struct{ method, path string }{
@@ -200,6 +201,16 @@ func TestSocketProxyAllowlist(t *testing.T) {
 	u.stop(syscall.SIGKILL)
 	second := startUpdater(t, stack, dockerHost)
 	second.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", v4, "resumed", "true")
+	// Resumed, by Docker's account: the spec on v4, every task running it,
+	// and one write of it; before it, each deploy's write and Swarm's
+	// rollback of the broken one, none of the cut writes.
+	if d := specDigest(t, app); d != v4 {
+		t.Fatalf("spec on %s after the resumed deploy, want v4", d)
+	}
+	if !allRunning(t, app, v4) {
+		t.Fatal("v4 reported but not running on every task")
+	}
+	ev.wantImageWrites(t, app, v2, bad, v2, v3, v4)
 	noJobsLeft(t)
 	second.stop(syscall.SIGTERM)
 
