@@ -1,9 +1,11 @@
 package swarm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -32,9 +34,9 @@ import (
 // drops that reference while others remain.
 //
 // Tests set up and read its state through with(), which holds the lock
-// the handlers hold, and inject answers with fail() and cut(), or changes
-// made just before or after the engine answers a call with before() and
-// after().
+// the handlers hold, and inject answers with fail(), cut() and hang(), or
+// changes made just before or after the engine answers a call with
+// before() and after().
 type engine struct {
 	t   *testing.T
 	srv *httptest.Server
@@ -77,7 +79,10 @@ type fault struct {
 	times  int    // how many calls it answers; 0: every one
 	before func() // if set, runs (lock held) and the engine answers as usual
 	after  func() // if set, runs (lock held) once the engine answered
-	spent  bool
+	// hang, if set, leaves the call unanswered, as a frozen dockerd does,
+	// until the client gives up or hang is closed; then it is answered.
+	hang  chan struct{}
+	spent bool
 }
 
 const selfNode = "node-self" // the node the fake engine runs on
@@ -120,7 +125,7 @@ func adapterAt(t *testing.T, host string, cfg Config) *Swarm {
 		cfg.Retries = 3
 	}
 	cfg.Log = slog.New(slog.DiscardHandler)
-	return &Swarm{api: api, cfg: cfg}
+	return &Swarm{api: newDocker(api, cfg.Timeout), cfg: cfg}
 }
 
 // with runs f with the engine's state locked.
@@ -135,6 +140,14 @@ func (e *engine) fail(call string, status int, msg string, times int) {
 }
 
 func (e *engine) cut(call string, times int) { e.fail(call, 0, "", times) }
+
+// hang leaves calls unanswered until the client gives up on them; calling
+// release answers those still waiting, and the rest of the times at once.
+func (e *engine) hang(call string, times int) (release func()) {
+	ch := make(chan struct{})
+	e.with(func() { e.faults = append(e.faults, &fault{call: call, times: times, hang: ch}) })
+	return sync.OnceFunc(func() { close(ch) })
+}
 
 func (e *engine) before(call string, times int, f func()) {
 	e.with(func() { e.faults = append(e.faults, &fault{call: call, times: times, before: f}) })
@@ -240,6 +253,21 @@ func (e *engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			defer f.after() // before the unlock deferred above
 		case f.before != nil:
 			f.before()
+		case f.hang != nil:
+			// Unlocked meanwhile: the engine is frozen for this call only.
+			// The body is read first: the server notices the client giving
+			// up only once it has.
+			hang := f.hang
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			e.mu.Unlock()
+			select {
+			case <-hang:
+				e.mu.Lock()
+			case <-r.Context().Done():
+				e.mu.Lock()
+				return
+			}
 		case f.status == 0:
 			conn, _, err := w.(http.Hijacker).Hijack()
 			if err != nil {
@@ -592,6 +620,8 @@ func (e *engine) answerLogs(w http.ResponseWriter, id string) {
 		binary.BigEndian.PutUint32(hdr[4:], uint32(len(line)))
 		_, _ = w.Write(append(hdr, line...))
 	}
+	// Sent as written, as dockerd streams logs.
+	w.(http.Flusher).Flush()
 }
 
 func (e *engine) answer(w http.ResponseWriter, v any) {

@@ -38,13 +38,15 @@ type Config struct {
 	// Retries bounds re-tries of a spec write that Swarm refused as out of
 	// sequence (the version moved between our read and write).
 	Retries int
+	// Timeout bounds each Docker call; 0: DefaultTimeout.
+	Timeout time.Duration
 	// Log is for what the adapter cleans up on its own; nil: slog.Default.
 	Log *slog.Logger
 }
 
 // Swarm talks to one Docker Engine that is a swarm manager.
 type Swarm struct {
-	api *client.Client
+	api *docker
 	cfg Config
 
 	mu   sync.Mutex
@@ -65,8 +67,12 @@ func New(cfg Config) (*Swarm, error) {
 	if cfg.Retries <= 0 {
 		cfg.Retries = 5
 	}
-	return &Swarm{api: api, cfg: cfg}, nil
+	return &Swarm{api: newDocker(api, cfg.Timeout), cfg: cfg}, nil
 }
+
+// Stuck names the Docker calls that got no answer within their bound
+// since Docker last answered one; empty while Docker answers.
+func (s *Swarm) Stuck() []string { return s.api.stuck() }
 
 func (s *Swarm) log() *slog.Logger {
 	if s.cfg.Log != nil {
