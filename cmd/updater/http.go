@@ -16,9 +16,10 @@ import (
 )
 
 // operating is what `updater run` serves over HTTP besides the pipeline:
-// its metrics and its recent deploys.
+// its metrics, its recent deploys and the Docker calls that hang.
 type operating struct {
 	p       *deploy.Pipeline
+	docker  httpapi.Docker
 	metrics *metrics.Metrics
 	history *httpapi.History
 }
@@ -26,8 +27,8 @@ type operating struct {
 // keptDeploys bounds the in-memory history the API and the page show.
 const keptDeploys = 100
 
-func newOperating(p *deploy.Pipeline) *operating {
-	return &operating{p: p, metrics: metrics.New(p, nil), history: httpapi.NewHistory(keptDeploys)}
+func newOperating(p *deploy.Pipeline, docker httpapi.Docker) *operating {
+	return &operating{p: p, docker: docker, metrics: metrics.New(p, nil), history: httpapi.NewHistory(keptDeploys)}
 }
 
 // start runs the trigger that webhooks and the API ask for work through,
@@ -39,7 +40,7 @@ func (o *operating) start(ctx context.Context, cfg config.Config, log *slog.Logg
 	srv := httpapi.New(httpapi.Config{
 		Addr: cfg.Listen, APIToken: cfg.APIToken, WebhookSecret: cfg.WebhookSecret,
 		ReadyWithin: readyWithin(cfg), Version: version, Log: log,
-		Pipeline: o.p, Requests: trigger, Decisions: trigger, History: o.history,
+		Pipeline: o.p, Docker: o.docker, Requests: trigger, Decisions: trigger, History: o.history,
 		Metrics: o.metrics.Handler(), Webhooks: o.metrics,
 	})
 	addr, err := srv.Start(ctx)

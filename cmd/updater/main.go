@@ -108,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Log: log})
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout, Log: log})
 	if err != nil {
 		log.Error("start", "err", err)
 		return 1
@@ -155,7 +155,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var surface *operating
 	if cmd == "run" {
 		// Metrics and the deploy history watch the pipeline they serve.
-		surface = newOperating(p)
+		surface = newOperating(p, sw)
 		regCfg.Transport = surface.metrics.Transport(remote.DefaultTransport)
 		p.Observer = surface.metrics
 		p.Reporter = notify.Reporters{reporter, surface.metrics, surface.history}

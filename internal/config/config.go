@@ -33,6 +33,7 @@ type Config struct {
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
 	InsecureRegistries  []string      // UPDATER_INSECURE_REGISTRIES: registries (lower-case host:port) also reached over plain HTTP; none by default
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
+	DockerTimeout       time.Duration // UPDATER_DOCKER_TIMEOUT: how long one Docker call may go unanswered
 	LeaseTTL            time.Duration // UPDATER_LEASE_TTL: how long a dead updater's lease blocks another
 	ApprovalTimeout     time.Duration // UPDATER_APPROVAL_TIMEOUT: how long a deploy waits for a person's approval
 
@@ -181,6 +182,10 @@ func settings() []setting {
 			c.WatchInterval, err = parseDuration(v, 100*time.Millisecond, time.Minute, `"1s" or "500ms"`)
 			return err
 		}},
+		{"UPDATER_DOCKER_TIMEOUT", func(c *Config, v string) (err error) {
+			c.DockerTimeout, err = parseDuration(v, 5*time.Second, 10*time.Minute, `"30s" or "2m"`)
+			return err
+		}},
 		{"UPDATER_LEASE_TTL", func(c *Config, v string) (err error) {
 			c.LeaseTTL, err = parseDuration(v, 3*time.Second, 10*time.Minute, `"30s" or "1m"`)
 			return err
@@ -285,6 +290,7 @@ func defaults() Config {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		DockerTimeout:       30 * time.Second,
 		LeaseTTL:            30 * time.Second,
 		ApprovalTimeout:     24 * time.Hour,
 		Listen:              ":8080",

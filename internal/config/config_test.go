@@ -60,6 +60,7 @@ func TestDefaults(t *testing.T) {
 		RegistryConcurrency: 8,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
+		DockerTimeout:       30 * time.Second,
 		LeaseTTL:            30 * time.Second,
 		ApprovalTimeout:     24 * time.Hour,
 		Listen:              ":8080",
@@ -134,6 +135,8 @@ func TestValid(t *testing.T) {
 		{"UPDATER_REGISTRY_CONCURRENCY", "64", func(c Config) bool { return c.RegistryConcurrency == 64 }},
 		{"UPDATER_REGISTRY_TIMEOUT", "1s", func(c Config) bool { return c.RegistryTimeout == time.Second }},
 		{"UPDATER_REGISTRY_TIMEOUT", "10m", func(c Config) bool { return c.RegistryTimeout == 10*time.Minute }},
+		{"UPDATER_DOCKER_TIMEOUT", "5s", func(c Config) bool { return c.DockerTimeout == 5*time.Second }},
+		{"UPDATER_DOCKER_TIMEOUT", "10m", func(c Config) bool { return c.DockerTimeout == 10*time.Minute }},
 		{"UPDATER_WATCH_INTERVAL", "100ms", func(c Config) bool { return c.WatchInterval == 100*time.Millisecond }},
 		{"UPDATER_WATCH_INTERVAL", "1m", func(c Config) bool { return c.WatchInterval == time.Minute }},
 		{"UPDATER_LEASE_TTL", "5s", func(c Config) bool { return c.LeaseTTL == 5*time.Second }},
@@ -191,6 +194,9 @@ func TestInvalid(t *testing.T) {
 		{"UPDATER_REGISTRY_TIMEOUT", "30", "use a Go duration between 1s and 10m"},
 		{"UPDATER_REGISTRY_TIMEOUT", "999ms", "use a Go duration between 1s and 10m"},
 		{"UPDATER_REGISTRY_TIMEOUT", "11m", "use a Go duration between 1s and 10m"},
+		{"UPDATER_DOCKER_TIMEOUT", "30", "use a Go duration between 5s and 10m"},
+		{"UPDATER_DOCKER_TIMEOUT", "4s", "use a Go duration between 5s and 10m"},
+		{"UPDATER_DOCKER_TIMEOUT", "11m", "use a Go duration between 5s and 10m"},
 		{"UPDATER_WATCH_INTERVAL", "fast", "use a Go duration between 100ms and 1m"},
 		{"UPDATER_WATCH_INTERVAL", "99ms", "use a Go duration between 100ms and 1m"},
 		{"UPDATER_WATCH_INTERVAL", "61s", "use a Go duration between 100ms and 1m"},
@@ -368,8 +374,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 31 {
-		t.Errorf("got %d names, want 31: %v", len(names), names)
+	if len(names) != 32 {
+		t.Errorf("got %d names, want 32: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {

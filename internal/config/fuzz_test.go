@@ -132,6 +132,7 @@ func checkBounds(t *testing.T, e env, c Config) {
 		fail("a stack name with whitespace")
 	case !in(c.DeployTimeout, 10*time.Second, 24*time.Hour), !in(c.RegistryTimeout, time.Second, 10*time.Minute),
 		!in(c.WatchInterval, 100*time.Millisecond, time.Minute), !in(c.LeaseTTL, 3*time.Second, 10*time.Minute),
+		!in(c.DockerTimeout, 5*time.Second, 10*time.Minute),
 		!in(c.ApprovalTimeout, time.Minute, 30*24*time.Hour):
 		fail("a duration out of its range")
 	case c.RegistryConcurrency < 1 || c.RegistryConcurrency > 64, c.Prune.Keep < 0 || c.Prune.Keep > 20:
@@ -193,6 +194,7 @@ func render(t *testing.T, c Config) env {
 	put("UPDATER_REGISTRY_TIMEOUT", c.RegistryTimeout != d.RegistryTimeout, c.RegistryTimeout.String())
 	put("UPDATER_INSECURE_REGISTRIES", len(c.InsecureRegistries) > 0, strings.Join(c.InsecureRegistries, ","))
 	put("UPDATER_WATCH_INTERVAL", c.WatchInterval != d.WatchInterval, c.WatchInterval.String())
+	put("UPDATER_DOCKER_TIMEOUT", c.DockerTimeout != d.DockerTimeout, c.DockerTimeout.String())
 	put("UPDATER_LEASE_TTL", c.LeaseTTL != d.LeaseTTL, c.LeaseTTL.String())
 	put("UPDATER_APPROVAL_TIMEOUT", c.ApprovalTimeout != d.ApprovalTimeout, c.ApprovalTimeout.String())
 	put("UPDATER_LISTEN", c.Listen != d.Listen, c.Listen)

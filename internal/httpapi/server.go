@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
@@ -42,6 +43,12 @@ type Decisions interface {
 	Reject(ctx context.Context, id string) (deploy.Approval, error)
 }
 
+// Docker names the Docker calls that got no answer within their bound
+// since Docker last answered one: a hung engine or socket proxy.
+type Docker interface {
+	Stuck() []string
+}
+
 // WebhookCounter counts webhooks by source and result (metrics).
 type WebhookCounter interface {
 	Webhook(source, result string)
@@ -65,8 +72,11 @@ type Config struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	Pipeline  Pipeline
-	Requests  Requests
+	Pipeline Pipeline
+	Requests Requests
+	// Docker, when set, makes /readyz unready while Docker calls hang,
+	// a running deploy or not.
+	Docker    Docker
 	Decisions Decisions
 	History   *History
 	// Metrics serves /metrics; nil leaves it out.
@@ -183,8 +193,9 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
-// readyz is ready when Docker answered the last service list and the last
-// full check is recent, or a cycle or deploy is running now.
+// readyz is ready when no Docker call hangs, Docker answered the last
+// service list and the last full check is recent, or a cycle or deploy is
+// running now.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	ready, why := s.ready()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -195,6 +206,13 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) ready() (bool, string) {
+	// First: a deploy waiting on a hung engine counts as running, and
+	// would otherwise keep the updater ready for as long as it waits.
+	if s.cfg.Docker != nil {
+		if stuck := s.cfg.Docker.Stuck(); len(stuck) > 0 {
+			return false, "not ready: " + strings.Join(stuck, "; ")
+		}
+	}
 	st, now := s.cfg.Pipeline.Status(), s.cfg.Now()
 	switch {
 	case st.ListErr != nil:

@@ -51,6 +51,37 @@ func TestReadyz(t *testing.T) {
 	}
 }
 
+// stuckCalls is a Docker adapter's report of its hung calls.
+type stuckCalls func() []string
+
+func (f stuckCalls) Stuck() []string { return f() }
+
+// A deploy waiting on a hung Docker keeps the pipeline busy, which alone
+// reads as ready: the hung calls make it unready, each named.
+func TestReadyzDockerStuck(t *testing.T) {
+	var stuck []string
+	r := newRig(t, func(c *Config) { c.Docker = stuckCalls(func() []string { return stuck }) })
+	now := r.now
+	r.pipeline.StatusFn = func() deploy.Status { return deploy.Status{Listed: now, Checked: now, Busy: now.Add(-time.Minute)} }
+	if rec := r.do(httptestGet("/readyz")); rec.Code != http.StatusOK {
+		t.Fatalf("no call stuck: %d %q, want ready", rec.Code, rec.Body)
+	}
+	stuck = []string{"docker gave TaskList no answer within 30s (since 2026-03-01T08:59:00Z)", "docker gave ConfigInspect no answer within 30s (since 2026-03-01T08:59:10Z)"}
+	rec := r.do(httptestGet("/readyz"))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("calls stuck: %d %q, want 503", rec.Code, rec.Body)
+	}
+	for _, s := range stuck {
+		if !strings.Contains(rec.Body.String(), s) {
+			t.Errorf("/readyz says %q, not naming %q", rec.Body, s)
+		}
+	}
+	stuck = nil
+	if rec := r.do(httptestGet("/readyz")); rec.Code != http.StatusOK {
+		t.Fatalf("docker answers again: %d %q, want ready", rec.Code, rec.Body)
+	}
+}
+
 // The server is safe to put on a network: every timeout is set, and a
 // client that sends its headers too slowly (slowloris) is cut off.
 func TestServerTimeouts(t *testing.T) {
