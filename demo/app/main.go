@@ -11,13 +11,20 @@
 //	app          serve $LISTEN (default :8080): / prints the version, /health is the probe
 //	app health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
 //	app migrate  bring the database at $DATABASE_URL to this build's schema
+//
+// A LISTEN port of 0 lets the kernel pick one (tests run many tasks on the
+// host's network: a port picked beforehand and freed could be taken by
+// the time the app binds it); the address taken is written to addrFile,
+// where `app health`, run in the same container, finds it.
 package main
 
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +55,13 @@ func main() {
 		case "health":
 			c := http.Client{Timeout: 2 * time.Second}
 			host := listen
+			if strings.HasSuffix(host, ":0") {
+				b, err := os.ReadFile(addrFile())
+				if err != nil {
+					os.Exit(1) // not listening yet
+				}
+				host = string(b)
+			}
 			if strings.HasPrefix(host, ":") {
 				host = "127.0.0.1" + host
 			}
@@ -72,10 +86,26 @@ func main() {
 		fmt.Fprintln(w, "ok")
 	})
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, version) })
-	if err := http.ListenAndServe(listen, nil); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+	l, err := net.Listen("tcp", listen)
+	if err == nil && strings.HasSuffix(listen, ":0") {
+		err = writeAddr(l.Addr().String())
 	}
+	if err == nil {
+		err = http.Serve(l, nil)
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// addrFile is where the app says which address it took for LISTEN=...:0.
+// The test images are FROM scratch: the temporary directory may not exist.
+func addrFile() string { return filepath.Join(os.TempDir(), "app.addr") }
+
+func writeAddr(addr string) error {
+	if err := os.MkdirAll(os.TempDir(), 0o1777); err != nil {
+		return err
+	}
+	return os.WriteFile(addrFile(), []byte(addr), 0o644)
 }
 
 // migrations are applied in order, each in its own transaction, and

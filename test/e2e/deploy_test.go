@@ -321,45 +321,63 @@ func records(t testing.TB, serviceID, kind string) int {
 
 // The updater's resident memory while it watches 100 services, each
 // cycle asking the registry about their tag: the figure for the docs, and
-// a bound so a leak or a bloated dependency shows up here.
+// a bound so a leak or a per-service cost shows up here. The bound is a
+// ratio to the same updater watching a handful, not an absolute figure,
+// which depends on the machine and the Go runtime more than on the code.
 func TestIdleRSSWatching100Services(t *testing.T) {
-	const stack, repo, n = "e2erss", "e2e/rss", 100
+	const stack, repo, few, n = "e2erss", "e2e/rss", 5, 100
+	const maxRatio = 1.5
 	v1 := push(t, repo, "v1")
 	ctx := context.Background()
 	zero := uint64(0)
-	for i := range n {
-		res, err := env.docker.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: swarm.ServiceSpec{
-			Annotations: swarm.Annotations{Name: fmt.Sprintf("e2erss_s%03d", i), Labels: map[string]string{
-				"com.docker.stack.namespace": stack, "updater.enable": "true"}},
-			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: image(repo) + "@" + v1}},
-			// Scaled to zero: watched like any other, no containers to run.
-			Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &zero}},
-		}})
+	create := func(from, to int) {
+		for i := from; i < to; i++ {
+			res, err := env.docker.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: swarm.ServiceSpec{
+				Annotations: swarm.Annotations{Name: fmt.Sprintf("e2erss_s%03d", i), Labels: map[string]string{
+					"com.docker.stack.namespace": stack, "updater.enable": "true"}},
+				TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: image(repo) + "@" + v1}},
+				// Scaled to zero: watched like any other, no containers to run.
+				Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &zero}},
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { removeService(res.ID) })
+		}
+	}
+	// idleRSS runs an updater over the stack for 10 cycles past its first
+	// full one and returns its resident memory in KiB.
+	idleRSS := func(services int) int {
+		u := startUpdater(t, stack)
+		u.waitLog(t, time.Minute, 1, "cycle done", "services", fmt.Sprint(services))
+		after := u.cycles()
+		waitFor(t, time.Minute, "10 more cycles", func() bool { return u.cycles() >= after+10 })
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", u.cmd.Process.Pid))
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { removeService(res.ID) })
-	}
-	u := startUpdater(t, stack)
-	u.waitLog(t, time.Minute, 1, "cycle done", "services", fmt.Sprint(n))
-	after := u.cycles()
-	waitFor(t, time.Minute, "10 more cycles", func() bool { return u.cycles() >= after+10 })
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", u.cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var kb int
-	for _, line := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			fmt.Sscanf(strings.TrimPrefix(line, "VmRSS:"), "%d", &kb)
+		var kb int
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				fmt.Sscanf(strings.TrimPrefix(line, "VmRSS:"), "%d", &kb)
+			}
 		}
+		if kb == 0 {
+			t.Fatalf("no VmRSS in /proc/%d/status", u.cmd.Process.Pid)
+		}
+		if s := u.count("deploy started"); s != 0 {
+			t.Fatalf("%d deploys started with nothing to deploy", s)
+		}
+		t.Logf("idle RSS watching %d services after %d cycles: %.1f MiB", services, u.cycles(), float64(kb)/1024)
+		u.stop(syscall.SIGTERM)
+		return kb
 	}
-	t.Logf("idle RSS watching %d services after %d cycles: %.1f MiB", n, u.cycles(), float64(kb)/1024)
-	if kb == 0 || kb > 30*1024 {
-		t.Fatalf("RSS %d KiB, want (0, 30 MiB]", kb)
-	}
-	if s := u.count("deploy started"); s != 0 {
-		t.Fatalf("%d deploys started with nothing to deploy", s)
+	create(0, few)
+	base := idleRSS(few)
+	create(few, n)
+	kb := idleRSS(n)
+	if r := float64(kb) / float64(base); r > maxRatio {
+		t.Fatalf("RSS watching %d services is %.2f× that watching %d (%d vs %d KiB), want at most %.1f×", n, r, few, kb, base, maxRatio)
 	}
 }
 

@@ -67,23 +67,31 @@ func startPostgres() error {
 	if out, err := exec.Command("chown", "postgres:postgres", dir).CombinedOutput(); err != nil {
 		return fmt.Errorf("chown: %v: %s", err, out)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	pg.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	data := filepath.Join(dir, "data")
 	// initdb refuses to run as root: the cluster belongs to the postgres user.
 	if out, err := asPostgres(pg.bin+"/initdb", "-D", data, "-A", "trust", "-U", "postgres").CombinedOutput(); err != nil {
 		return fmt.Errorf("initdb: %v: %s", err, out)
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, dir)
-	if out, err := asPostgres(pg.bin+"/pg_ctl", "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "start").CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_ctl start: %v: %s", err, out)
+	// PostgreSQL can't be told to pick a port: a free one is picked here,
+	// and picked again if someone took it before the server bound it.
+	for try := 1; ; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		pg.port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		logFile := filepath.Join(dir, fmt.Sprintf("log.%d", try))
+		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, dir)
+		out, err := asPostgres(pg.bin+"/pg_ctl", "-D", data, "-o", opts, "-l", logFile, "-w", "start").CombinedOutput()
+		if err == nil {
+			pg.started = true
+			return nil
+		}
+		if log, _ := os.ReadFile(logFile); try == 3 || !bytes.Contains(log, []byte("could not bind")) {
+			return fmt.Errorf("pg_ctl start: %v: %s\n%s", err, out, log)
+		}
 	}
-	pg.started = true
-	return nil
 }
 
 // stopPostgres stops the cluster this suite started (by its data
@@ -241,12 +249,9 @@ func backupImage(t testing.TB) string {
 // and migrate hooks against dbURL, backups going to dir.
 func hookService(t testing.TB, stack, svcName, repo, digest, dbURL, dir string, extra map[string]string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := l.Addr().String()
-	l.Close()
+	// The app takes a free port itself (demo/app): one picked here and
+	// freed could be taken by the time the task binds it.
+	const listen = "127.0.0.1:0"
 	labels := map[string]string{
 		"updater.backup.image":    backupImage(t),
 		"updater.backup.command":  `sh -c 'exec pg_dump -Fc -f /backup/$UPDATER_DEPLOY_ID.dump "$DATABASE_URL"'`,
@@ -333,14 +338,14 @@ func removeMigrationRecords() {
 // 1 and 2: backup, then migration, then the update; a migration that
 // fails stops the deploy with the database as its transaction left it.
 func TestBackupMigrateThenPromote(t *testing.T) {
-	const stack, repo = "e2ehook", "e2e/hook"
+	const stack, repo = "e2ebmp", "e2e/bmp"
 	seen := recordEvents(t)
 	t.Cleanup(removeMigrationRecords)
-	dbURL := createDB(t, "e2ehook")
+	dbURL := createDB(t, "e2ebmp")
 	dir := backupDir(t)
 	v1 := push(t, repo, "v1")
 	migrateTo(t, "v1", dbURL)
-	app := hookService(t, stack, "e2ehook_app", repo, v1, dbURL, dir, nil)
+	app := hookService(t, stack, "e2ebmp_app", repo, v1, dbURL, dir, nil)
 	u := startUpdater(t, stack)
 	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
 
@@ -352,7 +357,7 @@ func TestBackupMigrateThenPromote(t *testing.T) {
 	if len(files) != 1 {
 		t.Fatalf("%d backup files, want 1: %v", len(files), files)
 	}
-	scratch := createDB(t, "e2ehook_restore")
+	scratch := createDB(t, "e2ebmp_restore")
 	restore := exec.Command(pg.bin+"/pg_restore", "-d", scratch, files[0])
 	if out, err := restore.CombinedOutput(); err != nil {
 		t.Fatalf("pg_restore: %v\n%s", err, out)
@@ -382,7 +387,7 @@ func TestBackupMigrateThenPromote(t *testing.T) {
 	// The same order by Docker's clock: the backup job created (and gone)
 	// before the migration job, which was done before the spec write.
 	write := seen.wantImageWrites(t, app, v2)[0]
-	b, m := seen.jobs(t, "e2ehook_app", "backup"), seen.jobs(t, "e2ehook_app", "migrate")
+	b, m := seen.jobs(t, "e2ebmp_app", "backup"), seen.jobs(t, "e2ebmp_app", "migrate")
 	if len(b) != 1 || len(m) != 1 || b[0].Removed.IsZero() || m[0].Removed.IsZero() {
 		t.Fatalf("hook jobs in Docker's events: backup %+v, migrate %+v; want one of each, both removed", b, m)
 	}
@@ -425,7 +430,7 @@ func TestBackupMigrateThenPromote(t *testing.T) {
 	if runs := migrateRuns(t, dbURL, "badmig"); runs != 1 {
 		t.Fatalf("the failing migrate ran %d times, want once", runs)
 	}
-	if m := seen.jobs(t, "e2ehook_app", "migrate"); len(m) != 2 {
+	if m := seen.jobs(t, "e2ebmp_app", "migrate"); len(m) != 2 {
 		t.Fatalf("%d migration jobs in Docker's events, want v2's and the failing one's", len(m))
 	}
 	seen.wantImageWrites(t, app, v2) // and no write after the failed one
