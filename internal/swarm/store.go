@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/swarm"
@@ -49,6 +52,11 @@ func (s *Swarm) Failed(ctx context.Context) (map[string]map[string]bool, error) 
 	return out, nil
 }
 
+// maxReason bounds the reason a failed-digest record keeps: a hook's log
+// tail or a registry's error page can be long, and every record is read
+// back on every cycle and replicated to every manager.
+const maxReason = 4 << 10
+
 // MarkFailed remembers that digest failed on the service.
 func (s *Swarm) MarkFailed(ctx context.Context, serviceID, digest, reason string) error {
 	name := recordName("failed", serviceID, digest)
@@ -56,7 +64,7 @@ func (s *Swarm) MarkFailed(ctx context.Context, serviceID, digest, reason string
 		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
 			kindLabel: kindFailed, serviceLabel: serviceID, digestLabel: digest,
 		}},
-		Data: []byte(reason + "\n"),
+		Data: []byte(capReason(reason) + "\n"),
 	}})
 	if err != nil && !isConflict(err) {
 		return fmt.Errorf("record failed digest %s: %w", name, err)
@@ -97,7 +105,25 @@ func (s *Swarm) End(ctx context.Context, r deploy.Release) error {
 	return nil
 }
 
+// capReason cuts reason to maxReason bytes, on a character boundary, and
+// says it was cut.
+func capReason(reason string) string {
+	const cut = " … (cut)"
+	if len(reason) <= maxReason {
+		return reason
+	}
+	reason = reason[:maxReason-len(cut)]
+	for !utf8.ValidString(reason) {
+		reason = reason[:len(reason)-1]
+	}
+	return reason + cut
+}
+
 // InFlight returns the deploys this updater's scope begun and not ended.
+// A record that can't be read as a deploy (edited by hand, written by a
+// newer or broken updater) is set aside, not returned and not fatal: one
+// bad record must not stop every other service's deploys. It stays in
+// Swarm for a person to look at; SetAside names it.
 func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 	items, err := s.records(ctx, kindInFlight, "", scopeLabel+"="+s.scope())
 	if err != nil {
@@ -114,14 +140,62 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 			}
 			data = res.Config.Spec.Data
 		}
-		var r deploy.Release
-		if err := json.Unmarshal(data, &r); err != nil {
-			return nil, fmt.Errorf("decode deploy record %s: %w", c.Spec.Name, err)
+		r, err := decodeRelease(data, c.Spec.Labels[serviceLabel])
+		if err != nil {
+			s.setAside(c.Spec.Name, err)
+			continue
 		}
 		r.Recorded = c.CreatedAt
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// decodeRelease reads a deploy record, and refuses one that could not have
+// been written by Begin for the service its label names: resuming it would
+// write whatever image it holds.
+func decodeRelease(data []byte, service string) (deploy.Release, error) {
+	var r deploy.Release
+	if err := json.Unmarshal(data, &r); err != nil {
+		return r, fmt.Errorf("not a deploy record: %w", err)
+	}
+	switch {
+	case r.ID == "":
+		return r, errors.New("the record has no deploy id")
+	case r.ServiceID == "" || r.ServiceID != service:
+		return r, fmt.Errorf("the record is about service %q but labelled for %q", r.ServiceID, service)
+	case !strings.HasPrefix(r.To, "sha256:") || len(r.To) != len("sha256:")+64:
+		return r, fmt.Errorf("the record's digest %q is not sha256:<64 hex>", r.To)
+	}
+	return r, nil
+}
+
+// setAside remembers a deploy record that could not be used, logging it
+// the first time only (it is read again on every cycle).
+func (s *Swarm) setAside(name string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.aside == nil {
+		s.aside = map[string]string{}
+	}
+	if _, seen := s.aside[name]; !seen {
+		s.log().Error("deploy record set aside: it can't be resumed; inspect it with `docker config inspect`, then remove it",
+			"record", name, "err", err)
+	}
+	s.aside[name] = err.Error()
+}
+
+// SetAside names the deploy records InFlight could not use, with why, for
+// a person to look at (the readiness page lists them).
+func (s *Swarm) SetAside() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.aside))
+	for name, why := range s.aside {
+		out = append(out, "deploy record "+name+" set aside: "+why)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (s *Swarm) records(ctx context.Context, kind, serviceID string, labels ...string) ([]swarm.Config, error) {

@@ -1,15 +1,19 @@
 package swarm
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
@@ -210,5 +214,90 @@ func TestPromoted(t *testing.T) {
 	})
 	if got, _ := s.Promoted(ctx, "s1"); !slices.Equal(got, []string{digest2}) {
 		t.Errorf("promoted with two records: %v, want the newer record's", got)
+	}
+}
+
+// One record that can't be used must not stop the others: it is set aside
+// (logged once, named for the readiness page), and the good one resumes.
+func TestInFlightSetsAsideBadRecords(t *testing.T) {
+	e := newEngine(t)
+	var logs bytes.Buffer
+	s := e.client(t, Config{Stack: "shop"})
+	s.cfg.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	ctx := context.Background()
+	good := deploy.Release{ID: "r1", ServiceID: "s1", ServiceName: "shop_web", Ref: appRepo + ":v1", From: digest1, To: digest2}
+	if err := s.Begin(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]string{
+		"updater-deploy-s2-garbage":  `{"id": "r2", "service_id": `,
+		"updater-deploy-s3-noid":     `{"service_id": "s3", "to_digest": "` + digest1 + `"}`,
+		"updater-deploy-s4-other":    `{"id": "r4", "service_id": "s1", "to_digest": "` + digest1 + `"}`,
+		"updater-deploy-s5-nodigest": `{"id": "r5", "service_id": "s5", "to_digest": "latest"}`,
+	}
+	for name, data := range bad {
+		svc := strings.Split(name, "-")[2]
+		if _, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+			Annotations: swarm.Annotations{Name: name, Labels: map[string]string{kindLabel: kindInFlight, serviceLabel: svc, scopeLabel: s.scope()}},
+			Data:        []byte(data),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		got, err := s.InFlight(ctx)
+		if err != nil {
+			t.Fatalf("InFlight with bad records beside a good one: %v, want the good one", err)
+		}
+		if len(got) != 1 || got[0].ID != "r1" {
+			t.Fatalf("in flight %+v, want r1 only", got)
+		}
+	}
+	aside := s.SetAside()
+	if len(aside) != len(bad) {
+		t.Fatalf("set aside %q, want the %d bad records", aside, len(bad))
+	}
+	for name, why := range map[string]string{
+		"updater-deploy-s2-garbage": "not a deploy record", "updater-deploy-s3-noid": "no deploy id",
+		"updater-deploy-s4-other": `about service "s1" but labelled for "s4"`, "updater-deploy-s5-nodigest": `digest "latest"`,
+	} {
+		if !slices.ContainsFunc(aside, func(a string) bool { return strings.Contains(a, name) && strings.Contains(a, why) }) {
+			t.Errorf("set aside %q lacks %s (%s)", aside, name, why)
+		}
+	}
+	for name := range bad {
+		if !slices.ContainsFunc(aside, func(a string) bool { return strings.Contains(a, name) }) {
+			t.Errorf("set aside %q lacks %s", aside, name)
+		}
+		if n := strings.Count(logs.String(), "record="+name); n != 1 {
+			t.Errorf("%s logged %d times over two reads, want once", name, n)
+		}
+		if _, ok := e.config(name); !ok {
+			t.Errorf("%s was removed; it stays for a person to look at", name)
+		}
+	}
+}
+
+// A failed digest's reason is capped: a hook's output can be long, and the
+// record is read on every cycle.
+func TestFailedReasonCapped(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{})
+	long := strings.Repeat("é", 5000) // 10,000 bytes, two per character
+	if err := s.MarkFailed(context.Background(), "s1", digest1, long); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := e.config(recordName("failed", "s1", digest1))
+	if n := len(c.Spec.Data); n > maxReason+1 {
+		t.Errorf("reason kept %d bytes, want at most %d", n, maxReason+1)
+	}
+	if !utf8.Valid(c.Spec.Data) || !strings.HasSuffix(string(c.Spec.Data), "(cut)\n") {
+		t.Errorf("reason %q…: want valid UTF-8 that says it was cut", c.Spec.Data[len(c.Spec.Data)-20:])
+	}
+	if err := s.MarkFailed(context.Background(), "s1", digest2, "short"); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := e.config(recordName("failed", "s1", digest2)); string(c.Spec.Data) != "short\n" {
+		t.Errorf("a short reason became %q", c.Spec.Data)
 	}
 }

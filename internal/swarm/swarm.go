@@ -49,9 +49,10 @@ type Swarm struct {
 	api *docker
 	cfg Config
 
-	mu   sync.Mutex
-	node string          // this node's swarm ID, read once
-	jobs map[string]bool // IDs of the job services this process runs now: Clean leaves them
+	mu    sync.Mutex
+	node  string            // this node's swarm ID, read once
+	jobs  map[string]bool   // IDs of the job services this process runs now: Clean leaves them
+	aside map[string]string // deploy records InFlight could not use, by name: why
 
 	nodes nodeNames // node IDs to hostnames, for reports
 }
