@@ -40,8 +40,11 @@ func TestShippedStack(t *testing.T) {
 		var size int64
 		fmt.Sscan(out, &size)
 		t.Logf("updater image from ./Dockerfile: %.1f MB", float64(size)/1e6)
-		if size > 20e6 {
-			t.Fatalf("updater image is %d bytes, want under 20 MB", size)
+		// 23.6 MB measured: 18 MB before the in-process ECR and Google
+		// keychains (the AWS SDK is 5.3 MB of it). The bound catches a base
+		// image or an unstripped binary, not a library.
+		if size > 26e6 {
+			t.Fatalf("updater image is %d bytes, want under 26 MB", size)
 		}
 	}
 
