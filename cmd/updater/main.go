@@ -108,7 +108,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout, Log: log})
+	self := holder()
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout, Holder: self, Log: log})
 	if err != nil {
 		log.Error("start", "err", err)
 		return 1
@@ -170,7 +171,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	if !p.DryRun {
 		// One updater acts per scope, even when two run by mistake.
-		keeper := &deploy.Keeper{Lease: sw, Holder: holder(), TTL: cfg.LeaseTTL, Log: log}
+		keeper := &deploy.Keeper{Lease: sw, Holder: self, TTL: cfg.LeaseTTL, Log: log}
 		keeper.Acquire(ctx)
 		p.Acting = keeper.Held
 		kctx, stopKeeper := context.WithCancel(ctx)
@@ -205,7 +206,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var backups *schedule.Backups
 	if !p.DryRun {
 		backups = schedule.NewBackups(ctx, log, func(ctx context.Context, t deploy.Target) {
-			if err := p.Backup(ctx, t); err != nil {
+			switch err := p.Backup(ctx, t); {
+			case errors.Is(err, deploy.ErrStandby):
+				log.Debug("scheduled backup skipped: standing by", "service", t.Name) // the holder runs it
+			case err != nil:
 				log.Error("scheduled backup", "service", t.Name, "err", err)
 			}
 		})

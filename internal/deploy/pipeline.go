@@ -108,6 +108,13 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 	if p.Acting != nil && !p.Acting() {
 		return nil, ErrStandby
 	}
+	ctx, unfence := p.fenced(ctx)
+	defer unfence()
+	defer func() {
+		if lost(ctx) {
+			err = ErrStandby
+		}
+	}()
 	full, start := len(pushes) == 0, p.now()
 	p.setBusy(start)
 	deploys := 0
@@ -157,7 +164,7 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		groups[key] = append(groups[key], pl)
 	}
 	for _, key := range order {
-		if ctx.Err() != nil {
+		if !p.confirm(ctx) {
 			break
 		}
 		deploys += len(groups[key])
@@ -196,12 +203,19 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 // DeployService deploys what the named service's tag points to now and
 // waits for the outcome. A person asked for it, so a digest that failed
 // before is tried again.
-func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error) {
+func (p *Pipeline) DeployService(ctx context.Context, name string) (_ Event, err error) {
 	p.running.Lock()
 	defer p.running.Unlock()
 	if p.Acting != nil && !p.Acting() {
 		return Event{}, ErrStandby
 	}
+	ctx, unfence := p.fenced(ctx)
+	defer unfence()
+	defer func() {
+		if lost(ctx) {
+			err = fmt.Errorf("stopped where it was, for the lease holder to resume: %w", ErrStandby)
+		}
+	}()
 	p.setBusy(p.now())
 	defer p.setBusy(time.Time{})
 	if !p.DryRun {
@@ -292,6 +306,9 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 		ev.RolledBack = true
 	case failing, rollingBack:
 		if v == failing {
+			if !p.confirm(ctx) {
+				return Event{Kind: Failed, Release: rel, Phase: PhaseRollback, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}, false
+			}
 			if err := p.Services.Rollback(ctx, rel.ServiceID); err != nil {
 				ev.Phase, ev.Reason = PhaseRollback, ev.Reason+"; roll back: "+err.Error()
 				break

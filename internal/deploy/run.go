@@ -85,6 +85,9 @@ func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed b
 
 // update writes the pinned image and follows the rollout.
 func (p *Pipeline) update(ctx context.Context, t Target, rel Release, creds Credentials, resumed bool) Event {
+	if !p.confirm(ctx) {
+		return Event{Kind: Failed, Release: rel, Phase: PhaseUpdate, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed, waiting: true}
+	}
 	if err := p.Services.Update(ctx, t, Pin(rel.Ref, rel.To), creds); err != nil {
 		if ctx.Err() != nil {
 			// Stopping mid-write: Docker may have applied it. The record
@@ -212,6 +215,9 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 	if t.Hooks.Group != "" {
 		owner = t.Hooks.Group
 	}
+	if !p.confirm(ctx) {
+		return Event{Kind: Failed, Phase: phase, Reason: "updater stopped; the deploy resumes on restart"}, false
+	}
 	p.step(rels, Step{Phase: phase, State: "started"}, resumed)
 	res, err := p.Jobs.Run(ctx, Job{
 		Name:       jobName(owner, phase, rel.ID),
@@ -338,6 +344,9 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	// time as possible half old, half new.
 	var written, refused []int
 	for i, rel := range rels {
+		if !p.confirm(ctx) {
+			return events // the lease is gone: every record stays, each resumed from what its spec says
+		}
 		err := p.Services.Update(ctx, targets[i], Pin(rel.Ref, rel.To), creds[i])
 		if err != nil && (errors.Is(err, ErrUnavailable) || ctx.Err() != nil) {
 			// The write may have landed with its answer lost: the spec says.
@@ -388,6 +397,9 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 		ev := outcomes[i]
 		if failed != "" && ev.Kind == Succeeded {
 			ev = p.unwind(ctx, rels[i], fmt.Sprintf("rolled back with its group: %s failed", failed))
+			if ctx.Err() != nil {
+				return events // stopping, or the lease lost: the rest resume from their records
+			}
 		}
 		events = append(events, p.finish(rels[i], ev, true))
 	}
@@ -400,6 +412,9 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 // would leave the group half old, half new.
 func (p *Pipeline) unwind(ctx context.Context, rel Release, reason string) Event {
 	ev := Event{Kind: Failed, Phase: PhaseRollback, Reason: reason}
+	if !p.confirm(ctx) {
+		return ev // not rolled back, and not for this updater to remember
+	}
 	defer func() {
 		if err := p.Ledger.MarkFailed(ctx, rel.ServiceID, rel.To, reason); err != nil {
 			p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
@@ -444,6 +459,11 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 	if p.Jobs == nil {
 		return fmt.Errorf("service %s has a backup hook but this updater runs no jobs", t.Name)
 	}
+	ctx, unfence := p.fenced(ctx)
+	defer unfence()
+	if !p.confirm(ctx) {
+		return ErrStandby
+	}
 	p.mu.Lock()
 	if p.backingUp == nil {
 		p.backingUp = map[string]bool{}
@@ -467,6 +487,9 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 		return fmt.Errorf("get registry credentials for %s: %w", image, err)
 	}
 	if ev, ok := p.hook(ctx, t, []Release{rel}, PhaseBackup, *t.Hooks.Backup, image, false, creds, false); !ok {
+		if lost(ctx) {
+			return ErrStandby
+		}
 		return errors.New(ev.Reason)
 	}
 	return nil

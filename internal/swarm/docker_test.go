@@ -35,7 +35,7 @@ func TestHungCallFailsAsUnavailable(t *testing.T) {
 			return err
 		}},
 		{"lease", "GET /configs/updater-lease-" + Scope("updater.enable", ""), "ConfigInspect", func(ctx context.Context, s *Swarm) error {
-			_, err := s.Acquire(ctx, "me", time.Minute)
+			_, err := s.ReadLease(ctx)
 			return err
 		}},
 		{"deploy record", "POST /configs/create", "ConfigCreate", func(ctx context.Context, s *Swarm) error {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -78,6 +79,14 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 // startJob creates a job service: the hooks' replicated jobs and the
 // prune's global one. Whoever starts one drops it when done.
 func (s *Swarm) startJob(ctx context.Context, spec swarm.ServiceSpec, auth string) (string, error) {
+	// Whose job it is, on the service and its containers: the scope is
+	// shared by every updater of it, and Clean spares a live holder's.
+	spec.Labels = withHolder(spec.Labels, s.cfg.Holder)
+	if c := spec.TaskTemplate.ContainerSpec; c != nil {
+		cs := *c
+		cs.Labels = withHolder(c.Labels, s.cfg.Holder)
+		spec.TaskTemplate.ContainerSpec = &cs
+	}
 	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: auth})
 	if err != nil {
 		return "", fmt.Errorf("create job %s: %w", spec.Name, err)
@@ -275,21 +284,32 @@ func (s *Swarm) nodeID(ctx context.Context) string {
 	return s.node
 }
 
-// Clean removes every job of this updater's scope but the ones this
-// process runs now (a scheduled backup goes on beside cycles): only one
-// updater acts on a scope, so any other job there was left by a run that
-// died. Other updaters' jobs are theirs.
+// Clean removes the jobs of this updater's scope left by runs that
+// ended, but the ones this process runs now (a scheduled backup goes on
+// beside cycles). The scope is shared by every updater of it, so each job
+// names the holder that started it, and the jobs of the lease's holder,
+// when that is another updater, are its own and stay: only one whose
+// owner's lease is gone, or that this holder's earlier run left, goes.
+// Other scopes' jobs are theirs.
 func (s *Swarm) Clean(ctx context.Context) error {
+	lease, err := s.ReadLease(ctx)
+	if err != nil {
+		return fmt.Errorf("read whose jobs run: %w", err)
+	}
+	live := func(labels map[string]string) bool {
+		return lease.Holder != "" && lease.Holder != s.cfg.Holder && labels[leaseHolderLabel] == lease.Holder
+	}
 	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("label", jobLabel).Add("label", scopeLabel+"="+s.scope())})
 	if err != nil {
 		return fmt.Errorf("list jobs: %w", err)
 	}
 	for _, svc := range res.Items {
-		if s.ours(svc.ID) {
+		if s.ours(svc.ID) || live(svc.Spec.Labels) {
 			continue
 		}
 		s.removeJob(ctx, svc.ID, svc.Spec.Name)
-		s.log().Warn("removed a job left by an earlier run", "service", svc.Spec.Name, "step", svc.Spec.Labels[jobStepLabel])
+		s.log().Warn("removed a job left by an earlier run", "service", svc.Spec.Name, "step", svc.Spec.Labels[jobStepLabel],
+			"holder", svc.Spec.Labels[leaseHolderLabel])
 	}
 	// Containers whose job service is gone (see removeJob), on this node.
 	cs, err := s.api.ContainerList(ctx, client.ContainerListOptions{All: true,
@@ -298,7 +318,7 @@ func (s *Swarm) Clean(ctx context.Context) error {
 		return fmt.Errorf("list job containers: %w", err)
 	}
 	for _, c := range cs.Items {
-		if s.ours(c.Labels["com.docker.swarm.service.id"]) {
+		if s.ours(c.Labels["com.docker.swarm.service.id"]) || live(c.Labels) {
 			continue
 		}
 		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
@@ -308,6 +328,15 @@ func (s *Swarm) Clean(ctx context.Context) error {
 		s.log().Warn("removed a job container left by an earlier run", "container", c.ID, "service", c.Labels["com.docker.swarm.service.name"])
 	}
 	return nil
+}
+
+// withHolder is labels with the holder's name added, a copy: a caller's
+// map may be shared between a service and its containers.
+func withHolder(labels map[string]string, holder string) map[string]string {
+	out := make(map[string]string, len(labels)+1)
+	maps.Copy(out, labels)
+	out[leaseHolderLabel] = holder
+	return out
 }
 
 // Migrated reports whether the migration for key ran for digest.

@@ -40,6 +40,9 @@ type Config struct {
 	Retries int
 	// Timeout bounds each Docker call; 0: DefaultTimeout.
 	Timeout time.Duration
+	// Holder names this updater process in the lease and on the jobs it
+	// starts, whose owner Clean asks the lease about.
+	Holder string
 	// Log is for what the adapter cleans up on its own; nil: slog.Default.
 	Log *slog.Logger
 }
