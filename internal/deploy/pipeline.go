@@ -53,7 +53,8 @@ type Pipeline struct {
 	// Observer, when set, is told how each cycle went (metrics).
 	Observer CycleObserver
 	// Acting, when set, says whether this updater may act now (it holds
-	// the lease, see Keeper); when false, cycles and deploys do nothing.
+	// the lease, see Keeper); when false, cycles and deploys do nothing,
+	// and a run under way stops before its next write (see fenced).
 	Acting func() bool
 	// Pruning removes, after a successful deploy, the images it made
 	// unused on every node; its zero value prunes nothing.
