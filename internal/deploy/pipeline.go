@@ -147,41 +147,58 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		p.checked(p.now())
 	}
 	plans = p.gate(ctx, plans, full)
-	groups := map[string][]Plan{}
-	var order []string
+	for _, g := range releases(plans) {
+		if p.DryRun {
+			p.wouldDeploy(g)
+			continue
+		}
+		if !p.confirm(ctx) {
+			break
+		}
+		deploys += len(g)
+		if strings.HasPrefix(groupKey(g[0].Target), "group:") {
+			p.approved(p.deployGroup(ctx, g)...)
+			continue
+		}
+		ev := p.deploy(ctx, g[0].Target, g[0].Want)
+		p.approved(ev)
+		if ev.waiting {
+			// Docker is gone: the rest would fail the same way.
+			dockerErr = fmt.Errorf("%s: %w", ev.Reason, ErrUnavailable)
+			break
+		}
+	}
+	return plans, nil
+}
+
+// releases splits the plans that deploy into what deploys together, in
+// the order first planned: a service alone, or the members of its group
+// that deploy (a member whose tag did not move, or that is held, stays as
+// it is). A cycle and `updater deploy` both go by it.
+func releases(plans []Plan) [][]Plan {
+	at := map[string]int{}
+	var out [][]Plan
 	for _, pl := range plans {
 		if pl.Action != ActDeploy {
 			continue
 		}
-		if p.DryRun {
-			p.Log.Info("dry run: would deploy", "service", pl.Target.Name, "image", pl.Target.Ref(),
-				"from_digest", pl.Target.Digest(), "to_digest", pl.Want)
-			continue
-		}
 		key := groupKey(pl.Target)
-		if groups[key] == nil {
-			order = append(order, key)
+		i, ok := at[key]
+		if !ok {
+			i, at[key] = len(out), len(out)
+			out = append(out, nil)
 		}
-		groups[key] = append(groups[key], pl)
+		out[i] = append(out[i], pl)
 	}
-	for _, key := range order {
-		if !p.confirm(ctx) {
-			break
-		}
-		deploys += len(groups[key])
-		if g := groups[key]; strings.HasPrefix(key, "group:") {
-			p.approved(p.deployGroup(ctx, g)...)
-		} else {
-			ev := p.deploy(ctx, g[0].Target, g[0].Want)
-			p.approved(ev)
-			if ev.waiting {
-				// Docker is gone: the rest would fail the same way.
-				dockerErr = fmt.Errorf("%s: %w", ev.Reason, ErrUnavailable)
-				break
-			}
-		}
+	return out
+}
+
+// wouldDeploy logs, in a dry run, what a release would deploy.
+func (p *Pipeline) wouldDeploy(g []Plan) {
+	for _, pl := range g {
+		p.Log.Info("dry run: would deploy", "service", pl.Target.Name, "image", pl.Target.Ref(),
+			"from_digest", pl.Target.Digest(), "to_digest", pl.Want)
 	}
-	return plans, nil
 }
 
 // groupKey names what deploys together: the service alone, or its group.
@@ -203,7 +220,26 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 
 // DeployService deploys what the named service's tag points to now and
 // waits for the outcome. A person asked for it, so a digest that failed
-// before is tried again.
+// before is tried again and no approval is waited for.
+//
+// A member of a group (updater.group) deploys with its group, exactly as a
+// cycle would deploy it (deployGroup): one backup, one migration, every
+// member that moves written and judged, all unwound together if one fails.
+// Which members move is the cycle's own rule (decide, then releases): those
+// whose tag points to a new digest; one already up to date stays as it is.
+// The person's request stands for the whole group, so a member's digest
+// that failed before is retried too and no member's approval is awaited.
+// A member's tag that cannot be looked up fails the request before
+// anything starts: deploying the rest would leave the group half old,
+// half new.
+//
+// The Event returned is the named service's own outcome, also when its
+// group deployed with it (the other members' outcomes are reported as
+// usual). When the service is already up to date nothing is deployed, not
+// even members that moved (the next cycle deploys those), and the Event
+// says so. When the deploy stops before the service's outcome (Docker gone
+// mid-write, the updater stopping) the Event is a failure saying that it
+// resumes; nothing was reported for it yet.
 func (p *Pipeline) DeployService(ctx context.Context, name string) (_ Event, err error) {
 	p.running.Lock()
 	defer p.running.Unlock()
@@ -228,29 +264,54 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (_ Event, err
 	if err != nil {
 		return Event{}, fmt.Errorf("list services: %w", err)
 	}
-	for _, t := range targets {
-		if t.Name != name && t.ID != name {
+	i := slices.IndexFunc(targets, func(t Target) bool { return t.Name == name || t.ID == name })
+	if i < 0 {
+		return Event{}, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
+	}
+	t := targets[i]
+	if !Tagged(t.Ref()) {
+		return Event{}, fmt.Errorf("service %s runs %s: pinned to a digest without a tag, so there is no tag to follow", t.Name, t.Image)
+	}
+	// Its group as a cycle would list it; the service's own tag is looked
+	// up first, so its failing is the error given.
+	members := slices.DeleteFunc(slices.Clone(targets), func(m Target) bool { return groupKey(m) != groupKey(t) })
+	digests := map[string]lookup{}
+	for _, m := range append([]Target{t}, members...) {
+		if _, done := digests[m.Ref()]; done || !Tagged(m.Ref()) {
 			continue
 		}
-		if !Tagged(t.Ref()) {
-			return Event{}, fmt.Errorf("service %s runs %s: pinned to a digest without a tag, so there is no tag to follow", t.Name, t.Image)
-		}
-		want, err := p.Registry.Digest(ctx, t.Ref())
+		d, err := p.Registry.Digest(ctx, m.Ref())
 		if err != nil {
-			return Event{}, err
+			if m.ID == t.ID {
+				return Event{}, err
+			}
+			return Event{}, fmt.Errorf("look up %s of %s, in the group %s of %s: nothing deployed: %w", m.Ref(), m.Name, t.Hooks.Group, t.Name, err)
 		}
-		if want == t.Digest() {
-			return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-				Ref: t.Ref(), From: want, To: want}, Reason: "already up to date"}, nil
-		}
-		if p.DryRun {
-			p.Log.Info("dry run: would deploy", "service", t.Name, "image", t.Ref(), "from_digest", t.Digest(), "to_digest", want)
-			return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-				Ref: t.Ref(), From: t.Digest(), To: want}, Reason: "dry run: nothing changed"}, nil
-		}
-		return p.deploy(ctx, t, want), nil
+		digests[m.Ref()] = lookup{digest: d}
 	}
-	return Event{}, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
+	plans := decide(members, digests, nil) // no failed digests: a person asked
+	own := plans[slices.IndexFunc(plans, func(pl Plan) bool { return pl.Target.ID == t.ID })]
+	if own.Action != ActDeploy {
+		return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
+			Ref: t.Ref(), From: own.Want, To: own.Want}, Reason: "already up to date"}, nil
+	}
+	g := releases(plans)[0] // every member shares t's key: one release
+	if p.DryRun {
+		p.wouldDeploy(g)
+		return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
+			Ref: t.Ref(), From: t.Digest(), To: own.Want}, Reason: "dry run: nothing changed"}, nil
+	}
+	if !strings.HasPrefix(groupKey(t), "group:") {
+		return p.deploy(ctx, t, own.Want), nil
+	}
+	for _, ev := range p.deployGroup(ctx, g) {
+		if ev.Release.ServiceID == t.ID {
+			return ev, nil
+		}
+	}
+	return Event{Kind: Failed, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
+		Ref: t.Ref(), From: t.Digest(), To: own.Want}, Phase: PhaseUpdate,
+		Reason: "no outcome yet: Docker did not answer or the updater is stopping; the next cycle carries the group's deploy on"}, nil
 }
 
 // follow watches a started rollout to its end, rolls back what is not
