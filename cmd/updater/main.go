@@ -233,7 +233,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		plans, err := p.Cycle(ctx)
 		switch {
 		case errors.Is(err, deploy.ErrBusy):
-			log.Warn("tick skipped: the previous cycle is still running")
+			// Routine while a deploy runs (one tick a second during a
+			// minutes-long rollout): counted in updater_cycles_total{result="busy"}
+			// by the pipeline's observer, so a debug line is enough.
+			log.Debug("tick skipped: a cycle or deploy is still running")
 		case errors.Is(err, deploy.ErrStandby):
 			log.Debug("cycle skipped: standing by") // the keeper logged the change
 		case err != nil:
