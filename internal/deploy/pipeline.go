@@ -60,10 +60,11 @@ type Pipeline struct {
 	// unused on every node; its zero value prunes nothing.
 	Pruning Pruning
 
-	running   sync.Mutex      // one cycle or deploy at a time, whoever triggers it
-	mu        sync.Mutex      // guards the maps below and seen
-	outages   map[string]int  // consecutive failed cycles, by part and image
-	backingUp map[string]bool // services whose scheduled backup runs
+	running   sync.Mutex            // one cycle or deploy at a time, whoever triggers it
+	mu        sync.Mutex            // guards the maps below and seen
+	outages   map[string]int        // consecutive failed cycles, by part and image
+	backingUp map[string]*backupRun // scheduled backups running, by service ID
+	deploying map[string]int        // deploys running, by service and group key (claim)
 	warned    map[string]bool
 	unclosed  map[string]bool // deploys over whose journal entry would not go
 	prepared  map[string]bool // deploys waiting for Docker whose hooks have run
@@ -530,7 +531,9 @@ func (p *Pipeline) resume(ctx context.Context) error {
 		ownRollback := strings.HasPrefix(r.UpdateState, "rollback_") &&
 			(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(since))
 		if d == rel.To || ownRollback {
+			release := p.claim("service:" + rel.ServiceID)
 			p.follow(ctx, rel, true)
+			release()
 		} else {
 			if targets == nil {
 				if targets, err = p.Lister.List(ctx); err != nil {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 )
 
 // deploy takes one service from its digest to want and reports how it went.
@@ -51,6 +53,10 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 
 // proceed runs a begun deploy: hooks, the spec write, the rollout.
 func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed bool) Event {
+	defer p.claim(deployKeys(t)...)()
+	if err := p.awaitBackups(ctx, t, []Release{rel}); err != nil {
+		return p.fail(ctx, rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error(), Resumed: resumed})
+	}
 	creds, err := p.Registry.Credentials(ctx, rel.Ref)
 	if err != nil {
 		return p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "get registry credentials: " + err.Error(), Resumed: resumed}, true)
@@ -287,6 +293,11 @@ func migrationKey(t Target) string {
 // fails, those already promoted are rolled back too, so the group never
 // runs half old, half new.
 func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
+	var keys []string
+	for _, pl := range plans {
+		keys = append(keys, deployKeys(pl.Target)...)
+	}
+	defer p.claim(keys...)()
 	lead := hookOwner(plans)
 	var (
 		rels    []Release
@@ -331,6 +342,12 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	if err != nil {
 		for _, rel := range rels {
 			events = append(events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error()}, true))
+		}
+		return events
+	}
+	if err := p.awaitBackups(ctx, lead, rels); err != nil {
+		for _, rel := range rels {
+			events = append(events, p.fail(ctx, rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error()}))
 		}
 		return events
 	}
@@ -447,8 +464,18 @@ func hookOwner(plans []Plan) Target {
 
 // Backup runs the service's backup hook on its own, as its schedule
 // says: the same job a deploy runs first, reported as progress of a
-// release with no new digest. A backup still running when the next one is
-// due makes that one skip, not queue.
+// release with no new digest. It runs only while this updater holds the
+// lease (ErrStandby otherwise: the holder's schedule covers it), and never
+// beside a deploy of the service or its group, nor beside its own previous
+// run.
+//
+// A backup due while one of those runs is skipped, not delayed: a WARN
+// line names the service and why, and a "backup skipped" step is reported
+// (the status page's history and Slack show it). Waiting could last as
+// long as the deploy (its rollout and rollback, hooks up to 24 h each),
+// holding a cron job that shutdown waits for; a deploy of the service runs
+// its own backup before it touches anything, when it has one; and the
+// next scheduled run is the next backup.
 func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 	if t.HooksErr != nil {
 		return t.HooksErr
@@ -464,23 +491,15 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 	if !p.confirm(ctx) {
 		return ErrStandby
 	}
-	p.mu.Lock()
-	if p.backingUp == nil {
-		p.backingUp = map[string]bool{}
-	}
-	busy := p.backingUp[t.ID]
-	p.backingUp[t.ID] = true
-	p.mu.Unlock()
-	if busy {
-		p.Log.Warn("scheduled backup skipped: the previous one is still running", "service", t.Name)
+	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), Started: p.now()}
+	done, why := p.startBackup(t)
+	if done == nil {
+		p.Log.Warn("scheduled backup skipped: "+why, "service", t.Name)
+		s := Step{Phase: PhaseBackup, State: "skipped"}
+		p.report(Event{Kind: Progress, Release: rel, Phase: PhaseBackup, Step: &s, Reason: why})
 		return nil
 	}
-	defer func() {
-		p.mu.Lock()
-		delete(p.backingUp, t.ID)
-		p.mu.Unlock()
-	}()
-	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), Started: p.now()}
+	defer done()
 	image, _ := hookImages(t, rel)
 	creds, err := p.Registry.Credentials(ctx, image)
 	if err != nil {
@@ -491,6 +510,110 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 			return ErrStandby
 		}
 		return errors.New(ev.Reason)
+	}
+	return nil
+}
+
+// Scheduled backups and deploys of the same service never run side by
+// side: a dump must not read data a migration is changing, nor race the
+// deploy's own backup. A deploy claims its services and group for as long
+// as it runs; a scheduled backup that finds them claimed is skipped
+// (Backup), and a deploy that finds a scheduled backup already running
+// waits for it before any hook or spec write (awaitBackups).
+
+// backupRun is a scheduled backup in progress.
+type backupRun struct {
+	name    string        // the service's, for the log
+	group   string        // groupKey of the service
+	timeout time.Duration // what bounds its job: updater.hooks.timeout
+	done    chan struct{} // closed when it has ended
+}
+
+// startBackup records a scheduled backup of t as running and returns the
+// func that ends it, or nil and why it must not run now.
+func (p *Pipeline) startBackup(t Target) (done func(), why string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.deploying["service:"+t.ID] > 0:
+		return nil, "a deploy of the service is running"
+	case p.deploying[groupKey(t)] > 0:
+		return nil, "a deploy of its group " + t.Hooks.Group + " is running"
+	case p.backingUp[t.ID] != nil:
+		return nil, "the previous one is still running"
+	}
+	if p.backingUp == nil {
+		p.backingUp = map[string]*backupRun{}
+	}
+	run := &backupRun{name: t.Name, group: groupKey(t), timeout: t.Hooks.Timeout, done: make(chan struct{})}
+	p.backingUp[t.ID] = run
+	return func() {
+		p.mu.Lock()
+		delete(p.backingUp, t.ID)
+		p.mu.Unlock()
+		close(run.done)
+	}, ""
+}
+
+// deployKeys name what a deploy of t claims: the service, and its group.
+func deployKeys(t Target) []string {
+	keys := []string{"service:" + t.ID}
+	if k := groupKey(t); k != keys[0] {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// claim marks keys (deployKeys) as deploying until release is called: no
+// scheduled backup of those services or groups starts meanwhile.
+func (p *Pipeline) claim(keys ...string) (release func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deploying == nil {
+		p.deploying = map[string]int{}
+	}
+	for _, k := range keys {
+		p.deploying[k]++
+	}
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, k := range keys {
+			if p.deploying[k]--; p.deploying[k] <= 0 {
+				delete(p.deploying, k)
+			}
+		}
+	}
+}
+
+// awaitBackups waits, before a deploy runs any hook or writes a spec, for
+// the scheduled backups running now of the services in rels or of t's
+// group. The deploy's claim keeps new ones from starting, so each wait is
+// bounded by that backup's hook timeout, which bounds its job too. It
+// waits rather than fails: the backup ends soon enough, and a deploy that
+// failed for it would be remembered as a bad digest. Past the bound it
+// fails, having run nothing.
+func (p *Pipeline) awaitBackups(ctx context.Context, t Target, rels []Release) error {
+	p.mu.Lock()
+	var runs []*backupRun
+	for id, run := range p.backingUp {
+		if run.group == groupKey(t) || slices.ContainsFunc(rels, func(r Release) bool { return r.ServiceID == id }) {
+			runs = append(runs, run)
+		}
+	}
+	p.mu.Unlock()
+	for _, run := range runs {
+		p.Log.Info("deploy waits for the scheduled backup of a service it deploys", "service", run.name, "deploy_id", rels[0].ID)
+		timer := time.NewTimer(run.timeout)
+		select {
+		case <-run.done:
+			timer.Stop()
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+			return fmt.Errorf("the scheduled backup of %s still runs after %s (its hook timeout); nothing of the deploy ran", run.name, run.timeout)
+		}
 	}
 	return nil
 }

@@ -56,8 +56,10 @@ type backupEntry struct {
 }
 
 // NewBackups starts a scheduler that calls run for each due backup until
-// Stop. run must refuse to overlap a backup of the same service still
-// running (deploy.Pipeline.Backup does).
+// Stop. run must decide whether a due backup may run at all, and return
+// soon when not: deploy.Pipeline.Backup skips one on a standby updater,
+// beside a deploy of the service or its group, or beside its own previous
+// run, so Stop never waits on a deploy.
 func NewBackups(ctx context.Context, log *slog.Logger, run func(context.Context, deploy.Target)) *Backups {
 	l := logger{log}
 	b := &Backups{ctx: ctx, log: log, run: run, entries: map[string]backupEntry{},
