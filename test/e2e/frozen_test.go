@@ -26,17 +26,19 @@ func TestDockerdFrozen(t *testing.T) {
 	n := setupFaultNode(t)
 	o := fault(t, "dockerd frozen (SIGSTOP) during a rollout")
 	const stack, repo = "e2efnfrozen", "e2e/fnfrozen"
-	const bound, leaseTTL = 5 * time.Second, 3 * time.Second // leaseTTL: the harness's UPDATER_LEASE_TTL
-	// README: unready at most UPDATER_DOCKER_TIMEOUT + UPDATER_LEASE_TTL/3
+	// The lease held longer than the bound: a renewal that fails for its
+	// TTL stops the run, which would hide the call failing at its bound.
+	const bound, leaseTTL = 5 * time.Second, 20 * time.Second
+	// README: unready at most UPDATER_DOCKER_TIMEOUT + UPDATER_LEASE_TTL/4
 	// after Docker stops answering; a second for a loaded machine.
-	readyBound := bound + leaseTTL/3 + time.Second
+	readyBound := bound + leaseTTL/4 + time.Second
 
 	v1 := push(t, repo, "v1")
 	app := n.createService(t, stack+"_app", stack, repo, v1, 2)
 	if os.Getenv("DOCKER_HOST") != "" {
 		t.Setenv("DOCKER_HOST", n.host)
 	}
-	u := startUpdater(t, stack, "DOCKER_HOST="+n.host, "UPDATER_DOCKER_TIMEOUT="+bound.String())
+	u := startUpdater(t, stack, "DOCKER_HOST="+n.host, "UPDATER_DOCKER_TIMEOUT="+bound.String(), "UPDATER_LEASE_TTL="+leaseTTL.String())
 	u.waitLog(t, 30*time.Second, 1, "cycle done", "services", "1")
 	base := u.base(t)
 	if r := get(t, base+"/readyz"); r.status != http.StatusOK {
