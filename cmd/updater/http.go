@@ -16,10 +16,12 @@ import (
 )
 
 // operating is what `updater run` serves over HTTP besides the pipeline:
-// its metrics, its recent deploys and the Docker calls that hang.
+// its metrics, its recent deploys, the Docker calls that hang and the
+// records set aside.
 type operating struct {
 	p       *deploy.Pipeline
 	docker  httpapi.Docker
+	records httpapi.Records
 	metrics *metrics.Metrics
 	history *httpapi.History
 }
@@ -27,8 +29,8 @@ type operating struct {
 // keptDeploys bounds the in-memory history the API and the page show.
 const keptDeploys = 100
 
-func newOperating(p *deploy.Pipeline, docker httpapi.Docker) *operating {
-	return &operating{p: p, docker: docker, metrics: metrics.New(p, nil), history: httpapi.NewHistory(keptDeploys)}
+func newOperating(p *deploy.Pipeline, docker httpapi.Docker, records httpapi.Records) *operating {
+	return &operating{p: p, docker: docker, records: records, metrics: metrics.New(p, nil), history: httpapi.NewHistory(keptDeploys)}
 }
 
 // start runs the trigger that webhooks and the API ask for work through,
@@ -40,7 +42,7 @@ func (o *operating) start(ctx context.Context, cfg config.Config, log *slog.Logg
 	srv := httpapi.New(httpapi.Config{
 		Addr: cfg.Listen, APIToken: cfg.APIToken, WebhookSecret: cfg.WebhookSecret,
 		ReadyWithin: readyWithin(cfg), Version: version, Log: log,
-		Pipeline: o.p, Docker: o.docker, Requests: trigger, Decisions: trigger, History: o.history,
+		Pipeline: o.p, Docker: o.docker, Records: o.records, Requests: trigger, Decisions: trigger, History: o.history,
 		Metrics: o.metrics.Handler(), Webhooks: o.metrics,
 	})
 	addr, err := srv.Start(ctx)

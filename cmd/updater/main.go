@@ -156,7 +156,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var surface *operating
 	if cmd == "run" {
 		// Metrics and the deploy history watch the pipeline they serve.
-		surface = newOperating(p, sw)
+		surface = newOperating(p, sw, sw)
 		regCfg.Transport = surface.metrics.Transport(remote.DefaultTransport)
 		p.Observer = surface.metrics
 		p.Reporter = notify.Reporters{reporter, surface.metrics, surface.history}

@@ -49,6 +49,12 @@ type Docker interface {
 	Stuck() []string
 }
 
+// Records names the updater's records it could not use and left for a
+// person (a deploy record that does not decode, say).
+type Records interface {
+	SetAside() []string
+}
+
 // WebhookCounter counts webhooks by source and result (metrics).
 type WebhookCounter interface {
 	Webhook(source, result string)
@@ -76,7 +82,11 @@ type Config struct {
 	Requests Requests
 	// Docker, when set, makes /readyz unready while Docker calls hang,
 	// a running deploy or not.
-	Docker    Docker
+	Docker Docker
+	// Records, when set, has /readyz name the records set aside. They
+	// don't make it unready: every other service deploys as usual, but a
+	// person should look.
+	Records   Records
 	Decisions Decisions
 	History   *History
 	// Metrics serves /metrics; nil leaves it out.
@@ -198,6 +208,11 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 // running now.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	ready, why := s.ready()
+	if s.cfg.Records != nil {
+		if aside := s.cfg.Records.SetAside(); len(aside) > 0 {
+			why += "; for a person to look at: " + strings.Join(aside, "; ")
+		}
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)

@@ -146,3 +146,28 @@ func httptestGet(target string) *http.Request {
 	req.RemoteAddr = "127.0.0.1:1234"
 	return req
 }
+
+// setAside is a store's list of records it could not use.
+type setAside func() []string
+
+func (f setAside) SetAside() []string { return f() }
+
+// A record set aside is named by /readyz for a person, without making the
+// updater unready: the other services deploy as usual.
+func TestReadyzNamesRecordsSetAside(t *testing.T) {
+	var aside []string
+	r := newRig(t, func(c *Config) { c.Records = setAside(func() []string { return aside }) })
+	now := r.now
+	r.pipeline.StatusFn = func() deploy.Status { return deploy.Status{Listed: now, Checked: now} }
+	if rec := r.do(httptestGet("/readyz")); rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != "ready" {
+		t.Fatalf("nothing set aside: %d %q, want plain ready", rec.Code, rec.Body)
+	}
+	aside = []string{"deploy record updater-deploy-s1-r1 set aside: not a deploy record: unexpected end of JSON input"}
+	rec := r.do(httptestGet("/readyz"))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("a record set aside: %d %q, want still ready", rec.Code, rec.Body)
+	}
+	if !strings.Contains(rec.Body.String(), aside[0]) {
+		t.Errorf("/readyz says %q, not naming %q", rec.Body, aside[0])
+	}
+}

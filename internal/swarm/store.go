@@ -179,8 +179,9 @@ func (s *Swarm) setAside(name string, err error) {
 		s.aside = map[string]string{}
 	}
 	if _, seen := s.aside[name]; !seen {
-		s.log().Error("deploy record set aside: it can't be resumed; inspect it with `docker config inspect`, then remove it",
-			"record", name, "err", err)
+		// Not resumed and not removed: a person inspects it (docker config
+		// inspect) and removes it; the README says so.
+		s.log().Error("deploy record set aside", "record", name, "err", err)
 	}
 	s.aside[name] = err.Error()
 }
