@@ -117,6 +117,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer sw.Close()
 
 	var reporter deploy.Reporter = notify.Log{Logger: plain}
+	imageLabels := false // only Slack and Rollbar show an image's labels
 	if cmd != "check" {
 		d, err := notifiers(ctx, cfg, log, sw)
 		if errors.Is(err, slack.ErrRejected) {
@@ -126,6 +127,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if d != nil {
 			// The log first: it is written at once, whatever the notifiers do.
 			reporter = notify.Reporters{reporter, d}
+			imageLabels = true
 			defer flush("notifications", log, d.Close)
 		}
 	}
@@ -145,6 +147,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Jobs:            sw,
 		Migrations:      sw,
 		Reporter:        reporter,
+		ImageLabels:     imageLabels,
 		Log:             log,
 		Timeout:         cfg.DeployTimeout,
 		WatchInterval:   cfg.WatchInterval,

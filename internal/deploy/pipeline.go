@@ -45,6 +45,10 @@ type Pipeline struct {
 	Concurrency int
 	// DryRun plans and logs but changes nothing.
 	DryRun bool
+	// ImageLabels has each deploy read its new image's labels (version,
+	// commit) for the reports that show them (Slack, Rollbar); without
+	// such a report they cost two registry GETs for nothing.
+	ImageLabels bool
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// ApprovalTimeout is how long a deploy held for approval waits for a

@@ -25,11 +25,14 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 	rel = Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
 		Ref: t.Ref(), From: t.Digest(), To: want, Started: p.now()}
 	// Labels only make reports richer: a registry that won't give them is
-	// no reason to hold a deploy back.
-	if labels, err := p.Registry.Labels(ctx, Pin(rel.Ref, want)); err != nil {
-		p.Log.Warn("read image labels", "service", t.Name, "image", rel.Ref, "to_digest", want, "err", err)
-	} else {
-		rel.Labels = labels
+	// no reason to hold a deploy back, and none is asked when no report
+	// shows them (a manifest and a config GET a metering registry counts).
+	if p.ImageLabels {
+		if labels, err := p.Registry.Labels(ctx, Pin(rel.Ref, want)); err != nil {
+			p.Log.Warn("read image labels", "service", t.Name, "image", rel.Ref, "to_digest", want, "err", err)
+		} else {
+			rel.Labels = labels
+		}
 	}
 	// The journal entry comes first: from here on, a crash is found and
 	// carried on or reported on restart rather than forgotten.
