@@ -36,6 +36,7 @@ type Metrics struct {
 	deploys          *prometheus.CounterVec
 	deployDuration   *prometheus.HistogramVec
 	webhooks         *prometheus.CounterVec
+	hookSteps        *prometheus.CounterVec
 }
 
 var (
@@ -88,8 +89,12 @@ func New(src Source, now func() time.Time) *Metrics {
 			Name: "updater_webhooks_total",
 			Help: "Registry webhooks received, by source (dockerhub, github, distribution, unknown) and result (accepted, ignored, unauthorized, bad_request).",
 		}, []string{"source", "result"}),
+		hookSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "updater_hook_steps_total",
+			Help: "Hook steps, of deploys and scheduled backups, by phase (backup, migrate) and state (started, succeeded, failed, skipped: a scheduled backup due during a deploy of its service, or a migration already done).",
+		}, []string{"phase", "state"}),
 	}
-	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.rateLimit, m.rateRemaining, m.deploys, m.deployDuration, m.webhooks,
+	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.rateLimit, m.rateRemaining, m.deploys, m.deployDuration, m.webhooks, m.hookSteps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "updater_last_successful_cycle_age_seconds",
@@ -148,6 +153,9 @@ func (m *Metrics) ObserveCycle(s deploy.CycleStats) {
 func (m *Metrics) Report(e deploy.Event) {
 	var outcome string
 	switch {
+	case e.Kind == deploy.Progress && e.Step != nil && e.Step.Phase != deploy.PhaseRollout:
+		m.hookSteps.WithLabelValues(string(e.Step.Phase), e.Step.State).Inc()
+		return
 	case e.Kind == deploy.Succeeded:
 		outcome = "succeeded"
 	case e.Kind == deploy.Failed && e.RolledBack:

@@ -57,10 +57,11 @@ func TestRegistered(t *testing.T) {
 	m.ObserveCycle(deploy.CycleStats{Full: true})
 	m.Report(deploy.Event{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout})
 	m.Webhook("github", "accepted")
+	m.Report(deploy.Event{Kind: deploy.Progress, Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "started"}})
 	body := scrape(t, m)
 	for _, name := range []string{
 		"updater_cycles_total", "updater_cycle_duration_seconds", "updater_deploys_total",
-		"updater_deploy_duration_seconds", "updater_webhooks_total", "updater_last_successful_cycle_age_seconds",
+		"updater_deploy_duration_seconds", "updater_webhooks_total", "updater_hook_steps_total", "updater_last_successful_cycle_age_seconds",
 		"updater_watched_services", "updater_approvals_pending", "go_goroutines", "process_start_time_seconds",
 	} {
 		if !strings.Contains(body, "# TYPE "+name+" ") {
@@ -80,7 +81,11 @@ func TestCyclesAndDeploys(t *testing.T) {
 	m.ObserveCycle(deploy.CycleStats{Full: false, Duration: time.Second})
 	for _, e := range []deploy.Event{
 		{Kind: deploy.Started},
-		{Kind: deploy.Progress, Phase: deploy.PhaseRollout},
+		{Kind: deploy.Progress, Phase: deploy.PhaseRollout, Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 1, Total: 2}},
+		{Kind: deploy.Progress, Phase: deploy.PhaseBackup, Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "started"}},
+		{Kind: deploy.Progress, Phase: deploy.PhaseBackup, Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "skipped"}},
+		{Kind: deploy.Progress, Phase: deploy.PhaseBackup, Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "skipped"}},
+		{Kind: deploy.Progress, Phase: deploy.PhaseMigrate, Step: &deploy.Step{Phase: deploy.PhaseMigrate, State: "failed"}},
 		{Kind: deploy.Pending},
 		{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout, Duration: 3 * time.Second},
 		{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout, Duration: 5 * time.Second},
@@ -102,7 +107,13 @@ func TestCyclesAndDeploys(t *testing.T) {
 		`updater_deploys_total{outcome="failed",phase="migrate"} 1`,
 		`updater_deploy_duration_seconds_count{outcome="succeeded"} 2`,
 		`updater_deploy_duration_seconds_sum{outcome="succeeded"} 8`,
+		`updater_hook_steps_total{phase="backup",state="started"} 1`,
+		`updater_hook_steps_total{phase="backup",state="skipped"} 2`,
+		`updater_hook_steps_total{phase="migrate",state="failed"} 1`,
 	)
+	if body := scrape(t, m); strings.Contains(body, `updater_hook_steps_total{phase="rollout"`) {
+		t.Error("rollout progress counted as a hook step")
+	}
 }
 
 // The registry client's transport counts each request by method and
