@@ -254,5 +254,8 @@ func TestDeployGivesUpWaitingForScheduledBackup(t *testing.T) {
 	if len(w.ran) != 1 || len(w.updates) != 0 {
 		t.Errorf("jobs %q, updates %+v: want the scheduled backup's job only", w.jobNames(), w.updates)
 	}
+	if len(w.marked) != 0 {
+		t.Errorf("MarkFailed %+v: a slow backup is not the digest's fault, the next cycle tries again", w.marked)
+	}
 	w.journalPaired()
 }

@@ -58,7 +58,13 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed bool) Event {
 	defer p.claim(deployKeys(t)...)()
 	if err := p.awaitBackups(ctx, t, []Release{rel}); err != nil {
-		return p.fail(ctx, rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error(), Resumed: resumed})
+		ev := Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error(), Resumed: resumed}
+		if ctx.Err() != nil {
+			return p.fail(ctx, rel, ev) // stopping: nothing reported, the record resumes
+		}
+		// A slow backup is not the digest's fault: not remembered as
+		// failed, so the next cycle tries again.
+		return p.finish(rel, ev, true)
 	}
 	creds, err := p.Registry.Credentials(ctx, rel.Ref)
 	if err != nil {
@@ -350,7 +356,12 @@ func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
 	}
 	if err := p.awaitBackups(ctx, lead, rels); err != nil {
 		for _, rel := range rels {
-			events = append(events, p.fail(ctx, rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error()}))
+			ev := Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error()}
+			if ctx.Err() != nil {
+				events = append(events, p.fail(ctx, rel, ev)) // stopping: the records resume
+			} else {
+				events = append(events, p.finish(rel, ev, true)) // not the digests' fault: retried next cycle
+			}
 		}
 		return events
 	}
