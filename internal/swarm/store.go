@@ -113,8 +113,15 @@ func capReason(reason string) string {
 		return reason
 	}
 	reason = reason[:maxReason-len(cut)]
-	for !utf8.ValidString(reason) {
-		reason = reason[:len(reason)-1]
+	// Only a character cut in two at the end goes; bytes that were invalid
+	// before the cut stay as they were.
+	for i := len(reason) - 1; i >= 0 && i >= len(reason)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(reason[i]) {
+			if !utf8.FullRuneInString(reason[i:]) {
+				reason = reason[:i]
+			}
+			break
+		}
 	}
 	return reason + cut
 }
@@ -130,6 +137,7 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 		return nil, err
 	}
 	out := make([]deploy.Release, 0, len(items))
+	aside := map[string]string{}
 	for _, c := range items {
 		data := c.Spec.Data
 		if len(data) == 0 {
@@ -142,12 +150,13 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 		}
 		r, err := decodeRelease(data, c.Spec.Labels[serviceLabel])
 		if err != nil {
-			s.setAside(c.Spec.Name, err)
+			aside[c.Spec.Name] = err.Error()
 			continue
 		}
 		r.Recorded = c.CreatedAt
 		out = append(out, r)
 	}
+	s.setAside(aside)
 	return out, nil
 }
 
@@ -170,20 +179,20 @@ func decodeRelease(data []byte, service string) (deploy.Release, error) {
 	return r, nil
 }
 
-// setAside remembers a deploy record that could not be used, logging it
-// the first time only (it is read again on every cycle).
-func (s *Swarm) setAside(name string, err error) {
+// setAside keeps the deploy records the last InFlight could not use,
+// logging each the first time only (they are read on every cycle); one a
+// person removed is no longer named.
+func (s *Swarm) setAside(aside map[string]string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.aside == nil {
-		s.aside = map[string]string{}
+	for name, why := range aside {
+		if _, seen := s.aside[name]; !seen {
+			// Not resumed and not removed: a person inspects it (docker
+			// config inspect) and removes it; the README says so.
+			s.log().Error("deploy record set aside", "record", name, "err", why)
+		}
 	}
-	if _, seen := s.aside[name]; !seen {
-		// Not resumed and not removed: a person inspects it (docker config
-		// inspect) and removes it; the README says so.
-		s.log().Error("deploy record set aside", "record", name, "err", err)
-	}
-	s.aside[name] = err.Error()
+	s.aside = aside
 }
 
 // SetAside names the deploy records InFlight could not use, with why, for

@@ -276,6 +276,16 @@ func TestInFlightSetsAsideBadRecords(t *testing.T) {
 			t.Errorf("%s was removed; it stays for a person to look at", name)
 		}
 	}
+	// A person removes one: it is no longer named.
+	if _, err := s.api.ConfigRemove(ctx, "updater-deploy-s2-garbage", client.ConfigRemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.InFlight(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if aside := s.SetAside(); len(aside) != len(bad)-1 || slices.ContainsFunc(aside, func(a string) bool { return strings.Contains(a, "s2-garbage") }) {
+		t.Errorf("after removing s2-garbage, set aside %q", aside)
+	}
 }
 
 // A failed digest's reason is capped: a hook's output can be long, and the
@@ -293,6 +303,15 @@ func TestFailedReasonCapped(t *testing.T) {
 	}
 	if !utf8.Valid(c.Spec.Data) || !strings.HasSuffix(string(c.Spec.Data), "(cut)\n") {
 		t.Errorf("reason %q…: want valid UTF-8 that says it was cut", c.Spec.Data[len(c.Spec.Data)-20:])
+	}
+	// An invalid byte early in a long reason (a hook's log tail) is kept:
+	// only a character cut in two at the end goes.
+	early := "abc\xffdef" + strings.Repeat("x", 5000)
+	if err := s.MarkFailed(context.Background(), "s2", digest1, early); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := e.config(recordName("failed", "s2", digest1)); len(c.Spec.Data) < maxReason-16 {
+		t.Errorf("a reason with an early invalid byte kept %d bytes, want about %d", len(c.Spec.Data), maxReason)
 	}
 	if err := s.MarkFailed(context.Background(), "s1", digest2, "short"); err != nil {
 		t.Fatal(err)
