@@ -274,6 +274,8 @@ func TestRunLosesLeaseBeforeItsNextWrite(t *testing.T) {
 			// looks in between are an hour apart.
 			w.p.WatchInterval = time.Hour
 			held := leaseFlag(w.world)
+			obs := &observed{}
+			w.p.Observer = obs
 			run, lostOnce := w.jobs.RunFn, false
 			w.jobs.RunFn = func(ctx context.Context, j deploy.Job, creds deploy.Credentials) (deploy.JobResult, error) {
 				res, err := run(ctx, j, creds)
@@ -291,6 +293,10 @@ func TestRunLosesLeaseBeforeItsNextWrite(t *testing.T) {
 			if _, err := w.p.Cycle(ctx); !errors.Is(err, deploy.ErrStandby) {
 				t.Errorf("Cycle = %v, want ErrStandby", err)
 			}
+			if obs.mu.Lock(); len(obs.stats) != 1 || !errors.Is(obs.stats[0].Err, deploy.ErrStandby) {
+				t.Errorf("observed %+v, want the cycle counted as the standby it became, not ok", obs.stats)
+			}
+			obs.mu.Unlock()
 			w.mu.Lock()
 			calls := slices.Clone(w.calls)
 			w.mu.Unlock()

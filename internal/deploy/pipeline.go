@@ -116,15 +116,15 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 	}
 	ctx, unfence := p.fenced(ctx)
 	defer unfence()
-	defer func() {
-		if lost(ctx) {
-			err = ErrStandby
-		}
-	}()
 	full, start := len(pushes) == 0, p.now()
 	p.setBusy(start)
 	deploys := 0
 	defer func() {
+		// Before it is observed: a cycle that lost the lease is counted
+		// as the standby it became, not as ok.
+		if lost(ctx) {
+			err = ErrStandby
+		}
 		p.setBusy(time.Time{})
 		p.observe(CycleStats{Full: full, Started: start, Duration: p.now().Sub(start), Err: err, Deploys: deploys})
 	}()

@@ -105,6 +105,14 @@ func (p *Pipeline) pruneAfter(ctx context.Context, rel Release) {
 	if timeout <= 0 {
 		timeout = DefaultPruneTimeout
 	}
+	// A job that deletes images on every node starts only while this
+	// updater holds the lease, as every other job does.
+	if !p.confirm(ctx) {
+		if ctx.Err() == nil || lost(ctx) {
+			log.Warn("prune skipped: this updater no longer holds the lease")
+		}
+		return
+	}
 	res, err := pr.Nodes.Prune(ctx, PruneJob{
 		Name:    jobName(rel.ServiceName, "prune", rel.ID),
 		Service: rel.ServiceID,
