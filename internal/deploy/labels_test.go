@@ -30,3 +30,4 @@ func TestImageLabelsReadOnlyWhenReported(t *testing.T) {
 		}
 	}
 }
+

@@ -549,6 +549,14 @@ func (p *Pipeline) resume(ctx context.Context) error {
 				p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true)
 				continue
 			}
+			if ref := targets[i].Ref(); rel.Ref != ref {
+				// A record is input: one whose image is not what the
+				// service tracks (edited, or the service retargeted since)
+				// is never written to its spec.
+				p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Resumed: true,
+					Reason: fmt.Sprintf("not resumed: the record's image %s is not the %s the service tracks", rel.Ref, ref)}, true)
+				continue
+			}
 			if ev := p.proceed(ctx, targets[i], rel, true); ev.waiting {
 				// Still in flight: planning now would start a second
 				// deploy of the same service.

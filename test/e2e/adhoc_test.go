@@ -113,6 +113,19 @@ func TestScheduledBackupSkippedDuringDeploy(t *testing.T) {
 		return false
 	})
 
+	// Stopped first, so no backup is still running when the jobs are read:
+	// every job then has its end in Docker's events.
+	if err := u.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	waitFor(t, 30*time.Second, "every hook job's removal in Docker's events", func() bool {
+		for _, j := range append(ev.jobs(t, stack+"_app", "backup"), ev.jobs(t, stack+"_app", "migrate")...) {
+			if j.Removed.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
 	backups, migrations := ev.jobs(t, stack+"_app", "backup"), ev.jobs(t, stack+"_app", "migrate")
 	if len(migrations) != 1 {
 		t.Fatalf("%d migration jobs, want the deploy's one", len(migrations))
@@ -137,8 +150,5 @@ func TestScheduledBackupSkippedDuringDeploy(t *testing.T) {
 	}
 	t.Logf("%d backup jobs, %d skipped while the deploy held its write for %s", len(backups),
 		u.count(skipped, "level", "WARN"), released.Sub(held).Round(100*time.Millisecond))
-	if err := u.stop(syscall.SIGTERM); err != nil {
-		t.Fatalf("exit after SIGTERM: %v", err)
-	}
 	noJobsLeft(t)
 }
