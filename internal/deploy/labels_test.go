@@ -30,4 +30,3 @@ func TestImageLabelsReadOnlyWhenReported(t *testing.T) {
 		}
 	}
 }
-
