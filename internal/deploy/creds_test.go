@@ -92,20 +92,10 @@ func TestScheduledBackupGetsItsImagesCredentials(t *testing.T) {
 // write carrying its own registry's credentials.
 func TestGroupMembersOnTwoRegistries(t *testing.T) {
 	const workerRef = "registry.two:5000/worker:1"
-	otherD := "sha256:" + strings.Repeat("c", 64)
 	w := newHookWorld(t)
 	var asked []string
 	byHost(w, &asked)
-	worker, web := group()
-	worker.Image = deploy.Pin(workerRef, oldD)
-	w.targets = []deploy.Target{worker, web}
-	w.digests[ref] = newD
-	w.digests[workerRef] = otherD
-	w.perService(map[string][]deploy.Rollout{
-		"svc1": {rollout("completed", newD, task(newD, "running"))},
-		"svc2": {{Image: deploy.Pin(workerRef, otherD), UpdateState: "completed", Desired: 1,
-			Tasks: []deploy.Task{{ID: "w1", Image: deploy.Pin(workerRef, otherD), State: "running", Desired: "running"}}}},
-	}, nil)
+	otherD := groupOn(w, workerRef)
 
 	w.cycle(t.Context())
 

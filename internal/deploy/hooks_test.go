@@ -749,10 +749,10 @@ func TestGroupDeploysTogether(t *testing.T) {
 
 // The migration of a group runs in the new image of the service whose
 // labels define it, not in whichever member happens to come first.
-func TestGroupMigrationRunsInHookOwnersImage(t *testing.T) {
-	const workerRef = "127.0.0.1:5000/worker:1"
-	otherD := "sha256:" + strings.Repeat("c", 64)
-	w := newHookWorld(t)
+// groupOn is the group with worker on workerRef: both tags moved (web's to
+// newD, worker's to the digest returned) and both rollouts complete.
+func groupOn(w *hookWorld, workerRef string) (otherD string) {
+	otherD = "sha256:" + strings.Repeat("c", 64)
 	worker, web := group()
 	worker.Image = deploy.Pin(workerRef, oldD)
 	w.targets = []deploy.Target{worker, web}
@@ -763,6 +763,12 @@ func TestGroupMigrationRunsInHookOwnersImage(t *testing.T) {
 		"svc2": {{Image: deploy.Pin(workerRef, otherD), UpdateState: "completed", Desired: 1,
 			Tasks: []deploy.Task{{ID: "w1", Image: deploy.Pin(workerRef, otherD), State: "running", Desired: "running"}}}},
 	}, nil)
+	return otherD
+}
+
+func TestGroupMigrationRunsInHookOwnersImage(t *testing.T) {
+	w := newHookWorld(t)
+	groupOn(w, "127.0.0.1:5000/worker:1")
 
 	w.cycle(t.Context())
 
