@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/robfig/cron/v3"
+
+	"github.com/updater-dev/updater/internal/deploy"
 )
 
 // Config is the whole of updater's configuration. The zero value is not
@@ -30,6 +32,7 @@ type Config struct {
 	LogFormat           string        // UPDATER_LOG_FORMAT: "json" or "text"
 	LogLevel            slog.Level    // UPDATER_LOG_LEVEL
 	RegistryConcurrency int           // UPDATER_REGISTRY_CONCURRENCY: digest lookups in flight at once
+	DeployConcurrency   int           // UPDATER_DEPLOY_CONCURRENCY: deploys (runs) in flight at once; 1 deploys one after another
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
 	InsecureRegistries  []string      // UPDATER_INSECURE_REGISTRIES: registries (lower-case host:port) also reached over plain HTTP; none by default
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
@@ -170,6 +173,10 @@ func settings() []setting {
 			c.RegistryConcurrency, err = parseInt(v, 1, 64, `"8"`)
 			return err
 		}},
+		{"UPDATER_DEPLOY_CONCURRENCY", func(c *Config, v string) (err error) {
+			c.DeployConcurrency, err = parseInt(v, 1, 64, `"4" (1 deploys one after another, in the order planned)`)
+			return err
+		}},
 		{"UPDATER_REGISTRY_TIMEOUT", func(c *Config, v string) (err error) {
 			c.RegistryTimeout, err = parseDuration(v, time.Second, 10*time.Minute, `"30s" or "2m"`)
 			return err
@@ -288,6 +295,7 @@ func defaults() Config {
 		LogFormat:           "json",
 		LogLevel:            slog.LevelInfo,
 		RegistryConcurrency: 8,
+		DeployConcurrency:   deploy.DefaultDeployConcurrency,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
 		DockerTimeout:       30 * time.Second,

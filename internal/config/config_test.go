@@ -58,6 +58,7 @@ func TestDefaults(t *testing.T) {
 		LogFormat:           "json",
 		LogLevel:            slog.LevelInfo,
 		RegistryConcurrency: 8,
+		DeployConcurrency:   4,
 		RegistryTimeout:     30 * time.Second,
 		WatchInterval:       time.Second,
 		DockerTimeout:       30 * time.Second,
@@ -74,7 +75,7 @@ func TestDefaults(t *testing.T) {
 		"empty": {
 			"UPDATER_SCHEDULE": "", "UPDATER_LABEL": "", "UPDATER_STACK": "",
 			"UPDATER_DEPLOY_TIMEOUT": "", "UPDATER_DRY_RUN": "", "UPDATER_LOG_FORMAT": "",
-			"UPDATER_LOG_LEVEL": "", "UPDATER_REGISTRY_CONCURRENCY": "",
+			"UPDATER_LOG_LEVEL": "", "UPDATER_REGISTRY_CONCURRENCY": "", "UPDATER_DEPLOY_CONCURRENCY": "",
 			"UPDATER_REGISTRY_TIMEOUT": "", "UPDATER_WATCH_INTERVAL": "", "UPDATER_INSECURE_REGISTRIES": "",
 			"SLACK_TOKEN": "", "SLACK_TOKEN_FILE": "", "SLACK_CHANNEL": "", "SLACK_WEBHOOK_URL": "",
 			"SLACK_WEBHOOK_URL_FILE": "", "SLACK_API_URL": "", "ROLLBAR_TOKEN": "", "ROLLBAR_TOKEN_FILE": "",
@@ -133,6 +134,9 @@ func TestValid(t *testing.T) {
 		{"UPDATER_LOG_LEVEL", "error", func(c Config) bool { return c.LogLevel == slog.LevelError }},
 		{"UPDATER_REGISTRY_CONCURRENCY", "1", func(c Config) bool { return c.RegistryConcurrency == 1 }},
 		{"UPDATER_REGISTRY_CONCURRENCY", "64", func(c Config) bool { return c.RegistryConcurrency == 64 }},
+		{"UPDATER_DEPLOY_CONCURRENCY", "1", func(c Config) bool { return c.DeployConcurrency == 1 }},
+		{"UPDATER_DEPLOY_CONCURRENCY", " 16 ", func(c Config) bool { return c.DeployConcurrency == 16 }},
+		{"UPDATER_DEPLOY_CONCURRENCY", "64", func(c Config) bool { return c.DeployConcurrency == 64 }},
 		{"UPDATER_REGISTRY_TIMEOUT", "1s", func(c Config) bool { return c.RegistryTimeout == time.Second }},
 		{"UPDATER_REGISTRY_TIMEOUT", "10m", func(c Config) bool { return c.RegistryTimeout == 10*time.Minute }},
 		{"UPDATER_DOCKER_TIMEOUT", "5s", func(c Config) bool { return c.DockerTimeout == 5*time.Second }},
@@ -191,6 +195,11 @@ func TestInvalid(t *testing.T) {
 		{"UPDATER_REGISTRY_CONCURRENCY", "1.5", "use a whole number between 1 and 64"},
 		{"UPDATER_REGISTRY_CONCURRENCY", "0", "use a whole number between 1 and 64"},
 		{"UPDATER_REGISTRY_CONCURRENCY", "65", "use a whole number between 1 and 64"},
+		{"UPDATER_DEPLOY_CONCURRENCY", "four", `not a whole number: use a whole number between 1 and 64, like "4" (1 deploys one after another, in the order planned)`},
+		{"UPDATER_DEPLOY_CONCURRENCY", "2.5", "not a whole number: use a whole number between 1 and 64"},
+		{"UPDATER_DEPLOY_CONCURRENCY", "0", "out of range: use a whole number between 1 and 64"},
+		{"UPDATER_DEPLOY_CONCURRENCY", "-1", "out of range: use a whole number between 1 and 64"},
+		{"UPDATER_DEPLOY_CONCURRENCY", "65", "out of range: use a whole number between 1 and 64"},
 		{"UPDATER_REGISTRY_TIMEOUT", "30", "use a Go duration between 1s and 10m"},
 		{"UPDATER_REGISTRY_TIMEOUT", "999ms", "use a Go duration between 1s and 10m"},
 		{"UPDATER_REGISTRY_TIMEOUT", "11m", "use a Go duration between 1s and 10m"},
@@ -374,8 +383,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 32 {
-		t.Errorf("got %d names, want 32: %v", len(names), names)
+	if len(names) != 33 {
+		t.Errorf("got %d names, want 33: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {

@@ -135,7 +135,8 @@ func checkBounds(t *testing.T, e env, c Config) {
 		!in(c.DockerTimeout, 5*time.Second, 10*time.Minute),
 		!in(c.ApprovalTimeout, time.Minute, 30*24*time.Hour):
 		fail("a duration out of its range")
-	case c.RegistryConcurrency < 1 || c.RegistryConcurrency > 64, c.Prune.Keep < 0 || c.Prune.Keep > 20:
+	case c.RegistryConcurrency < 1 || c.RegistryConcurrency > 64, c.DeployConcurrency < 1 || c.DeployConcurrency > 64,
+		c.Prune.Keep < 0 || c.Prune.Keep > 20:
 		fail("a number out of its range")
 	case c.LogFormat != "json" && c.LogFormat != "text":
 		fail("a log format")
@@ -191,6 +192,7 @@ func render(t *testing.T, c Config) env {
 	put("UPDATER_LOG_FORMAT", c.LogFormat != d.LogFormat, c.LogFormat)
 	put("UPDATER_LOG_LEVEL", c.LogLevel != d.LogLevel, c.LogLevel.String())
 	put("UPDATER_REGISTRY_CONCURRENCY", c.RegistryConcurrency != d.RegistryConcurrency, strconv.Itoa(c.RegistryConcurrency))
+	put("UPDATER_DEPLOY_CONCURRENCY", c.DeployConcurrency != d.DeployConcurrency, strconv.Itoa(c.DeployConcurrency))
 	put("UPDATER_REGISTRY_TIMEOUT", c.RegistryTimeout != d.RegistryTimeout, c.RegistryTimeout.String())
 	put("UPDATER_INSECURE_REGISTRIES", len(c.InsecureRegistries) > 0, strings.Join(c.InsecureRegistries, ","))
 	put("UPDATER_WATCH_INTERVAL", c.WatchInterval != d.WatchInterval, c.WatchInterval.String())
