@@ -4,14 +4,62 @@ package schedule
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/robfig/cron/v3"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
+
+// Parse reads spec as Run and Backups schedule it: five cron fields or a
+// descriptor ("@hourly", "@every 90s"), optionally after "CRON_TZ=Zone "
+// or "TZ=Zone ". It is the one reading of a schedule (UPDATER_SCHEDULE,
+// updater.backup.schedule, the scheduler itself), and refuses what
+// robfig/cron v3.0.1 would run other than as written, or not at all:
+// an @every below 1s or with a fraction of a second (robfig runs it every
+// second, or cut to whole seconds), and a date that never comes
+// ("0 0 30 2 *": no run, without a word). robfig panics on a time zone
+// with no schedule after it; a schedule is user input, so that is an
+// error too.
+func Parse(spec string) (_ cron.Schedule, err error) {
+	rest := spec
+	if strings.HasPrefix(rest, "TZ=") || strings.HasPrefix(rest, "CRON_TZ=") {
+		// The zone ends at the first space, as robfig reads it.
+		var ok bool
+		if _, rest, ok = strings.Cut(rest, " "); !ok {
+			return nil, errors.New("time zone without a schedule")
+		}
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("not a schedule (%v)", p)
+		}
+	}()
+	sched, err := cron.ParseStandard(spec)
+	if err != nil {
+		return nil, fmt.Errorf("not a schedule (%w)", err)
+	}
+	if d, ok := strings.CutPrefix(strings.TrimSpace(rest), "@every "); ok {
+		every, err := time.ParseDuration(d)
+		switch {
+		case err != nil: // unreachable after ParseStandard, but cheap to keep honest
+			return nil, fmt.Errorf("not a schedule (%w)", err)
+		case every < time.Second:
+			return nil, errors.New(`interval below 1s: the scheduler runs at most once a second; use "@every 1s" or longer`)
+		case every%time.Second != 0:
+			return nil, errors.New(`interval is not a whole number of seconds: the scheduler truncates to seconds; use a value like "@every 90s"`)
+		}
+	}
+	if sched.Next(time.Now()).IsZero() {
+		return nil, errors.New("no date matches: the schedule would never run")
+	}
+	return sched, nil
+}
 
 // Run calls cycle on every tick of spec until ctx ends, then waits for a
 // running cycle to return. cycle must itself refuse to overlap with
@@ -20,10 +68,12 @@ import (
 // a log line instead of a dead daemon.
 func Run(ctx context.Context, spec string, log *slog.Logger, cycle func(context.Context)) error {
 	l := logger{log}
-	c := cron.New(cron.WithLogger(l), cron.WithChain(cron.Recover(l)))
-	if _, err := c.AddFunc(spec, func() { cycle(ctx) }); err != nil {
+	sched, err := Parse(spec)
+	if err != nil {
 		return fmt.Errorf("schedule %q: %w", spec, err)
 	}
+	c := cron.New(cron.WithLogger(l), cron.WithChain(cron.Recover(l)))
+	c.Schedule(sched, cron.FuncJob(func() { cycle(ctx) }))
 	c.Start()
 	<-ctx.Done()
 	<-c.Stop().Done()
@@ -85,11 +135,12 @@ func (b *Backups) Sync(targets []deploy.Target) {
 		} else if ok {
 			b.cron.Remove(e.id)
 		}
-		id, err := b.cron.AddFunc(t.Hooks.BackupSchedule, func() { b.run(b.ctx, t) })
+		sched, err := Parse(t.Hooks.BackupSchedule)
 		if err != nil {
 			b.log.Error("schedule backups", "service", t.Name, "err", err)
 			continue
 		}
+		id := b.cron.Schedule(sched, cron.FuncJob(func() { b.run(b.ctx, t) }))
 		b.entries[t.ID] = backupEntry{fingerprint: fp, id: id}
 		b.log.Info("backups scheduled", "service", t.Name, "schedule", t.Hooks.BackupSchedule)
 	}

@@ -100,3 +100,40 @@ func TestBackupsFollowLabels(t *testing.T) {
 		t.Fatalf("entries %v / cron %d after the schedule was removed, want none", b.entries, len(b.cron.Entries()))
 	}
 }
+
+// Parse takes what robfig/cron runs as written, and refuses, with why,
+// what it would run otherwise, never, or by panicking.
+func TestParse(t *testing.T) {
+	for _, spec := range []string{"*/5 * * * *", "0 3 * * mon-fri", "@hourly", "@every 1s", "@every 1h30m",
+		"CRON_TZ=UTC 0 3 * * *", "TZ=UTC @every 10s", "0 3 29 2 *"} {
+		if _, err := Parse(spec); err != nil {
+			t.Errorf("Parse(%q): %v", spec, err)
+		}
+	}
+	for spec, want := range map[string]string{
+		"* * * *":                            "not a schedule",
+		"0 * * * * *":                        "not a schedule", // seconds are not a field here
+		"@hourlyy":                           "not a schedule",
+		"@every 1 minute":                    "not a schedule",
+		"CRON_TZ=Nowhere/Atlantis 0 * * * *": "not a schedule",
+		"TZ=UTC":                             "time zone without a schedule",
+		"CRON_TZ=Europe/Berlin":              "time zone without a schedule",
+		"@every 500ms":                       `"@every 1s" or longer`,
+		"@every -1m":                         `"@every 1s" or longer`,
+		"TZ=UTC @every 500ms":                `"@every 1s" or longer`,
+		"TZ=UTC @every 1.5s":                 "whole number of seconds",
+		"0 0 30 2 *":                         "never run",
+	} {
+		if _, err := Parse(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error saying %q", spec, err, want)
+		}
+	}
+}
+
+// Run refuses a schedule Parse refuses, at once.
+func TestRunRefusesBadSchedule(t *testing.T) {
+	err := Run(t.Context(), "@every 500ms", slog.New(slog.DiscardHandler), func(context.Context) { t.Error("a cycle ran") })
+	if err == nil || !strings.Contains(err.Error(), "1s") {
+		t.Errorf("Run with @every 500ms: %v, want it refused", err)
+	}
+}

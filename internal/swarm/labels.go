@@ -12,9 +12,9 @@ import (
 	"unicode"
 
 	"github.com/kballard/go-shellquote"
-	"github.com/robfig/cron/v3"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/schedule"
 )
 
 // The labels that configure a service's hooks. Read here because they are
@@ -114,8 +114,8 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	if h.BackupSchedule != "" {
 		if h.Backup == nil {
 			bad(labelBackupSchedule, "has no effect without "+labelBackupCommand+": set the command too")
-		} else if !validCron(h.BackupSchedule) {
-			bad(labelBackupSchedule, `use a 5-field cron expression like "0 * * * *" or a descriptor like "@hourly" or "@every 6h" (whole seconds, at least 1s)`)
+		} else if _, err := schedule.Parse(h.BackupSchedule); err != nil {
+			bad(labelBackupSchedule, err.Error()+`: use a 5-field cron expression like "0 * * * *" or a descriptor like "@hourly" or "@every 6h" (whole seconds, at least 1s)`)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -211,36 +211,6 @@ func parseMounts(v string) ([]deploy.Mount, error) {
 		out = append(out, m)
 	}
 	return out, nil
-}
-
-// validCron parses spec like the scheduler will, and refuses what it
-// would run other than as written. robfig/cron v3.0.1 panics on a time
-// zone with no schedule after it ("TZ=UTC"), and a label is user input:
-// that is a bad value, not a crash.
-func validCron(spec string) (ok bool) {
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	sched, err := cron.ParseStandard(spec)
-	if err != nil {
-		return false
-	}
-	// robfig runs an @every below 1s, a negative one too, every second,
-	// and cuts a fraction of a second off: a schedule other than the one
-	// written. The time zone prefix ends at the first space, as robfig reads it.
-	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
-		_, spec, _ = strings.Cut(spec, " ")
-	}
-	if d, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every "); ok {
-		every, err := time.ParseDuration(d)
-		if err != nil || every < time.Second || every%time.Second != 0 {
-			return false
-		}
-	}
-	// A date that never comes ("0 0 30 2 *") would mean no backups, without a word.
-	return !sched.Next(time.Now()).IsZero()
 }
 
 // cleanAbs says whether p is an absolute path as path.Clean writes it,

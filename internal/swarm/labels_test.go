@@ -11,6 +11,7 @@ import (
 	"unicode"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/schedule"
 )
 
 const optIn = "updater.enable"
@@ -602,7 +603,7 @@ func checkHooks(t *testing.T, labels map[string]string, h deploy.Hooks) {
 	if h.Group != "" && !nameRE.MatchString(h.Group) {
 		fail("the group %q", h.Group)
 	}
-	if h.BackupSchedule != "" && (h.Backup == nil || !validCron(h.BackupSchedule)) {
+	if h.BackupSchedule != "" && (h.Backup == nil || !validSchedule(h.BackupSchedule)) {
 		fail("the backup schedule %q", h.BackupSchedule)
 	}
 	for _, c := range []struct {
@@ -700,4 +701,9 @@ func FuzzParseMounts(f *testing.F) {
 		checkHooks(t, map[string]string{labelBackupCommand: "x", labelBackupMounts: v},
 			deploy.Hooks{Timeout: defaultHookTimeout, Backup: &deploy.Hook{Command: []string{"x"}, Mounts: ms}})
 	})
+}
+
+func validSchedule(spec string) bool {
+	_, err := schedule.Parse(spec)
+	return err == nil
 }
