@@ -9,7 +9,7 @@
 #   netns $FN_NS   loopback only; the Go test serves its registry inside it
 #                  at the same 127.0.0.1:PORT as on the host, so one image
 #                  reference names one registry for both dockerds.
-#   dockerd        /usr/sbin/dockerd --data-root $FN_DATA --exec-root $FN_EXEC
+#   dockerd        $FN_DOCKERD (/usr/sbin/dockerd) --data-root $FN_DATA --exec-root $FN_EXEC
 #                  -H unix://$FN_SOCK, in its own mount and UTS namespaces
 #                  (its mounts never reach the host's), swarm init on 127.0.0.1.
 #
@@ -27,6 +27,7 @@
 set -euo pipefail
 
 FN_NS="${FN_NS:-updfault}"
+FN_DOCKERD="${FN_DOCKERD:-/usr/sbin/dockerd}" # engine.sh runs a newer engine's, its containerd first on the PATH
 FN_DATA="/var/lib/docker-$FN_NS"
 FN_EXEC="/var/run/docker-$FN_NS"
 FN_SOCK="/var/run/docker-$FN_NS.sock"
@@ -104,7 +105,7 @@ launch() {
     enter=(nsenter --net="$NSPATH" unshare --uts --mount --propagation private --)
   fi
   (cd / && exec setsid "${enter[@]}" /bin/sh -c 'hostname "$0" && exec "$@"' "$FN_NS" \
-    /usr/sbin/dockerd --config-file "$FN_WORK/daemon.json" \
+    "$FN_DOCKERD" --config-file "$FN_WORK/daemon.json" \
     --data-root "$FN_DATA" --exec-root "$FN_EXEC" --pidfile "$FN_PIDFILE" -H "$FN_HOST" \
     >>"$FN_WORK/dockerd.log" 2>&1 </dev/null 9>&-) &
   echo $! >"$FN_WORK/dockerd.pid"
@@ -156,7 +157,7 @@ cmd_setup() {
   for c in ip nsenter unshare flock docker; do
     command -v "$c" >/dev/null || die "$c not found (Debian: apt-get install iproute2 util-linux docker.io)"
   done
-  [[ -x /usr/sbin/dockerd ]] || die "/usr/sbin/dockerd missing"
+  [[ -x "$FN_DOCKERD" ]] || die "$FN_DOCKERD missing"
   take_lock
   setup_netns
   start_dockerd

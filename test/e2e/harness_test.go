@@ -75,6 +75,8 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	env.docker = docker
+	// The engine column of the engine matrix (test/e2e/matrix.sh) reads this line.
+	log.Printf("e2e: docker engine %s (API %s)", info.Info.ServerVersion, docker.ClientVersion())
 
 	dir, err := os.MkdirTemp("", "updater-e2e-")
 	if err != nil {
@@ -93,6 +95,12 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	defer stopRegistry()
+	stopNetns, err := serveEngineNetns() // an engine in a namespace of its own (engine.sh)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	defer stopNetns()
 	code := m.Run()
 	printFaultTable(os.Stdout)
 	if !scanSecrets(os.Stdout) {
