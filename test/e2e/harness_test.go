@@ -266,6 +266,13 @@ func push(t testing.TB, repo, version string) string {
 // pushLabelled is push with extra image labels (OCI annotations, say).
 func pushLabelled(t testing.TB, repo, version string, extra map[string]string) string {
 	t.Helper()
+	return pushImage(t, repo, appImage(t, version, extra))
+}
+
+// appImage is the FROM-scratch image of the test app at version (a new
+// digest every call), with extra labels.
+func appImage(t testing.TB, version string, extra map[string]string) v1.Image {
+	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	bin := env.apps[version]
@@ -282,7 +289,7 @@ func pushLabelled(t testing.TB, repo, version string, extra map[string]string) s
 	for k, v := range extra {
 		labels[k] = v
 	}
-	return pushLayer(t, repo, buf.Bytes(), v1.Config{
+	return layerImage(t, buf.Bytes(), v1.Config{
 		Entrypoint: []string{"/app"},
 		Labels:     labels,
 		Healthcheck: &v1.HealthConfig{
@@ -295,6 +302,11 @@ func pushLabelled(t testing.TB, repo, version string, extra map[string]string) s
 // repo:latest through the fault-free address and returns its digest.
 func pushLayer(t testing.TB, repo string, layerTar []byte, cfg v1.Config) string {
 	t.Helper()
+	return pushImage(t, repo, layerImage(t, layerTar, cfg))
+}
+
+func layerImage(t testing.TB, layerTar []byte, cfg v1.Config) v1.Image {
+	t.Helper()
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerTar)), nil })
 	if err != nil {
 		t.Fatal(err)
@@ -306,6 +318,11 @@ func pushLayer(t testing.TB, repo string, layerTar []byte, cfg v1.Config) string
 	if img, err = mutate.Config(img, cfg); err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+func pushImage(t testing.TB, repo string, img v1.Image) string {
+	t.Helper()
 	ref, err := name.ParseReference(env.direct + "/" + repo + ":latest")
 	if err != nil {
 		t.Fatal(err)
