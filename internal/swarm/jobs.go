@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,8 +23,6 @@ import (
 const (
 	jobLabel     = "io.updater.job" // on job services: the ID of the service the job serves
 	jobStepLabel = "io.updater.step"
-	kindMigrated = "migrated"
-	keyLabel     = "io.updater.key"
 
 	logTailLines = 20
 )
@@ -337,53 +333,6 @@ func withHolder(labels map[string]string, holder string) map[string]string {
 	maps.Copy(out, labels)
 	out[leaseHolderLabel] = holder
 	return out
-}
-
-// Migrated reports whether the migration for key ran for digest.
-func (s *Swarm) Migrated(ctx context.Context, key, digest string) (bool, error) {
-	f := make(client.Filters).Add("label", kindLabel+"="+kindMigrated).Add("label", keyLabel+"="+hashKey(key)).Add("label", digestLabel+"="+digest)
-	res, err := s.api.ConfigList(ctx, client.ConfigListOptions{Filters: f})
-	if err != nil {
-		return false, fmt.Errorf("list migration records: %w", err)
-	}
-	return len(res.Items) > 0, nil
-}
-
-// MarkMigrated records that the migration for key ran for digest.
-func (s *Swarm) MarkMigrated(ctx context.Context, key, digest string) error {
-	h := hashKey(key)
-	name := recordName("migrated", h, digest)
-	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-			kindLabel: kindMigrated, keyLabel: h, digestLabel: digest,
-		}},
-		Data: []byte(key + " " + digest + "\n"),
-	}})
-	if err != nil && !isConflict(err) {
-		return fmt.Errorf("record migration %s: %w", name, err)
-	}
-	// Only the newest record per key matters: a tag moving back to an old
-	// digest runs that version's migrations again, which they must bear.
-	items, err := s.api.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).
-		Add("label", kindLabel+"="+kindMigrated).Add("label", keyLabel+"="+h)})
-	if err != nil {
-		return nil // the record that matters is written
-	}
-	for _, c := range items.Items {
-		if c.Spec.Name != name {
-			if _, err := s.api.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
-				s.log().Warn("remove old migration record", "record", c.Spec.Name, "err", err)
-			}
-		}
-	}
-	return nil
-}
-
-// hashKey turns "group:stack/name" into something a config name and a
-// label filter take as is.
-func hashKey(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:8])
 }
 
 func firstNonEmpty(s ...string) string {

@@ -7,9 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moby/moby/api/types/swarm"
-	"github.com/moby/moby/client"
-
 	"github.com/updater-dev/updater/internal/deploy"
 )
 
@@ -47,14 +44,13 @@ func (s *Swarm) leaseName() string { return "updater-lease-" + s.scope() }
 // config's ID and Swarm's version index, which moves on every write); a
 // zero LeaseState when there is no lease.
 func (s *Swarm) ReadLease(ctx context.Context) (deploy.LeaseState, error) {
-	res, err := s.api.ConfigInspect(ctx, s.leaseName(), client.ConfigInspectOptions{})
-	if isNotFound(err) {
-		return deploy.LeaseState{}, nil
-	}
+	c, ok, err := s.store().get(ctx, s.leaseName())
 	if err != nil {
 		return deploy.LeaseState{}, fmt.Errorf("read lease %s: %w", s.leaseName(), unavailable(err))
 	}
-	c := res.Config
+	if !ok {
+		return deploy.LeaseState{}, nil
+	}
 	ttl, _ := time.ParseDuration(c.Spec.Labels[leaseTTLLabel]) // 0 from an older updater: the reader's own TTL holds
 	return deploy.LeaseState{Holder: c.Spec.Labels[leaseHolderLabel], TTL: ttl,
 		Version: c.ID + "/" + strconv.FormatUint(c.Version.Index, 10)}, nil
@@ -64,12 +60,13 @@ func (s *Swarm) ReadLease(ctx context.Context) (deploy.LeaseState, error) {
 // and reports false, without error, when another write came first.
 func (s *Swarm) WriteLease(ctx context.Context, holder string, ttl time.Duration, over string) (bool, error) {
 	name := s.leaseName()
-	spec := swarm.ConfigSpec{Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-		kindLabel: kindLease, scopeLabel: s.scope(), leaseHolderLabel: holder, leaseTTLLabel: ttl.String(),
+	spec := recordSpec(kindLease, name, map[string]string{
+		scopeLabel: s.scope(), leaseHolderLabel: holder, leaseTTLLabel: ttl.String(),
 		leaseExpiresLabel: strconv.FormatInt(time.Now().Add(ttl).UnixMilli(), 10),
-	}}, Data: leaseData}
+	}, leaseData)
+	st := s.store()
 	if over == "" {
-		_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: spec})
+		err := st.create(ctx, spec)
 		if isConflict(err) {
 			return false, nil // another updater created it first
 		}
@@ -83,7 +80,7 @@ func (s *Swarm) WriteLease(ctx context.Context, holder string, ttl time.Duration
 	if !ok || err != nil {
 		return false, fmt.Errorf("write lease %s: version %q is not one ReadLease gave", name, over)
 	}
-	_, err = s.api.ConfigUpdate(ctx, id, client.ConfigUpdateOptions{Version: swarm.Version{Index: version}, Spec: spec})
+	err = st.relabel(ctx, id, version, spec)
 	if isOutOfSequence(err) || isNotFound(err) {
 		return false, nil // written or released since it was read
 	}
@@ -97,17 +94,15 @@ func (s *Swarm) WriteLease(ctx context.Context, holder string, ttl time.Duration
 // not wait out its TTL.
 func (s *Swarm) Release(ctx context.Context, holder string) error {
 	name := s.leaseName()
-	res, err := s.api.ConfigInspect(ctx, name, client.ConfigInspectOptions{})
-	if isNotFound(err) {
-		return nil
-	}
+	st := s.store()
+	c, ok, err := st.get(ctx, name)
 	if err != nil {
 		return fmt.Errorf("read lease %s: %w", name, err)
 	}
-	if res.Config.Spec.Labels[leaseHolderLabel] != holder {
+	if !ok || c.Spec.Labels[leaseHolderLabel] != holder {
 		return nil
 	}
-	if _, err := s.api.ConfigRemove(ctx, res.Config.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+	if err := st.remove(ctx, c.ID); err != nil {
 		return fmt.Errorf("release lease %s: %w", name, err)
 	}
 	return nil

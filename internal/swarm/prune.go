@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,8 +29,7 @@ import (
 // images can only be removed by its own dockerd, which the job reaches
 // through the node's Docker socket.
 const (
-	stepPrune    = "prune"
-	kindPromoted = "promoted"
+	stepPrune = "prune"
 	// DockerSocket is where the prune job finds its node's dockerd.
 	DockerSocket = "/var/run/docker.sock"
 	// taskServiceLabel is the label dockerd puts on a task's container.
@@ -41,56 +38,6 @@ const (
 	// updater reads a job's logs right after it ends.
 	jobLeftoverAge = time.Minute
 )
-
-// Promoted returns the service's promoted digests as last recorded,
-// newest first.
-func (s *Swarm) Promoted(ctx context.Context, serviceID string) ([]string, error) {
-	items, err := s.records(ctx, kindPromoted, serviceID, scopeLabel+"="+s.scope())
-	if err != nil || len(items) == 0 {
-		return nil, err
-	}
-	// One record normally; two when an updater died between writing the
-	// new one and removing the old.
-	newest := slices.MaxFunc(items, func(a, b swarm.Config) int { return a.CreatedAt.Compare(b.CreatedAt) })
-	data := newest.Spec.Data
-	if len(data) == 0 {
-		res, err := s.api.ConfigInspect(ctx, newest.ID, client.ConfigInspectOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("read record %s: %w", newest.Spec.Name, err)
-		}
-		data = res.Config.Spec.Data
-	}
-	return strings.Fields(string(data)), nil
-}
-
-// SetPromoted replaces the service's record of promoted digests. Configs
-// are never edited: the new record is written, then the others go.
-func (s *Swarm) SetPromoted(ctx context.Context, serviceID string, digests []string) error {
-	data := strings.Join(digests, "\n") + "\n"
-	sum := sha256.Sum256([]byte(data))
-	name := recordName(kindPromoted, serviceID, hex.EncodeToString(sum[:]))
-	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-			kindLabel: kindPromoted, serviceLabel: serviceID, scopeLabel: s.scope(),
-		}},
-		Data: []byte(data),
-	}})
-	if err != nil && !isConflict(err) {
-		return fmt.Errorf("record promoted digests %s: %w", name, err)
-	}
-	items, err := s.records(ctx, kindPromoted, serviceID, scopeLabel+"="+s.scope())
-	if err != nil {
-		return nil // the record that matters is written
-	}
-	for _, c := range items {
-		if c.Spec.Name != name {
-			if _, err := s.api.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
-				s.log().Warn("remove old promoted record", "record", c.Spec.Name, "err", err)
-			}
-		}
-	}
-	return nil
-}
 
 // Prune runs the prune job on every node that is ready, and reports what
 // each did. A node that does not finish within j.Timeout (it went down,

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -18,10 +19,11 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 )
 
-// The updater keeps its own records (failed digests, deploys in flight) as
-// Swarm config objects: they live in the Raft store, so they survive an
-// updater restart and the loss of a node, and they stay out of the user's
-// service spec, where any write would become the PreviousSpec that `docker
+// The updater keeps its own records (failed digests, deploys in flight,
+// migrations done, notifier memos, promoted digests, the lease) as Swarm
+// config objects: they live in the Raft store, so they survive an updater
+// restart and the loss of a node, and they stay out of the user's service
+// spec, where any write would become the PreviousSpec that `docker
 // service rollback` returns to, and would reset UpdateStatus.
 const (
 	kindLabel = "io.updater.kind"
@@ -30,14 +32,143 @@ const (
 	scopeLabel   = "io.updater.scope"
 	serviceLabel = "io.updater.service"
 	digestLabel  = "io.updater.digest"
+	keyLabel     = "io.updater.key"
 
 	kindFailed   = "failed-digest"
 	kindInFlight = "deploy-in-flight"
+	kindMigrated = "migrated"
+	kindPromoted = "promoted"
 )
+
+// store is the one door to the records. Swarm configs are created and
+// removed, never edited (only their labels can change, which the lease
+// uses), so a record of a kind is found by its labels and replaced by
+// writing the new one before removing the old.
+type store struct {
+	api *docker
+	log *slog.Logger
+}
+
+func (s *Swarm) store() store { return store{api: s.api, log: s.log()} }
+
+// recordSpec is a record of kind named name, with labels (kind's added to
+// them) and data.
+func recordSpec(kind, name string, labels map[string]string, data []byte) swarm.ConfigSpec {
+	labels[kindLabel] = kind
+	return swarm.ConfigSpec{Annotations: swarm.Annotations{Name: name, Labels: labels}, Data: data}
+}
+
+// create writes a record; Docker's error as it is, so that each caller
+// decides what a name already taken means.
+func (st store) create(ctx context.Context, spec swarm.ConfigSpec) error {
+	_, err := st.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: spec})
+	return err
+}
+
+// put writes a record named after what it holds: one already there with
+// that name holds the same, so that is no error.
+func (st store) put(ctx context.Context, kind, name string, labels map[string]string, data []byte) error {
+	if err := st.create(ctx, recordSpec(kind, name, labels, data)); err != nil && !isConflict(err) {
+		return err
+	}
+	return nil
+}
+
+// replace puts the record, then removes the others of its kind that carry
+// the labels named by same: only the newest counts. A record left by a
+// failed removal is harmless (readers take the newest) and goes next time.
+func (st store) replace(ctx context.Context, kind, name string, labels map[string]string, data []byte, same ...string) error {
+	if err := st.put(ctx, kind, name, labels, data); err != nil {
+		return err
+	}
+	var filter []string
+	for _, k := range same {
+		filter = append(filter, k+"="+labels[k])
+	}
+	items, err := st.list(ctx, kind, filter...)
+	if err != nil {
+		return nil // the record that matters is written
+	}
+	for _, c := range items {
+		if c.Spec.Name != name {
+			if err := st.remove(ctx, c.ID); err != nil {
+				st.log.Warn("remove replaced record", "record", c.Spec.Name, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// list returns the records of kind with every label of labels
+// ("key=value"), in one call.
+func (st store) list(ctx context.Context, kind string, labels ...string) ([]swarm.Config, error) {
+	f := make(client.Filters).Add("label", kindLabel+"="+kind).Add("label", labels...)
+	res, err := st.api.ConfigList(ctx, client.ConfigListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list %s records: %w", kind, err)
+	}
+	return res.Items, nil
+}
+
+// data is a listed record's data. Some engine versions leave Data out of
+// config list answers; a record listed without it is inspected, one call
+// more, where it is needed only.
+func (st store) data(ctx context.Context, c swarm.Config) ([]byte, error) {
+	if len(c.Spec.Data) > 0 {
+		return c.Spec.Data, nil
+	}
+	res, err := st.api.ConfigInspect(ctx, c.ID, client.ConfigInspectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read record %s: %w", c.Spec.Name, err)
+	}
+	return res.Config.Spec.Data, nil
+}
+
+// get inspects the record named name; false when there is none.
+func (st store) get(ctx context.Context, name string) (swarm.Config, bool, error) {
+	res, err := st.api.ConfigInspect(ctx, name, client.ConfigInspectOptions{})
+	if isNotFound(err) {
+		return swarm.Config{}, false, nil
+	}
+	if err != nil {
+		return swarm.Config{}, false, err
+	}
+	return res.Config, true, nil
+}
+
+// relabel writes spec's labels over the version read: the lease's
+// compare-and-set. Docker's error as it is.
+func (st store) relabel(ctx context.Context, id string, version uint64, spec swarm.ConfigSpec) error {
+	_, err := st.api.ConfigUpdate(ctx, id, client.ConfigUpdateOptions{Version: swarm.Version{Index: version}, Spec: spec})
+	return err
+}
+
+// remove removes the record with ID or name ref; one already gone is no
+// error.
+func (st store) remove(ctx context.Context, ref string) error {
+	if _, err := st.api.ConfigRemove(ctx, ref, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// removeAll removes every record of kind with labels.
+func (st store) removeAll(ctx context.Context, kind string, labels ...string) error {
+	items, err := st.list(ctx, kind, labels...)
+	if err != nil {
+		return err
+	}
+	for _, c := range items {
+		if err := st.remove(ctx, c.ID); err != nil {
+			return fmt.Errorf("remove record %s: %w", c.Spec.Name, err)
+		}
+	}
+	return nil
+}
 
 // Failed returns every service's failed digests, in one call.
 func (s *Swarm) Failed(ctx context.Context) (map[string]map[string]bool, error) {
-	items, err := s.records(ctx, kindFailed, "")
+	items, err := s.store().list(ctx, kindFailed)
 	if err != nil {
 		return nil, err
 	}
@@ -60,13 +191,9 @@ const maxReason = 4 << 10
 // MarkFailed remembers that digest failed on the service.
 func (s *Swarm) MarkFailed(ctx context.Context, serviceID, digest, reason string) error {
 	name := recordName("failed", serviceID, digest)
-	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-			kindLabel: kindFailed, serviceLabel: serviceID, digestLabel: digest,
-		}},
-		Data: []byte(capReason(reason) + "\n"),
-	}})
-	if err != nil && !isConflict(err) {
+	err := s.store().put(ctx, kindFailed, name, map[string]string{serviceLabel: serviceID, digestLabel: digest},
+		[]byte(capReason(reason)+"\n"))
+	if err != nil {
 		return fmt.Errorf("record failed digest %s: %w", name, err)
 	}
 	return nil
@@ -74,7 +201,7 @@ func (s *Swarm) MarkFailed(ctx context.Context, serviceID, digest, reason string
 
 // Forget drops the service's failed-digest records.
 func (s *Swarm) Forget(ctx context.Context, serviceID string) error {
-	return s.removeAll(ctx, kindFailed, serviceID)
+	return s.store().removeAll(ctx, kindFailed, serviceLabel+"="+serviceID)
 }
 
 // Begin records a deploy in flight.
@@ -84,12 +211,8 @@ func (s *Swarm) Begin(ctx context.Context, r deploy.Release) error {
 		return fmt.Errorf("encode deploy record: %w", err)
 	}
 	name := recordName("deploy", r.ServiceID, r.ID)
-	_, err = s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-			kindLabel: kindInFlight, serviceLabel: r.ServiceID, scopeLabel: s.scope(),
-		}},
-		Data: data,
-	}})
+	// A name already taken is an error here: a deploy ID is begun once.
+	err = s.store().create(ctx, recordSpec(kindInFlight, name, map[string]string{serviceLabel: r.ServiceID, scopeLabel: s.scope()}, data))
 	if err != nil {
 		return fmt.Errorf("record deploy %s: %w", name, unavailable(err))
 	}
@@ -99,7 +222,7 @@ func (s *Swarm) Begin(ctx context.Context, r deploy.Release) error {
 // End removes the record of a finished deploy.
 func (s *Swarm) End(ctx context.Context, r deploy.Release) error {
 	name := recordName("deploy", r.ServiceID, r.ID)
-	if _, err := s.api.ConfigRemove(ctx, name, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+	if err := s.store().remove(ctx, name); err != nil {
 		return fmt.Errorf("remove deploy record %s: %w", name, err)
 	}
 	return nil
@@ -132,21 +255,17 @@ func capReason(reason string) string {
 // bad record must not stop every other service's deploys. It stays in
 // Swarm for a person to look at; SetAside names it.
 func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
-	items, err := s.records(ctx, kindInFlight, "", scopeLabel+"="+s.scope())
+	st := s.store()
+	items, err := st.list(ctx, kindInFlight, scopeLabel+"="+s.scope())
 	if err != nil {
 		return nil, err
 	}
 	out := make([]deploy.Release, 0, len(items))
 	aside := map[string]string{}
 	for _, c := range items {
-		data := c.Spec.Data
-		if len(data) == 0 {
-			// Some engine versions leave Data out of list answers.
-			res, err := s.api.ConfigInspect(ctx, c.ID, client.ConfigInspectOptions{})
-			if err != nil {
-				return nil, fmt.Errorf("read deploy record %s: %w", c.Spec.Name, err)
-			}
-			data = res.Config.Spec.Data
+		data, err := st.data(ctx, c)
+		if err != nil {
+			return nil, err
 		}
 		r, err := decodeRelease(data, c.Spec.Labels[serviceLabel])
 		if err != nil {
@@ -208,31 +327,6 @@ func (s *Swarm) SetAside() []string {
 	return out
 }
 
-func (s *Swarm) records(ctx context.Context, kind, serviceID string, labels ...string) ([]swarm.Config, error) {
-	f := make(client.Filters).Add("label", kindLabel+"="+kind).Add("label", labels...)
-	if serviceID != "" {
-		f.Add("label", serviceLabel+"="+serviceID)
-	}
-	res, err := s.api.ConfigList(ctx, client.ConfigListOptions{Filters: f})
-	if err != nil {
-		return nil, fmt.Errorf("list %s records: %w", kind, err)
-	}
-	return res.Items, nil
-}
-
-func (s *Swarm) removeAll(ctx context.Context, kind, serviceID string) error {
-	items, err := s.records(ctx, kind, serviceID)
-	if err != nil {
-		return err
-	}
-	for _, c := range items {
-		if _, err := s.api.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
-			return fmt.Errorf("remove record %s: %w", c.Spec.Name, err)
-		}
-	}
-	return nil
-}
-
 // scope names what this updater watches: its opt-in label and stack.
 func (s *Swarm) scope() string {
 	sum := sha256.Sum256([]byte(s.cfg.Label + "\x00" + s.cfg.Stack))
@@ -263,17 +357,14 @@ const (
 
 // Recall returns the value remembered for a deploy and key.
 func (s *Swarm) Recall(ctx context.Context, deployID, key string) (string, bool, error) {
-	items, err := s.records(ctx, kindMemo, "", deployLabel+"="+deployID, memoLabel+"="+key)
+	st := s.store()
+	items, err := st.list(ctx, kindMemo, deployLabel+"="+deployID, memoLabel+"="+key)
 	if err != nil || len(items) == 0 {
 		return "", false, err
 	}
-	data := items[0].Spec.Data
-	if len(data) == 0 {
-		res, err := s.api.ConfigInspect(ctx, items[0].ID, client.ConfigInspectOptions{})
-		if err != nil {
-			return "", false, fmt.Errorf("read notifier record %s: %w", items[0].Spec.Name, err)
-		}
-		data = res.Config.Spec.Data
+	data, err := st.data(ctx, items[0])
+	if err != nil {
+		return "", false, err
 	}
 	return string(data), true, nil
 }
@@ -281,13 +372,8 @@ func (s *Swarm) Recall(ctx context.Context, deployID, key string) (string, bool,
 // Remember keeps value for a deploy and key.
 func (s *Swarm) Remember(ctx context.Context, deployID, key, value string) error {
 	name := recordName("memo", deployID, key)
-	_, err := s.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{
-			kindLabel: kindMemo, deployLabel: deployID, memoLabel: key, scopeLabel: s.scope(),
-		}},
-		Data: []byte(value),
-	}})
-	if err != nil && !isConflict(err) {
+	err := s.store().put(ctx, kindMemo, name, map[string]string{deployLabel: deployID, memoLabel: key, scopeLabel: s.scope()}, []byte(value))
+	if err != nil {
 		return fmt.Errorf("record notifier reference %s: %w", name, err)
 	}
 	return nil
@@ -296,8 +382,69 @@ func (s *Swarm) Remember(ctx context.Context, deployID, key, value string) error
 // Drop removes what was remembered for a deploy and key.
 func (s *Swarm) Drop(ctx context.Context, deployID, key string) error {
 	name := recordName("memo", deployID, key)
-	if _, err := s.api.ConfigRemove(ctx, name, client.ConfigRemoveOptions{}); err != nil && !isNotFound(err) {
+	if err := s.store().remove(ctx, name); err != nil {
 		return fmt.Errorf("remove notifier record %s: %w", name, err)
+	}
+	return nil
+}
+
+// Migrated reports whether the migration for key ran for digest.
+func (s *Swarm) Migrated(ctx context.Context, key, digest string) (bool, error) {
+	items, err := s.store().list(ctx, kindMigrated, keyLabel+"="+hashKey(key), digestLabel+"="+digest)
+	if err != nil {
+		return false, err
+	}
+	return len(items) > 0, nil
+}
+
+// MarkMigrated records that the migration for key ran for digest. Only the
+// newest record per key matters: a tag moving back to an old digest runs
+// that version's migrations again, which they must bear.
+func (s *Swarm) MarkMigrated(ctx context.Context, key, digest string) error {
+	h := hashKey(key)
+	name := recordName("migrated", h, digest)
+	err := s.store().replace(ctx, kindMigrated, name, map[string]string{keyLabel: h, digestLabel: digest},
+		[]byte(key+" "+digest+"\n"), keyLabel)
+	if err != nil {
+		return fmt.Errorf("record migration %s: %w", name, err)
+	}
+	return nil
+}
+
+// hashKey turns "group:stack/name" into something a config name and a
+// label filter take as is.
+func hashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// Promoted returns the service's promoted digests as last recorded,
+// newest first.
+func (s *Swarm) Promoted(ctx context.Context, serviceID string) ([]string, error) {
+	st := s.store()
+	items, err := st.list(ctx, kindPromoted, serviceLabel+"="+serviceID, scopeLabel+"="+s.scope())
+	if err != nil || len(items) == 0 {
+		return nil, err
+	}
+	// One record normally; two when an updater died between writing the
+	// new one and removing the old.
+	newest := slices.MaxFunc(items, func(a, b swarm.Config) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	data, err := st.data(ctx, newest)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(data)), nil
+}
+
+// SetPromoted replaces the service's record of promoted digests.
+func (s *Swarm) SetPromoted(ctx context.Context, serviceID string, digests []string) error {
+	data := strings.Join(digests, "\n") + "\n"
+	sum := sha256.Sum256([]byte(data))
+	name := recordName(kindPromoted, serviceID, hex.EncodeToString(sum[:]))
+	err := s.store().replace(ctx, kindPromoted, name, map[string]string{serviceLabel: serviceID, scopeLabel: s.scope()},
+		[]byte(data), serviceLabel, scopeLabel)
+	if err != nil {
+		return fmt.Errorf("record promoted digests %s: %w", name, err)
 	}
 	return nil
 }
