@@ -16,9 +16,9 @@ import (
 	"unicode"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/robfig/cron/v3"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/schedule"
 )
 
 // Config is the whole of updater's configuration. The zero value is not
@@ -496,33 +496,8 @@ func distance(a, b string) int {
 const scheduleHint = `use a 5-field cron expression like "*/5 * * * *" or a descriptor like "@every 1m" or "@hourly"`
 
 func parseSchedule(v string) (string, error) {
-	spec := v
-	// robfig slices a TZ=/CRON_TZ= prefix up to the first space without
-	// checking there is one, and panics when there is not.
-	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
-		i := strings.IndexByte(spec, ' ')
-		if i < 0 {
-			return "", errors.New("time zone without a schedule: " + scheduleHint + `, optionally after "CRON_TZ=Europe/Paris "`)
-		}
-		spec = strings.TrimSpace(spec[i:])
-	}
-	if _, err := cron.ParseStandard(v); err != nil {
-		return "", fmt.Errorf("not a schedule (%v): %s", err, scheduleHint)
-	}
-	// robfig rounds @every up to 1s and truncates it to whole seconds, so
-	// anything else would run on a schedule other than the one written.
-	if d, ok := strings.CutPrefix(spec, "@every "); ok {
-		every, err := time.ParseDuration(d)
-		if err != nil {
-			// Unreachable after a successful ParseStandard, but cheap to keep honest.
-			return "", fmt.Errorf("not a schedule (%v): %s", err, scheduleHint)
-		}
-		if every < time.Second {
-			return "", errors.New(`interval below 1s: the scheduler runs at most once a second; use "@every 1s" or longer`)
-		}
-		if every%time.Second != 0 {
-			return "", errors.New(`interval is not a whole number of seconds: the scheduler truncates to seconds; use a value like "@every 90s"`)
-		}
+	if _, err := schedule.Parse(v); err != nil {
+		return "", fmt.Errorf("%w: %s", err, scheduleHint)
 	}
 	return v, nil
 }
@@ -674,7 +649,7 @@ func parseToken(v string) (string, error) {
 // schedule's gaps vary (a weekday schedule waits over the weekend); 0
 // for a schedule that does not parse, which Load never returns.
 func (c Config) LongestInterval(from time.Time) time.Duration {
-	s, err := cron.ParseStandard(c.Schedule)
+	s, err := schedule.Parse(c.Schedule)
 	if err != nil {
 		return 0
 	}
