@@ -5,15 +5,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -250,11 +254,19 @@ func TestPruneDockerAbsent(t *testing.T) {
 
 // fakeEngine answers, on a unix socket, the few Engine API calls an
 // updater makes before it acts: the ping, /info (an active manager), the
-// lease, which another updater holds for an hour, and empty lists of
-// services and configs. Every request is recorded; any other is refused.
+// lease, and empty lists of services and configs. The lease is held by
+// another updater for an hour, or, with free, is there to take: created,
+// renewed and removed like a Swarm config. Every request is recorded, and
+// its writes also logged to log when set, as the updater logs, so a test
+// sees them in order with its lines; any other is refused.
 type fakeEngine struct {
-	mu   sync.Mutex
-	reqs []string
+	free bool
+	log  io.Writer
+
+	mu    sync.Mutex
+	reqs  []string
+	lease json.RawMessage // the lease's spec as this updater wrote it; nil: none
+	index int             // its version
 }
 
 func (f *fakeEngine) requests() []string {
@@ -269,6 +281,9 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := apiVersion.ReplaceAllString(r.URL.Path, "")
 	f.mu.Lock()
 	f.reqs = append(f.reqs, r.Method+" "+path)
+	if f.log != nil && len(writes(f.reqs[len(f.reqs)-1:])) > 0 {
+		fmt.Fprintf(f.log, "{\"msg\":\"engine\",\"req\":%q}\n", r.Method+" "+path)
+	}
 	f.mu.Unlock()
 	w.Header().Set("API-Version", "1.41")
 	w.Header().Set("Content-Type", "application/json")
@@ -279,6 +294,7 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, "[]") // no service is watched, no record kept
 	case r.Method == http.MethodGet && path == "/info":
 		fmt.Fprint(w, `{"Swarm":{"LocalNodeState":"active","ControlAvailable":true}}`)
+	case f.free && f.leaseCall(w, r, path):
 	case r.Method == http.MethodGet && strings.HasPrefix(path, "/configs/updater-lease-"):
 		expires := time.Now().Add(time.Hour).UnixMilli()
 		fmt.Fprintf(w, `{"ID":"lease1","Version":{"Index":7},"Spec":{"Name":%q,"Labels":{"io.updater.kind":"lease","io.updater.holder":"other-host/1","io.updater.expires":"%d"}}}`,
@@ -289,15 +305,40 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveEngine starts a fakeEngine and points DOCKER_HOST at it.
-func serveEngine(t *testing.T) *fakeEngine {
+// leaseCall answers the calls on a free lease, and reports whether r was one.
+func (f *fakeEngine) leaseCall(w http.ResponseWriter, r *http.Request, path string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case r.Method == http.MethodGet && strings.HasPrefix(path, "/configs/updater-lease-"):
+		if f.lease == nil {
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"message":"config not found"}`)
+			return true
+		}
+		fmt.Fprintf(w, `{"ID":"lease1","Version":{"Index":%d},"Spec":%s}`, f.index, f.lease)
+	case r.Method == http.MethodPost && (path == "/configs/create" || path == "/configs/lease1/update"):
+		body, _ := io.ReadAll(r.Body)
+		f.lease, f.index = body, f.index+1
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprint(w, `{"ID":"lease1"}`)
+	case r.Method == http.MethodDelete && path == "/configs/lease1":
+		f.lease = nil
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		return false
+	}
+	return true
+}
+
+// serveEngine starts engine and points DOCKER_HOST at it.
+func serveEngine(t *testing.T, engine *fakeEngine) *fakeEngine {
 	t.Helper()
 	sock := filepath.Join(sockDir(t), "docker.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	engine := &fakeEngine{}
 	srv := &http.Server{Handler: engine}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -319,7 +360,7 @@ func writes(reqs []string) []string {
 // TestCheckNothingWatched: check is a dry run; with no watched service it
 // prints only the table's header, writes nothing and takes no lease.
 func TestCheckNothingWatched(t *testing.T) {
-	engine := serveEngine(t)
+	engine := serveEngine(t, &fakeEngine{})
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"check"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("check = %d, want 0\nstderr: %s", code, &stderr)
@@ -341,7 +382,7 @@ func TestCheckNothingWatched(t *testing.T) {
 // TestDeployOnStandby: while another updater holds the lease, `updater
 // deploy` changes nothing, exits 1 and says how to ask the running one.
 func TestDeployOnStandby(t *testing.T) {
-	engine := serveEngine(t)
+	engine := serveEngine(t, &fakeEngine{})
 
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"deploy", "web"}, &stdout, &stderr); code != 1 {
@@ -369,6 +410,101 @@ func TestDeployOnStandby(t *testing.T) {
 	if !asked {
 		t.Errorf("the lease was never read: %v", reqs)
 	}
+}
+
+// TestRunStopsInOrder: `updater run`, holding the lease, stops on SIGTERM
+// in the one safe order: nothing new starts (HTTP and its trigger, the
+// scheduled backups), the deploys still stopping end, only then is the
+// lease given up, and the notifiers are flushed after that, so a deploy
+// never writes without the lease and its last report is sent.
+func TestRunStopsInOrder(t *testing.T) {
+	stderr := &syncBuffer{}
+	engine := serveEngine(t, &fakeEngine{free: true, log: stderr})
+	var posts atomic.Int32 // to Slack and Rollbar: nothing happened to report
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { posts.Add(1) }))
+	t.Cleanup(api.Close)
+	for k, v := range map[string]string{
+		"UPDATER_LOG_LEVEL": "debug", "UPDATER_LISTEN": "127.0.0.1:0",
+		"SLACK_WEBHOOK_URL": api.URL + "/services/T0/B0/x", "ROLLBAR_TOKEN": "rollbar-token", "ROLLBAR_ENDPOINT": api.URL + "/",
+	} {
+		t.Setenv(k, v)
+	}
+	// Ours too, so a SIGTERM that comes when run is not listening (it
+	// returned early) fails the test instead of killing it.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"run"}, io.Discard, stderr) }()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr.String(), `"msg":"http listening"`); {
+		select {
+		case code := <-done:
+			t.Fatalf("run returned %d before it served:\n%s", code, stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no http listening line within 10s:\n%s", stderr)
+		}
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("run = %d after SIGTERM, want 0:\n%s", code, stderr)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("run still running 15s after SIGTERM:\n%s", stderr)
+	}
+
+	// What happened, in order: the updater's lines and Docker's writes.
+	var events []string
+	sc := bufio.NewScanner(strings.NewReader(stderr.String()))
+	for sc.Scan() {
+		var l map[string]any
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		switch l["msg"] {
+		case "updater stopped":
+			events = append(events, "schedule")
+		case "stopped":
+			events = append(events, fmt.Sprint(l["part"]))
+		case "engine":
+			events = append(events, fmt.Sprint(l["req"]))
+		}
+	}
+	want := []string{"POST /configs/create", "schedule", "http", "scheduled backups", "deploys",
+		"DELETE /configs/lease1", "lease", "notifications", "docker client", "rollbar errors"}
+	if !slices.Equal(events, want) {
+		t.Errorf("stopped in the order\n%q, want\n%q", events, want)
+	}
+	if w := writes(engine.requests()); len(w) != 2 {
+		t.Errorf("writes %q, want the lease created and removed, nothing else", w)
+	}
+	if n := posts.Load(); n != 0 {
+		t.Errorf("%d requests to Slack or Rollbar, want none: nothing was deployed and nothing failed", n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer the updater may write while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // logLine returns the first JSON log line in out with msg.

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/updater-dev/updater/internal/config"
-	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/swarm"
 )
 
@@ -61,21 +59,4 @@ func prune(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// pruning wires image pruning when UPDATER_PRUNE asks for it. The prune
-// job runs the updater's own image on every node unless
-// UPDATER_PRUNE_IMAGE names another.
-func pruning(ctx context.Context, cfg config.Config, sw *swarm.Swarm) (deploy.Pruning, error) {
-	if !cfg.Prune.AfterDeploy {
-		return deploy.Pruning{}, nil
-	}
-	image := cfg.Prune.Image
-	if image == "" {
-		var err error
-		if image, err = sw.SelfImage(ctx); err != nil {
-			return deploy.Pruning{}, fmt.Errorf("UPDATER_PRUNE=after-deploy needs the image the prune job runs: %w; set UPDATER_PRUNE_IMAGE to the updater's image", err)
-		}
-	}
-	return deploy.Pruning{Nodes: sw, Keep: cfg.Prune.Keep, Image: image}, nil
 }

@@ -1,12 +1,8 @@
-package main
+package app
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/updater-dev/updater/internal/config"
@@ -36,7 +32,7 @@ func newOperating(p *deploy.Pipeline, docker httpapi.Docker, records httpapi.Rec
 // start runs the trigger that webhooks and the API ask for work through,
 // and the HTTP server; stop ends both and waits for them, whether or not
 // ctx has ended.
-func (o *operating) start(ctx context.Context, cfg config.Config, log *slog.Logger) (stop func(), err error) {
+func (o *operating) start(ctx context.Context, cfg config.Config, version string, log *slog.Logger) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	trigger := deploy.NewTrigger(ctx, o.p)
 	srv := httpapi.New(httpapi.Config{
@@ -64,30 +60,4 @@ func (o *operating) start(ctx context.Context, cfg config.Config, log *slog.Logg
 // no alarm), and never under a minute, which a slow registry can take.
 func readyWithin(cfg config.Config) time.Duration {
 	return max(3*cfg.LongestInterval(time.Now()), time.Minute)
-}
-
-// healthcheck asks a running updater's /healthz, for Docker's HEALTHCHECK
-// in an image with no shell or curl. An updater listening on every
-// interface is asked on loopback.
-func healthcheck(listen string, stderr io.Writer) int {
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil || port == "0" {
-		fmt.Fprintf(stderr, "updater healthcheck: UPDATER_LISTEN=%q names no port to ask\n", listen)
-		return 1
-	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
-	}
-	c := &http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/healthz")
-	if err != nil {
-		fmt.Fprintf(stderr, "updater healthcheck: %v\n", err)
-		return 1
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "updater healthcheck: /healthz answered %s\n", resp.Status)
-		return 1
-	}
-	return 0
 }
