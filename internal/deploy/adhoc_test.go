@@ -230,7 +230,7 @@ func TestDeployServiceGroupNoOutcomeYet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DeployService: %v", err)
 	}
-	if ev.Kind != deploy.Failed || ev.Release.ServiceName != "web" || !strings.Contains(ev.Reason, "carries the group's deploy on") {
+	if ev.Kind != deploy.Failed || ev.Release.ServiceName != "web" || !strings.Contains(ev.Reason, "carries the deploy on") {
 		t.Errorf("DeployService = %+v, want web's deploy said to resume", ev)
 	}
 	if len(w.open) != 2 {

@@ -216,9 +216,10 @@ func (p *Pipeline) gate(ctx context.Context, plans []Plan, full bool) []Plan {
 		planned[t.ID] = true
 		a := b.open[t.ID]
 		switch {
-		case pl.Action == ActError:
-			// The registry did not answer: nothing is known, so nothing
-			// changes, and an open approval stays as it is.
+		case pl.Action == ActError || pl.Action == ActDeploying:
+			// The registry did not answer, or a deploy of the service is
+			// running: nothing is decided now, and an open approval stays
+			// as it is (the check after the run decides).
 			continue
 		case pl.Action != ActDeploy || !t.Hooks.Approve:
 			if a != nil {

@@ -114,7 +114,7 @@ func TestBackupOnScheduleSkipsDuringDeploy(t *testing.T) {
 			inRollout, release := w.holdRollout()
 			defer release()
 			cycled := make(chan error, 1)
-			go func() { _, err := w.p.Cycle(t.Context()); cycled <- err }()
+			go func() { _, err := w.p.Cycle(t.Context()); w.p.Wait(); cycled <- err }()
 			await(t, inRollout, "rollout")
 
 			if err := w.p.Backup(t.Context(), target); err != nil {
@@ -195,7 +195,7 @@ func TestDeployWaitsForScheduledBackup(t *testing.T) {
 			go func() { backedUp <- w.p.Backup(t.Context(), hooked(oldD)) }()
 			await(t, inJob, "scheduled backup")
 			cycled := make(chan error, 1)
-			go func() { _, err := w.p.Cycle(t.Context()); cycled <- err }()
+			go func() { _, err := w.p.Cycle(t.Context()); w.p.Wait(); cycled <- err }()
 
 			await(t, waiting, "wait for the scheduled backup")
 			w.mu.Lock()

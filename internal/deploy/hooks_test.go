@@ -617,6 +617,7 @@ func TestHooksStoppedDuringJobResumesLater(t *testing.T) {
 	if _, err := w.p.Cycle(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatalf("Cycle: %v", err)
 	}
+	w.p.Wait()
 
 	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started}) {
 		t.Fatalf("events = %v, want only Started: no outcome is known", got)

@@ -67,11 +67,19 @@ type Pipeline struct {
 	// unused on every node; its zero value prunes nothing.
 	Pruning Pruning
 
-	running   sync.Mutex            // one cycle or deploy at a time, whoever triggers it
-	mu        sync.Mutex            // guards the maps below and seen
+	running   sync.Mutex            // one cycle's planning at a time; runs go on without it
+	mu        sync.Mutex            // guards the fields below
 	outages   map[string]int        // consecutive failed cycles, by part and image
 	backingUp map[string]*backupRun // scheduled backups running, by service ID
-	deploying map[string]int        // deploys running, by service and group key (claim)
+	runs      runs                  // deploys running or waiting for a slot
+	wg        sync.WaitGroup        // the runs' goroutines
+	again     func(...Push)         // asks for a check once a run is over (Trigger.Push); nil: the next tick
+	runErr    error                 // Docker unreachable in a run, for the next cycle's outage count
+	// closing is held (shared) by every run removing its record and
+	// (alone) by resume while it reads the records and sorts out whose
+	// they are: a record read just before its run removed it and ended
+	// would else look left behind, and be resumed a second time.
+	closing sync.RWMutex
 	warned    map[string]bool
 	unclosed  map[string]bool // deploys over whose journal entry would not go
 	prepared  map[string]bool // deploys waiting for Docker whose hooks have run
@@ -83,11 +91,6 @@ type Pipeline struct {
 // DefaultDeployConcurrency is how many deploys run at once unless said.
 const DefaultDeployConcurrency = 4
 
-// Wait returns once every deploy this pipeline started has ended (or
-// stopped where it was, its record kept, when their context ended).
-// Shutdown calls it before the lease is given up.
-func (p *Pipeline) Wait() {}
-
 func (p *Pipeline) now() time.Time {
 	if p.Now != nil {
 		return p.Now()
@@ -95,10 +98,11 @@ func (p *Pipeline) now() time.Time {
 	return time.Now()
 }
 
-// Cycle finishes deploys a previous run left in flight, then deploys every
-// watched service whose tag moved. It returns ErrBusy at once when another
-// cycle holds the pipeline: a tick that finds one running is skipped, not
-// queued, so slow cycles never pile up.
+// Cycle starts runs for the deploys a previous process left in flight,
+// then starts a run for every watched service (or group) whose tag moved,
+// and returns: the runs go on in the background (see runs.go). It returns
+// ErrBusy at once when another cycle is planning: a tick that finds one is
+// skipped, not queued, so slow cycles never pile up.
 func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 	if !p.running.TryLock() {
 		p.observe(CycleStats{Full: true, Started: p.now(), Err: ErrBusy})
@@ -110,21 +114,23 @@ func (p *Pipeline) Cycle(ctx context.Context) ([]Plan, error) {
 
 // CycleFor is Cycle for the services that track one of the pushed tags
 // (every service when pushes is empty). Unlike Cycle it waits for the
-// cycle or deploy that holds the pipeline: a push that arrives while a
-// cycle runs may come too late for that cycle's registry lookups, so its
-// check must follow, not be dropped. The registry is still asked: a push
-// is a hint, not the truth.
+// cycle that is planning: a push that arrives while a cycle runs may come
+// too late for that cycle's registry lookups, so its check must follow,
+// not be dropped. The registry is still asked: a push is a hint, not the
+// truth.
 func (p *Pipeline) CycleFor(ctx context.Context, pushes []Push) ([]Plan, error) {
 	p.running.Lock()
 	defer p.running.Unlock()
 	return p.cycle(ctx, pushes)
 }
 
-// cycle runs one cycle; the caller holds p.running.
+// cycle runs one cycle; the caller holds p.running. Runs it starts live
+// on ctx, not on the cycle's own fenced context, which ends with it.
 func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err error) {
 	if p.Acting != nil && !p.Acting() {
 		return nil, ErrStandby
 	}
+	base := ctx
 	ctx, unfence := p.fenced(ctx)
 	defer unfence()
 	full, start := len(pushes) == 0, p.now()
@@ -140,16 +146,24 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		p.observe(CycleStats{Full: full, Started: start, Duration: p.now().Sub(start), Err: err, Deploys: deploys})
 	}()
 	// How Docker answered this cycle, tracked once at its end: a list that
-	// works must not clear a write that failed in the same cycle, or an
-	// outage would never count two cycles in a row.
+	// works must not clear a write that failed in the same cycle (or in a
+	// run since the last cycle), or an outage would never count two cycles
+	// in a row.
 	var dockerErr error
 	defer func() {
 		if ctx.Err() == nil {
+			p.mu.Lock()
+			if dockerErr == nil {
+				dockerErr = p.runErr
+			}
+			p.runErr = nil
+			p.mu.Unlock()
 			p.track("docker", "", dockerErr)
 		}
 	}()
+	var records map[string]Release
 	if !p.DryRun {
-		if err := p.resume(ctx); err != nil {
+		if records, err = p.resume(ctx, base); err != nil {
 			dockerErr = err
 			return nil, err
 		}
@@ -162,6 +176,7 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 	if full {
 		p.checked(p.now())
 	}
+	p.inFlight(plans, records)
 	plans = p.gate(ctx, plans, full)
 	for _, g := range releases(plans) {
 		if p.DryRun {
@@ -171,20 +186,56 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		if !p.confirm(ctx) {
 			break
 		}
-		deploys += len(g)
-		if strings.HasPrefix(groupKey(g[0].Target), "group:") {
-			p.approved(p.deployGroup(ctx, g)...)
+		if _, in := p.start(base, g); in != nil {
+			p.wait(plans, g, in)
 			continue
 		}
-		ev := p.deploy(ctx, g[0].Target, g[0].Want)
-		p.approved(ev)
-		if ev.waiting {
-			// Docker is gone: the rest would fail the same way.
-			dockerErr = fmt.Errorf("%s: %w", ev.Reason, ErrUnavailable)
-			break
+		deploys += len(g)
+	}
+	p.held(plans)
+	return plans, nil
+}
+
+// start launches the run that deploys the release g (releases); nil and
+// the flight in the way when another run claims one of its services or
+// prunes its repository.
+func (p *Pipeline) start(ctx context.Context, g []Plan) (*flight, *flight) {
+	targets := make([]Target, len(g))
+	want, from := map[string]string{}, map[string]string{}
+	for i, pl := range g {
+		targets[i] = pl.Target
+		want[pl.Target.ID], from[pl.Target.ID] = pl.Want, pl.Target.Digest()
+	}
+	keys, refs := keysOf(targets)
+	return p.launch(ctx, keys, refs, want, from, nil, func(ctx context.Context) []Event {
+		var evs []Event
+		if strings.HasPrefix(groupKey(g[0].Target), "group:") {
+			evs = p.deployGroup(ctx, g)
+		} else {
+			evs = []Event{p.deploy(ctx, g[0].Target, g[0].Want)}
+		}
+		p.approved(evs...)
+		return evs
+	})
+}
+
+// wait marks the plans of g as waiting for the flight in the way, which,
+// once over, asks for a check of their tags.
+func (p *Pipeline) wait(plans []Plan, g []Plan, in *flight) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	in.stale = true
+	for _, pl := range g {
+		if r := pl.Target.Ref(); !slices.Contains(in.refs, r) {
+			in.refs = append(in.refs, r)
+		}
+		i := slices.IndexFunc(plans, func(q Plan) bool { return q.Target.ID == pl.Target.ID })
+		if in.pruning != "" {
+			plans[i].Reason = "starts once the prune of " + in.pruning + " has ended"
+		} else {
+			plans[i].Action, plans[i].Reason = ActDeploying, "waits for the deploy of "+strings.Join(in.keys, ", ")+" to end"
 		}
 	}
-	return plans, nil
 }
 
 // releases splits the plans that deploy into what deploys together, in
@@ -225,18 +276,31 @@ func groupKey(t Target) string {
 	return "service:" + t.ID
 }
 
-// Check plans one cycle without changing anything.
+// Check plans one cycle without changing anything. A service with a
+// deploy record in Swarm (a run of the updater deploying it now, or one
+// left behind for the lease holder to resume) is shown as ActDeploying.
 func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 	plans, err := p.plan(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
+	open, err := p.Journal.InFlight(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read deploys in flight: %w", err)
+	}
+	records := make(map[string]Release, len(open))
+	for _, rel := range open {
+		records[rel.ServiceID] = rel
+	}
+	p.inFlight(plans, records)
 	return hold(plans), nil
 }
 
 // DeployService deploys what the named service's tag points to now and
 // waits for the outcome. A person asked for it, so a digest that failed
-// before is tried again and no approval is waited for.
+// before is tried again and no approval is waited for. A deploy of the
+// service (or its group) already running is waited for first, then the
+// tag is looked at again: the request is for what the tag says after it.
 //
 // A member of a group (updater.group) deploys with its group, exactly as a
 // cycle would deploy it (deployGroup): one backup, one migration, every
@@ -256,12 +320,48 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 // says so. When the deploy stops before the service's outcome (Docker gone
 // mid-write, the updater stopping) the Event is a failure saying that it
 // resumes; nothing was reported for it yet.
-func (p *Pipeline) DeployService(ctx context.Context, name string) (_ Event, err error) {
+func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error) {
+	for {
+		ev, f, in, err := p.startDeploy(ctx, name)
+		switch {
+		case err != nil:
+			return Event{}, err
+		case in != nil:
+			p.Log.Info("requested deploy waits for the deploy running", "service", name, "running", strings.Join(in.keys, ", "))
+			select {
+			case <-in.done:
+				continue
+			case <-ctx.Done():
+				return Event{}, fmt.Errorf("deploy %s: waited for the deploy running: %w", name, ctx.Err())
+			}
+		case f == nil:
+			return ev, nil
+		}
+		<-f.done
+		if f.lost {
+			return Event{}, fmt.Errorf("stopped where it was, for the lease holder to resume: %w", ErrStandby)
+		}
+		for _, out := range f.out {
+			if out.Release.ServiceID == ev.Release.ServiceID {
+				return out, nil
+			}
+		}
+		ev.Kind, ev.Phase = Failed, PhaseUpdate
+		ev.Reason = "no outcome yet: Docker did not answer or the updater is stopping; the next cycle carries the deploy on"
+		return ev, nil
+	}
+}
+
+// startDeploy plans the deploy DeployService asks for and starts its run:
+// f is the run, and ev names the service's release. With f nil, ev is the
+// outcome already (up to date, a dry run), or in is the run in the way.
+func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, in *flight, err error) {
 	p.running.Lock()
 	defer p.running.Unlock()
 	if p.Acting != nil && !p.Acting() {
-		return Event{}, ErrStandby
+		return Event{}, nil, nil, ErrStandby
 	}
+	base := ctx
 	ctx, unfence := p.fenced(ctx)
 	defer unfence()
 	defer func() {
@@ -272,25 +372,32 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (_ Event, err
 	p.setBusy(p.now())
 	defer p.setBusy(time.Time{})
 	if !p.DryRun {
-		if err := p.resume(ctx); err != nil {
-			return Event{}, err
+		if _, err := p.resume(ctx, base); err != nil {
+			return Event{}, nil, nil, err
 		}
 	}
 	targets, err := p.Lister.List(ctx)
 	if err != nil {
-		return Event{}, fmt.Errorf("list services: %w", err)
+		return Event{}, nil, nil, fmt.Errorf("list services: %w", err)
 	}
 	i := slices.IndexFunc(targets, func(t Target) bool { return t.Name == name || t.ID == name })
 	if i < 0 {
-		return Event{}, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
+		return Event{}, nil, nil, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
 	}
 	t := targets[i]
 	if !Tagged(t.Ref()) {
-		return Event{}, fmt.Errorf("service %s runs %s: pinned to a digest without a tag, so there is no tag to follow", t.Name, t.Image)
+		return Event{}, nil, nil, fmt.Errorf("service %s runs %s: pinned to a digest without a tag, so there is no tag to follow", t.Name, t.Image)
 	}
 	// Its group as a cycle would list it; the service's own tag is looked
 	// up first, so its failing is the error given.
 	members := slices.DeleteFunc(slices.Clone(targets), func(m Target) bool { return groupKey(m) != groupKey(t) })
+	keys, _ := keysOf(members)
+	p.mu.Lock()
+	in = p.claimedBy(keys)
+	p.mu.Unlock()
+	if in != nil {
+		return Event{}, nil, in, nil
+	}
 	digests := map[string]lookup{}
 	for _, m := range append([]Target{t}, members...) {
 		if _, done := digests[m.Ref()]; done || !Tagged(m.Ref()) {
@@ -299,35 +406,30 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (_ Event, err
 		d, err := p.Registry.Digest(ctx, m.Ref())
 		if err != nil {
 			if m.ID == t.ID {
-				return Event{}, err
+				return Event{}, nil, nil, err
 			}
-			return Event{}, fmt.Errorf("look up %s of %s, in the group %s of %s: nothing deployed: %w", m.Ref(), m.Name, t.Hooks.Group, t.Name, err)
+			return Event{}, nil, nil, fmt.Errorf("look up %s of %s, in the group %s of %s: nothing deployed: %w", m.Ref(), m.Name, t.Hooks.Group, t.Name, err)
 		}
 		digests[m.Ref()] = lookup{digest: d}
 	}
 	plans := decide(members, digests, nil) // no failed digests: a person asked
 	own := plans[slices.IndexFunc(plans, func(pl Plan) bool { return pl.Target.ID == t.ID })]
+	ev = Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
+		Ref: t.Ref(), From: own.Want, To: own.Want}, Reason: "already up to date"}
 	if own.Action != ActDeploy {
-		return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-			Ref: t.Ref(), From: own.Want, To: own.Want}, Reason: "already up to date"}, nil
+		return ev, nil, nil, nil
 	}
+	ev.Release.From = t.Digest()
 	g := releases(plans)[0] // every member shares t's key: one release
 	if p.DryRun {
 		p.wouldDeploy(g)
-		return Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-			Ref: t.Ref(), From: t.Digest(), To: own.Want}, Reason: "dry run: nothing changed"}, nil
+		ev.Reason = "dry run: nothing changed"
+		return ev, nil, nil, nil
 	}
-	if !strings.HasPrefix(groupKey(t), "group:") {
-		return p.deploy(ctx, t, own.Want), nil
+	if f, in = p.start(base, g); in != nil {
+		return Event{}, nil, in, nil
 	}
-	for _, ev := range p.deployGroup(ctx, g) {
-		if ev.Release.ServiceID == t.ID {
-			return ev, nil
-		}
-	}
-	return Event{Kind: Failed, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-		Ref: t.Ref(), From: t.Digest(), To: own.Want}, Phase: PhaseUpdate,
-		Reason: "no outcome yet: Docker did not answer or the updater is stopping; the next cycle carries the group's deploy on"}, nil
+	return ev, f, nil, nil
 }
 
 // follow watches a started rollout to its end, rolls back what is not
@@ -471,6 +573,8 @@ func (p *Pipeline) finish(rel Release, ev Event, journaled bool) Event {
 func (p *Pipeline) end(rel Release) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	p.closing.RLock()
+	defer p.closing.RUnlock()
 	if err := p.Journal.End(ctx, rel); err != nil {
 		p.Log.Error("remove deploy record; retried next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
 		p.mu.Lock()
@@ -482,15 +586,35 @@ func (p *Pipeline) end(rel Release) {
 	}
 }
 
-// resume follows every deploy a previous run left in flight to its end.
-// One that stopped before its spec write is carried on from where it
-// stopped (a migration already recorded is not run again); one that got
-// further is watched to its outcome. Either way the outcome is reported
-// once, and no deploy is started twice.
-func (p *Pipeline) resume(ctx context.Context) error {
+// resume starts a run for each deploy in flight that no run of this
+// process owns: one a previous process (or this one, before Docker went
+// away mid-write) left behind. A deploy that stopped before its spec
+// write is carried on from where it stopped (a migration already recorded
+// is not run again); one that got further is watched to its outcome.
+// Either way the outcome is reported once, and no deploy is started twice.
+// The records of a group resume in one run, claiming the group.
+//
+// It returns every record in flight, by service ID, for the plans to show
+// those services as deploying. Runs live on base.
+func (p *Pipeline) resume(ctx, base context.Context) (map[string]Release, error) {
+	records, left, err := p.leftBehind(ctx)
+	if err != nil || len(left) == 0 {
+		return records, err
+	}
+	if err := p.resumeLeft(ctx, base, left); err != nil {
+		return nil, err
+	}
+	return records, nil
+}
+
+// leftBehind reads the records in flight: all of them by service ID, and
+// those no run of this process owns.
+func (p *Pipeline) leftBehind(ctx context.Context) (records map[string]Release, left []Release, err error) {
+	p.closing.Lock()
+	defer p.closing.Unlock()
 	open, err := p.Journal.InFlight(ctx)
 	if err != nil {
-		return fmt.Errorf("read deploys in flight: %w", err)
+		return nil, nil, fmt.Errorf("read deploys in flight: %w", err)
 	}
 	// Records of deploys already over (reported, or never announced) are
 	// only closed. Marks of records gone anyway are dropped.
@@ -498,87 +622,133 @@ func (p *Pipeline) resume(ctx context.Context) error {
 	unclosed := p.unclosed
 	p.unclosed = nil
 	p.mu.Unlock()
-	var left []Release
+	records = map[string]Release{}
 	for _, rel := range open {
-		if !unclosed[rel.ID] {
-			left = append(left, rel)
-		} else if err := p.Journal.End(ctx, rel); err != nil {
-			p.mu.Lock()
-			if p.unclosed == nil {
-				p.unclosed = map[string]bool{}
+		switch {
+		case unclosed[rel.ID]:
+			if err := p.Journal.End(ctx, rel); err != nil {
+				p.mu.Lock()
+				if p.unclosed == nil {
+					p.unclosed = map[string]bool{}
+				}
+				p.unclosed[rel.ID] = true
+				p.mu.Unlock()
+				return nil, nil, fmt.Errorf("remove deploy record %s: %w", rel.ID, err)
 			}
-			p.unclosed[rel.ID] = true
-			p.mu.Unlock()
-			return fmt.Errorf("remove deploy record %s: %w", rel.ID, err)
+			continue
+		case p.owned(rel.ID):
+		default:
+			left = append(left, rel)
 		}
+		records[rel.ServiceID] = rel
 	}
-	open = left
-	if len(open) == 0 {
-		return nil
-	}
+	return records, left, nil
+}
+
+// resumeLeft starts the runs that resume left, the records no run owns.
+func (p *Pipeline) resumeLeft(ctx, base context.Context, left []Release) error {
 	// A job of the run that died may still be running: it goes first, so
-	// nothing it does can race what resumes.
+	// nothing it does can race what resumes. Jobs this process runs stay.
 	if p.Jobs != nil {
 		if err := p.Jobs.Clean(ctx); err != nil {
 			return fmt.Errorf("remove jobs left behind: %w", err)
 		}
 	}
-	var targets []Target
-	for _, rel := range open {
-		r, err := p.Services.Rollout(ctx, rel.ServiceID)
-		if errors.Is(err, ErrNotFound) {
-			p.finish(rel, Event{Kind: Failed, Phase: PhaseRollout, Reason: "the service was removed while the updater was down", Resumed: true}, true)
-			continue
+	targets, err := p.Lister.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	// One run per service, or per group: its records in the order found.
+	type batch struct {
+		keys, refs []string
+		rels       []Release
+	}
+	var batches []*batch
+	at := map[string]*batch{}
+	for _, rel := range left {
+		key, keys := "service:"+rel.ServiceID, []string{"service:" + rel.ServiceID}
+		if i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID }); i >= 0 {
+			key, keys = groupKey(targets[i]), deployKeys(targets[i])
 		}
-		if err != nil {
-			return fmt.Errorf("inspect service %s: %w", rel.ServiceName, err)
+		b := at[key]
+		if b == nil {
+			b = &batch{}
+			at[key] = b
+			batches = append(batches, b)
 		}
-		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
-		_, d := SplitImage(r.Image)
-		// A rollback counts only if it began after this deploy's record
-		// was written: the one a failed deploy before it left in
-		// UpdateStatus is not this deploy's, whose spec write may never
-		// have landed. Both times are the managers' clock.
-		since := rel.Recorded
-		if since.IsZero() {
-			since = rel.Started
+		for _, k := range keys {
+			if !slices.Contains(b.keys, k) {
+				b.keys = append(b.keys, k)
+			}
 		}
-		ownRollback := strings.HasPrefix(r.UpdateState, "rollback_") &&
-			(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(since))
-		if d == rel.To || ownRollback {
-			release := p.claim("service:" + rel.ServiceID)
-			p.follow(ctx, rel, true)
-			release()
-		} else {
-			if targets == nil {
-				if targets, err = p.Lister.List(ctx); err != nil {
-					return fmt.Errorf("list services: %w", err)
+		b.refs = append(b.refs, rel.Ref)
+		b.rels = append(b.rels, rel)
+	}
+	for _, b := range batches {
+		want, from, ids := map[string]string{}, map[string]string{}, make([]string, len(b.rels))
+		for i, rel := range b.rels {
+			want[rel.ServiceID], from[rel.ServiceID], ids[i] = rel.To, rel.From, rel.ID
+		}
+		rels := b.rels
+		if _, in := p.launch(base, b.keys, b.refs, want, from, ids, func(ctx context.Context) []Event {
+			var evs []Event
+			for _, rel := range rels {
+				if ctx.Err() != nil {
+					break
 				}
+				evs = append(evs, p.resumeOne(ctx, rel, targets)...)
 			}
-			i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
-			if i < 0 {
-				p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true)
-				continue
-			}
-			if ref := targets[i].Ref(); rel.Ref != ref {
-				// A record is input: one whose image is not what the
-				// service tracks (edited, or the service retargeted since)
-				// is never written to its spec.
-				p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Resumed: true,
-					Reason: fmt.Sprintf("not resumed: the record's image %s is not the %s the service tracks", rel.Ref, ref)}, true)
-				continue
-			}
-			if ev := p.proceed(ctx, targets[i], rel, true); ev.waiting {
-				// Still in flight: planning now would start a second
-				// deploy of the same service.
-				return fmt.Errorf("deploy %s of %s waits for Docker: %s", rel.ID, rel.ServiceName, ev.Reason)
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+			return evs
+		}); in != nil {
+			p.Log.Debug("deploy left in flight waits for the run in its way", "deploy_id", b.rels[0].ID, "service", b.rels[0].ServiceName)
 		}
 	}
 	return nil
+}
+
+// resumeOne carries on or follows one deploy found in flight.
+func (p *Pipeline) resumeOne(ctx context.Context, rel Release, targets []Target) []Event {
+	r, err := p.Services.Rollout(ctx, rel.ServiceID)
+	if errors.Is(err, ErrNotFound) {
+		return []Event{p.finish(rel, Event{Kind: Failed, Phase: PhaseRollout, Reason: "the service was removed while the updater was down", Resumed: true}, true)}
+	}
+	if err != nil {
+		// The record stays: the next cycle resumes it again.
+		p.Log.Warn("inspect a service whose deploy is in flight; resumed next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+		p.mu.Lock()
+		p.runErr = fmt.Errorf("inspect service %s: %w", rel.ServiceName, err)
+		p.mu.Unlock()
+		return nil
+	}
+	p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
+	_, d := SplitImage(r.Image)
+	// A rollback counts only if it began after this deploy's record
+	// was written: the one a failed deploy before it left in
+	// UpdateStatus is not this deploy's, whose spec write may never
+	// have landed. Both times are the managers' clock.
+	since := rel.Recorded
+	if since.IsZero() {
+		since = rel.Started
+	}
+	ownRollback := strings.HasPrefix(r.UpdateState, "rollback_") &&
+		(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(since))
+	if d == rel.To || ownRollback {
+		return []Event{p.follow(ctx, rel, true)}
+	}
+	i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
+	if i < 0 {
+		return []Event{p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true)}
+	}
+	if ref := targets[i].Ref(); rel.Ref != ref {
+		// A record is input: one whose image is not what the
+		// service tracks (edited, or the service retargeted since)
+		// is never written to its spec.
+		return []Event{p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Resumed: true,
+			Reason: fmt.Sprintf("not resumed: the record's image %s is not the %s the service tracks", rel.Ref, ref)}, true)}
+	}
+	// Still waiting for Docker, the record stays: the next cycle resumes
+	// it again, and meanwhile the service shows as deploying.
+	return []Event{p.proceed(ctx, targets[i], rel, true)}
 }
 
 func (p *Pipeline) report(e Event) {

@@ -16,6 +16,10 @@ const (
 	ActSkipFailed Action = "skip-failed"   // the tag points to a digest that failed before
 	ActUntagged   Action = "skip-untagged" // pinned to a digest with no tag to follow
 	ActError      Action = "registry-error"
+	// ActDeploying: a deploy of the service (or its group) is running, in
+	// this updater or per a record in Swarm; nothing else starts for it
+	// until that one has ended.
+	ActDeploying Action = "deploying"
 )
 
 // Plan is the decision for one service in one cycle.

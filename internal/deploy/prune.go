@@ -105,6 +105,29 @@ func (p *Pipeline) pruneAfter(ctx context.Context, rel Release) {
 	if timeout <= 0 {
 		timeout = DefaultPruneTimeout
 	}
+	// Runs of the same repository may be deploying beside this one: their
+	// digests stay (what they deploy, and what they would return to), and
+	// no run of the repository starts until the prune has ended.
+	job := slices.Clone(keep)
+	f := flightOf(ctx)
+	p.mu.Lock()
+	for _, o := range p.runs.live {
+		if o == f || !slices.ContainsFunc(o.refs, func(r string) bool { return Repository(r) == repo }) {
+			continue
+		}
+		for _, ds := range []map[string]string{o.want, o.from} {
+			for _, d := range ds {
+				if d != "" && !slices.Contains(job, d) {
+					job = append(job, d)
+				}
+			}
+		}
+	}
+	if f != nil {
+		f.pruning = repo
+		defer func() { p.mu.Lock(); f.pruning = ""; p.mu.Unlock() }()
+	}
+	p.mu.Unlock()
 	// A job that deletes images on every node starts only while this
 	// updater holds the lease, as every other job does.
 	if !p.confirm(ctx) {
@@ -118,7 +141,7 @@ func (p *Pipeline) pruneAfter(ctx context.Context, rel Release) {
 		Service: rel.ServiceID,
 		Repo:    repo,
 		Image:   pr.Image,
-		Keep:    keep,
+		Keep:    job,
 		Timeout: timeout,
 	}, creds)
 	if err != nil {

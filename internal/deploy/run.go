@@ -35,7 +35,9 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 		}
 	}
 	// The journal entry comes first: from here on, a crash is found and
-	// carried on or reported on restart rather than forgotten.
+	// carried on or reported on restart rather than forgotten. The run
+	// owns it before it exists, so no cycle takes it for one left behind.
+	p.begun(ctx, rel.ID)
 	if err := p.Journal.Begin(ctx, rel); err != nil {
 		ev := Event{Kind: Failed, Release: rel, Phase: PhasePrepare, Reason: "record the deploy in Swarm: " + err.Error()}
 		if errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
@@ -56,7 +58,6 @@ func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Releas
 
 // proceed runs a begun deploy: hooks, the spec write, the rollout.
 func (p *Pipeline) proceed(ctx context.Context, t Target, rel Release, resumed bool) Event {
-	defer p.claim(deployKeys(t)...)()
 	if err := p.awaitBackups(ctx, t, []Release{rel}); err != nil {
 		ev := Event{Kind: Failed, Phase: PhasePrepare, Reason: err.Error(), Resumed: resumed}
 		if ctx.Err() != nil {
@@ -302,11 +303,6 @@ func migrationKey(t Target) string {
 // fails, those already promoted are rolled back too, so the group never
 // runs half old, half new.
 func (p *Pipeline) deployGroup(ctx context.Context, plans []Plan) []Event {
-	var keys []string
-	for _, pl := range plans {
-		keys = append(keys, deployKeys(pl.Target)...)
-	}
-	defer p.claim(keys...)()
 	lead := hookOwner(plans)
 	var (
 		rels    []Release
@@ -530,8 +526,8 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 
 // Scheduled backups and deploys of the same service never run side by
 // side: a dump must not read data a migration is changing, nor race the
-// deploy's own backup. A deploy claims its services and group for as long
-// as it runs; a scheduled backup that finds them claimed is skipped
+// deploy's own backup. A run claims its services and group for as long
+// as it runs (runs.go); a scheduled backup that finds them claimed is skipped
 // (Backup), and a deploy that finds a scheduled backup already running
 // waits for it before any hook or spec write (awaitBackups).
 
@@ -548,10 +544,10 @@ type backupRun struct {
 func (p *Pipeline) startBackup(t Target) (done func(), why string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	switch {
-	case p.deploying["service:"+t.ID] > 0:
+	switch f := p.claimedBy(deployKeys(t)); {
+	case f != nil && slices.Contains(f.keys, "service:"+t.ID):
 		return nil, "a deploy of the service is running"
-	case p.deploying[groupKey(t)] > 0:
+	case f != nil:
 		return nil, "a deploy of its group " + t.Hooks.Group + " is running"
 	case p.backingUp[t.ID] != nil:
 		return nil, "the previous one is still running"
@@ -576,28 +572,6 @@ func deployKeys(t Target) []string {
 		keys = append(keys, k)
 	}
 	return keys
-}
-
-// claim marks keys (deployKeys) as deploying until release is called: no
-// scheduled backup of those services or groups starts meanwhile.
-func (p *Pipeline) claim(keys ...string) (release func()) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.deploying == nil {
-		p.deploying = map[string]int{}
-	}
-	for _, k := range keys {
-		p.deploying[k]++
-	}
-	return func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, k := range keys {
-			if p.deploying[k]--; p.deploying[k] <= 0 {
-				delete(p.deploying, k)
-			}
-		}
-	}
 }
 
 // awaitBackups waits, before a deploy runs any hook or writes a spec, for

@@ -88,15 +88,16 @@ func canonicalHost(h string) string {
 }
 
 // Trigger runs the checks and deploys that webhooks and people ask for, in
-// the background, through the pipeline's one-at-a-time guard. Requests
-// that arrive while one runs are merged and run once after it, so a push
-// during a cycle is never lost and a burst of pushes is one cycle, not a
-// queue of them.
+// the background. Checks go through the pipeline's one-planning-at-a-time
+// guard: requests that arrive while one plans are merged and run once
+// after it, so a push during a cycle is never lost and a burst of pushes
+// is one cycle, not a queue of them. Neither waits on a deploy running.
 type Trigger struct {
 	p    *Pipeline
 	log  *slog.Logger
 	wake chan struct{}
 	done chan struct{}
+	reqs sync.WaitGroup // requested deploys waiting for their outcome
 
 	mu      sync.Mutex // guards what is asked for
 	all     bool
@@ -108,13 +109,17 @@ type Trigger struct {
 // it.
 func NewTrigger(ctx context.Context, p *Pipeline) *Trigger {
 	t := &Trigger{p: p, log: p.Log, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	// A run that ends after its tag moved on asks for that tag's check.
+	p.mu.Lock()
+	p.again = t.Push
+	p.mu.Unlock()
 	go t.run(ctx)
 	return t
 }
 
 // Stop waits for the trigger to finish what it runs; it returns once the
 // context given to NewTrigger has ended and the work in hand is done.
-func (t *Trigger) Stop() { <-t.done }
+func (t *Trigger) Stop() { <-t.done; t.reqs.Wait() }
 
 // Push asks for a check of the services that track the pushed tags.
 func (t *Trigger) Push(pushes ...Push) {
@@ -200,16 +205,22 @@ func (t *Trigger) run(ctx context.Context) {
 		case <-t.wake:
 		}
 		all, pushes, deploys := t.take()
+		// Each requested deploy waits for its outcome on its own: checks
+		// and other requests go on meanwhile.
 		for _, name := range deploys {
 			if ctx.Err() != nil {
 				return
 			}
-			ev, err := t.p.DeployService(ctx, name)
-			if err != nil {
-				t.log.Error("requested deploy", "service", name, "err", err)
-				continue
-			}
-			t.log.Info("requested deploy done", "service", name, "deploy_id", ev.Release.ID, "state", string(ev.Kind))
+			t.reqs.Add(1)
+			go func() {
+				defer t.reqs.Done()
+				ev, err := t.p.DeployService(ctx, name)
+				if err != nil {
+					t.log.Error("requested deploy", "service", name, "err", err)
+					return
+				}
+				t.log.Info("requested deploy done", "service", name, "deploy_id", ev.Release.ID, "state", string(ev.Kind))
+			}()
 		}
 		if !all && len(pushes) == 0 || ctx.Err() != nil {
 			continue

@@ -83,6 +83,7 @@ func TestCycleForPushedTagOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.p.Wait()
 	if len(plans) != 1 || plans[0].Target.Name != "web" || !slices.Equal(asked, []string{ref}) {
 		t.Fatalf("plans %v, registry asked about %v: want web only", plans, asked)
 	}
@@ -241,7 +242,9 @@ func TestTriggerQueuesOneFollowUp(t *testing.T) {
 			t.Fatalf("follow-ups %+v deployed %d services in 10 s, want 2: a push was lost", followUps, deploys)
 		}
 	}
-	// Once the trigger has stopped, every cycle it ran has been observed.
+	// The runs those cycles started end; once the trigger has stopped,
+	// every cycle it ran has been observed.
+	w.p.Wait()
 	cancel()
 	tr.Stop()
 	for len(obs.ch) > 0 {

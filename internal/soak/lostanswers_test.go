@@ -27,6 +27,7 @@ func TestLostAnswers(t *testing.T) {
 			if _, err := p.Cycle(t.Context()); err != nil {
 				t.Fatal(err)
 			}
+			p.Wait()
 		}
 		w.fired("End")
 		w.problems()
@@ -48,6 +49,7 @@ func TestLostAnswers(t *testing.T) {
 			if _, err := p.Cycle(t.Context()); err != nil {
 				t.Fatal(err)
 			}
+			p.Wait()
 		}
 		w.fired("Update(applied)")
 		w.problems()
@@ -72,13 +74,16 @@ func TestLostAnswers(t *testing.T) {
 			stop() // SIGTERM arrives while the write is in flight
 			return swarmFault{err: fmt.Errorf("injected: update service %s: %w", s.id, context.Canceled), applied: true}
 		}
-		_, _ = w.pipeline().Cycle(ctx)
+		first := w.pipeline()
+		_, _ = first.Cycle(ctx)
+		first.Wait()
 		w.sw.faulty = false
 		restarted := w.pipeline()
 		for range 3 {
 			if _, err := restarted.Cycle(t.Context()); err != nil {
 				t.Fatal(err)
 			}
+			restarted.Wait()
 		}
 		w.fired("Update(applied)")
 		w.problems()
@@ -97,6 +102,7 @@ func TestLostAnswers(t *testing.T) {
 			if _, err := p.Cycle(t.Context()); err != nil {
 				t.Fatal(err)
 			}
+			p.Wait()
 		}
 		w.fired("Begin(applied)")
 		w.problems()
