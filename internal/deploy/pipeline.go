@@ -79,11 +79,11 @@ type Pipeline struct {
 	// (alone) by resume while it reads the records and sorts out whose
 	// they are: a record read just before its run removed it and ended
 	// would else look left behind, and be resumed a second time.
-	closing sync.RWMutex
-	warned    map[string]bool
-	unclosed  map[string]bool // deploys over whose journal entry would not go
-	prepared  map[string]bool // deploys waiting for Docker whose hooks have run
-	seen      seen            // what the last cycles saw, for Status
+	closing  sync.RWMutex
+	warned   map[string]bool
+	unclosed map[string]bool // deploys over whose journal entry would not go
+	prepared map[string]bool // deploys waiting for Docker whose hooks have run
+	seen     seen            // what the last cycles saw, for Status
 
 	approvals approvalBook // deploys held for approval; has its own lock
 }
