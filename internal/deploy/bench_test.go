@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,4 +131,100 @@ func BenchmarkCycleUnchanged(b *testing.B) {
 	}
 	b.ReportMetric(float64(heads.Load())/float64(n), "HEAD/op")
 	b.ReportMetric(float64(gets.Load())/float64(n), "GET/op")
+}
+
+// BenchmarkCycleMoving is a release day: a cycle over 1,000 services on
+// 200 tags in which 10 tags move, so 50 services deploy, against fakes
+// whose every rollout takes 2 s (wall clock). One op is the cycle and the
+// runs it starts, to their end: about ceil(50 / DeployConcurrency) × 2 s,
+// while the registry is asked once per distinct tag, as when idle.
+func BenchmarkCycleMoving(b *testing.B) {
+	const (
+		services = 1000
+		tags     = 200
+		moving   = 10 // tags; 5 services each
+		rollout  = 2 * time.Second
+	)
+	for _, conc := range []int{4, 16, 64} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			var (
+				mu      sync.Mutex
+				targets = make([]deploy.Target, services)
+				digest  = map[string]string{} // what each tag points to
+				written = map[string]time.Time{}
+				lookups atomic.Int64
+				writes  atomic.Int64
+			)
+			digestOf := func(tag, gen int) string { return fmt.Sprintf("sha256:%060d%04d", tag, gen) }
+			refOf := func(tag int) string { return fmt.Sprintf("127.0.0.1:5000/bench/app%d:t%d", tag%4, tag) }
+			for i := range targets {
+				targets[i] = deploy.Target{ID: fmt.Sprintf("id%04d", i), Name: fmt.Sprintf("svc%04d", i),
+					Image: deploy.Pin(refOf(i%tags), digestOf(i%tags, 0)), StartFirst: true, RollbackOnFailure: true, Healthcheck: true}
+			}
+			for t := range tags {
+				digest[refOf(t)] = digestOf(t, 0)
+			}
+			index := func(id string) int { var i int; fmt.Sscanf(id, "id%d", &i); return i }
+			p := &deploy.Pipeline{
+				Lister: &fakeLister{ListFn: func(context.Context) ([]deploy.Target, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					return slices.Clone(targets), nil
+				}},
+				Services: &fakeServices{
+					UpdateFn: func(_ context.Context, t deploy.Target, image string, _ deploy.Credentials) error {
+						writes.Add(1)
+						mu.Lock()
+						defer mu.Unlock()
+						targets[index(t.ID)].Image, written[t.ID] = image, time.Now()
+						return nil
+					},
+					RolloutFn: func(_ context.Context, id string) (deploy.Rollout, error) {
+						mu.Lock()
+						defer mu.Unlock()
+						image := targets[index(id)].Image
+						state, task := "updating", "starting"
+						if time.Since(written[id]) >= rollout {
+							state, task = "completed", "running"
+						}
+						return deploy.Rollout{Image: image, UpdateState: state, Desired: 1,
+							Tasks: []deploy.Task{{ID: id + "-t", Image: image, State: task, Desired: "running"}}}, nil
+					},
+				},
+				Registry: &fakeRegistry{DigestFn: func(_ context.Context, ref string) (string, error) {
+					lookups.Add(1)
+					mu.Lock()
+					defer mu.Unlock()
+					return digest[ref], nil
+				}},
+				Ledger:            &fakeLedger{},
+				Journal:           &fakeJournal{},
+				Reporter:          &fakeReporter{},
+				Log:               slog.New(slog.DiscardHandler),
+				Timeout:           time.Minute,
+				WatchInterval:     100 * time.Millisecond,
+				Concurrency:       8,
+				DeployConcurrency: conc,
+			}
+			ctx := b.Context()
+			gen := 0
+			for b.Loop() {
+				gen++
+				mu.Lock()
+				for t := range moving {
+					digest[refOf(t)] = digestOf(t, gen)
+				}
+				mu.Unlock()
+				l0, w0 := lookups.Load(), writes.Load()
+				if _, err := p.Cycle(ctx); err != nil {
+					b.Fatalf("Cycle: %v", err)
+				}
+				p.Wait()
+				if l, w := lookups.Load()-l0, writes.Load()-w0; l != tags || w != moving*services/tags {
+					b.Fatalf("a cycle made %d lookups and %d spec writes, want %d and %d", l, w, tags, moving*services/tags)
+				}
+			}
+			b.ReportMetric(float64(lookups.Load())/float64(b.N), "lookups/op")
+		})
+	}
 }
