@@ -212,21 +212,3 @@ func (d *docker) ContainerRemove(ctx context.Context, id string, o client.Contai
 		return d.api.ContainerRemove(ctx, id, o)
 	})
 }
-
-func (d *docker) ImageList(ctx context.Context, o client.ImageListOptions) (client.ImageListResult, error) {
-	return call(d, ctx, "ImageList", func(ctx context.Context) (client.ImageListResult, error) { return d.api.ImageList(ctx, o) })
-}
-
-func (d *docker) ImageInspect(ctx context.Context, id string) (client.ImageInspectResult, error) {
-	return call(d, ctx, "ImageInspect", func(ctx context.Context) (client.ImageInspectResult, error) { return d.api.ImageInspect(ctx, id) })
-}
-
-func (d *docker) ImageHistory(ctx context.Context, id string) (client.ImageHistoryResult, error) {
-	return call(d, ctx, "ImageHistory", func(ctx context.Context) (client.ImageHistoryResult, error) { return d.api.ImageHistory(ctx, id) })
-}
-
-func (d *docker) ImageRemove(ctx context.Context, id string, o client.ImageRemoveOptions) (client.ImageRemoveResult, error) {
-	return call(d, ctx, "ImageRemove", func(ctx context.Context) (client.ImageRemoveResult, error) {
-		return d.api.ImageRemove(ctx, id, o)
-	})
-}

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/image"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/api/types/system"
 	"github.com/moby/moby/client"
@@ -29,9 +28,9 @@ import (
 // in-memory state the adapter's calls need. It answers like Engine API
 // 1.41 (Docker 20.10) where the adapter depends on it: a write with a
 // stale version is a 500 "update out of sequence" (not a conflict), object
-// names are unique (a 409 "already exists"), a label filter needs every
-// label it names, and removing an image by one of its references only
-// drops that reference while others remain.
+// names are unique (a 409 "already exists"), and a label filter needs
+// every label it names. A node's images, as the node-side prune sees
+// them, are package nodeprune's fake.
 //
 // Tests set up and read its state through with(), which holds the lock
 // the handlers hold, and inject answers with fail(), cut() and hang(), or
@@ -52,12 +51,8 @@ type engine struct {
 	tasks      []swarm.Task
 	configs    map[string]*swarm.Config // by ID
 	nodes      []swarm.Node
-	images     []image.Summary
-	layers     map[string][]string                    // image ID -> RootFS layers
-	history    map[string][]image.HistoryResponseItem // image ID -> history, newest first
 	containers []container.Summary
-	finished   map[string]time.Time // container ID -> when it exited
-	logs       map[string]string    // service or task ID -> what it printed
+	logs       map[string]string // service or task ID -> what it printed
 
 	// onCreate runs, with the lock held, when a service is created: a test
 	// gives a job its tasks there.
@@ -94,9 +89,6 @@ func newEngine(t *testing.T) *engine {
 		services: map[string]*swarm.Service{},
 		auth:     map[string]string{},
 		configs:  map[string]*swarm.Config{},
-		layers:   map[string][]string{},
-		history:  map[string][]image.HistoryResponseItem{},
-		finished: map[string]time.Time{},
 		logs:     map[string]string{},
 	}
 	e.info.Swarm = swarm.Info{NodeID: selfNode, LocalNodeState: swarm.LocalNodeStateActive, ControlAvailable: true}
@@ -372,25 +364,6 @@ func (e *engine) route(w http.ResponseWriter, r *http.Request, p string) {
 		}
 		delete(e.configs, c.ID)
 		w.WriteHeader(http.StatusNoContent)
-	case get("/images/json"):
-		e.answer(w, append([]image.Summary{}, e.images...))
-	case at(http.MethodGet, "/images/", "/json"):
-		img := e.imageByRef(id)
-		if img == nil {
-			e.answerErr(w, http.StatusNotFound, "No such image: "+id)
-			return
-		}
-		e.answer(w, image.InspectResponse{ID: img.ID, RepoTags: img.RepoTags, RepoDigests: img.RepoDigests,
-			RootFS: image.RootFS{Type: "layers", Layers: e.layers[img.ID]}})
-	case at(http.MethodGet, "/images/", "/history"):
-		img := e.imageByRef(id)
-		if img == nil {
-			e.answerErr(w, http.StatusNotFound, "No such image: "+id)
-			return
-		}
-		e.answer(w, append([]image.HistoryResponseItem{}, e.history[img.ID]...))
-	case at(http.MethodDelete, "/images/", ""):
-		e.removeImage(w, id)
 	case get("/containers/json"):
 		f := filters(r)
 		out := []container.Summary{}
@@ -408,9 +381,6 @@ func (e *engine) route(w http.ResponseWriter, r *http.Request, p string) {
 		}
 		c := e.containers[i]
 		st := &container.State{Status: c.State, Running: c.State == container.StateRunning}
-		if t, ok := e.finished[c.ID]; ok {
-			st.FinishedAt = t.Format(time.RFC3339Nano)
-		}
 		e.answer(w, container.InspectResponse{ID: c.ID, State: st, Image: c.ImageID,
 			Config: &container.Config{Image: c.Image, Labels: c.Labels}})
 	case at(http.MethodDelete, "/containers/", ""):
@@ -548,34 +518,6 @@ func (e *engine) updateConfig(w http.ResponseWriter, r *http.Request, ref string
 	w.WriteHeader(http.StatusOK)
 }
 
-// removeImage drops the reference ref; the image goes with its last
-// reference, unless a container uses it.
-func (e *engine) removeImage(w http.ResponseWriter, ref string) {
-	img := e.imageByRef(ref)
-	if img == nil {
-		e.answerErr(w, http.StatusNotFound, "No such image: "+ref)
-		return
-	}
-	last := len(img.RepoTags)+len(img.RepoDigests) <= 1
-	if last {
-		for _, c := range e.containers {
-			if c.ImageID == img.ID {
-				e.answerErr(w, http.StatusConflict, fmt.Sprintf("conflict: unable to delete %s - image is being used by container %s", ref, c.ID))
-				return
-			}
-		}
-	}
-	img.RepoTags = slices.DeleteFunc(img.RepoTags, func(s string) bool { return s == ref })
-	img.RepoDigests = slices.DeleteFunc(img.RepoDigests, func(s string) bool { return s == ref })
-	out := []image.DeleteResponse{{Untagged: ref}}
-	if last {
-		id := img.ID // img points into e.images
-		e.images = slices.DeleteFunc(e.images, func(i image.Summary) bool { return i.ID == id })
-		out = append(out, image.DeleteResponse{Deleted: id})
-	}
-	e.answer(w, out)
-}
-
 func (e *engine) serviceByRef(ref string) *swarm.Service {
 	for _, svc := range e.services {
 		if svc.ID == ref || svc.Spec.Name == ref {
@@ -589,16 +531,6 @@ func (e *engine) configByRef(ref string) *swarm.Config {
 	for _, c := range e.configs {
 		if c.ID == ref || c.Spec.Name == ref {
 			return c
-		}
-	}
-	return nil
-}
-
-func (e *engine) imageByRef(ref string) *image.Summary {
-	for i := range e.images {
-		img := &e.images[i]
-		if img.ID == ref || slices.Contains(img.RepoTags, ref) || slices.Contains(img.RepoDigests, ref) {
-			return img
 		}
 	}
 	return nil

@@ -18,11 +18,14 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/nodeprune"
 )
 
 const (
-	jobLabel     = "io.updater.job" // on job services: the ID of the service the job serves
+	jobLabel     = nodeprune.JobLabel // on job services and their containers: the ID of the service the job serves
 	jobStepLabel = "io.updater.step"
+	// taskServiceLabel is the label dockerd puts on a task's container.
+	taskServiceLabel = "com.docker.swarm.service.id"
 
 	logTailLines = 20
 )
@@ -314,7 +317,7 @@ func (s *Swarm) Clean(ctx context.Context) error {
 		return fmt.Errorf("list job containers: %w", err)
 	}
 	for _, c := range cs.Items {
-		if s.ours(c.Labels["com.docker.swarm.service.id"]) || live(c.Labels) {
+		if s.ours(c.Labels[taskServiceLabel]) || live(c.Labels) {
 			continue
 		}
 		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {

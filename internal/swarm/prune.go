@@ -14,29 +14,23 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/moby/moby/api/pkg/stdcopy"
-	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/image"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/imageref"
+	"github.com/updater-dev/updater/internal/nodeprune"
 )
 
-// Pruning runs `updater prune` on every node as a global job: a worker's
-// images can only be removed by its own dockerd, which the job reaches
-// through the node's Docker socket.
+// Pruning runs `updater prune` (package nodeprune) on every node as a
+// global job: a worker's images can only be removed by its own dockerd,
+// which the job reaches through the node's Docker socket.
 const (
 	stepPrune = "prune"
 	// DockerSocket is where the prune job finds its node's dockerd.
 	DockerSocket = "/var/run/docker.sock"
-	// taskServiceLabel is the label dockerd puts on a task's container.
-	taskServiceLabel = "com.docker.swarm.service.id"
-	// jobLeftoverAge is how long an exited job container stays: the
-	// updater reads a job's logs right after it ends.
-	jobLeftoverAge = time.Minute
 )
 
 // Prune runs the prune job on every node that is ready, and reports what
@@ -118,7 +112,7 @@ func pruneSpec(j deploy.PruneJob, keep []string, scope string) swarm.ServiceSpec
 // spec pins: what is running, and what `docker service rollback` returns
 // to, for every service in the swarm, watched or not.
 func (s *Swarm) pinned(ctx context.Context, repo string) ([]string, error) {
-	want := repository(repo)
+	want := imageref.Repository(repo)
 	res, err := s.api.ServiceList(ctx, client.ServiceListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
@@ -130,7 +124,7 @@ func (s *Swarm) pinned(ctx context.Context, repo string) ([]string, error) {
 				continue
 			}
 			img := spec.TaskTemplate.ContainerSpec.Image
-			if _, d := deploy.SplitImage(img); d != "" && repository(img) == want && !slices.Contains(out, d) {
+			if _, d := imageref.Split(img); d != "" && imageref.Repository(img) == want && !slices.Contains(out, d) {
 				out = append(out, d)
 			}
 		}
@@ -191,7 +185,7 @@ func (s *Swarm) awaitEach(ctx context.Context, id string, nodes []string) map[st
 // readReport reads the prune report the task printed last.
 func (s *Swarm) readReport(t swarm.Task, res deploy.Pruned) deploy.Pruned {
 	line := s.taskTail(t.ID)
-	var r PruneReport
+	var r nodeprune.Report
 	if err := json.Unmarshal([]byte(line), &r); err != nil {
 		res.Err = fmt.Sprintf("unreadable prune report %q", line)
 		return res
@@ -235,239 +229,6 @@ func (s *Swarm) removeStaleJobs(ctx context.Context, step string) {
 	for _, svc := range res.Items {
 		s.removeJob(ctx, svc.ID, svc.Spec.Name)
 	}
-}
-
-// PruneReport is what `updater prune` prints, as its last line, about its
-// node.
-type PruneReport struct {
-	Removed int      `json:"removed"`
-	Bytes   int64    `json:"bytes"`
-	Errors  []string `json:"errors,omitempty"`
-}
-
-// PruneImages removes, on the node this client talks to, the images of
-// repo whose digest keep does not list. It leaves alone an image with a
-// tag (someone built or pulled it by hand), and one a container uses,
-// except the exited containers of service's own old tasks, which go
-// first. It also removes this updater's exited job containers (scope),
-// which Swarm leaves behind on every node. It is the node's half of
-// Prune, run by `updater prune` inside the prune job.
-func (s *Swarm) PruneImages(ctx context.Context, repo string, keep []string, service, scope string) (PruneReport, error) {
-	var r PruneReport
-	want := repository(repo)
-	if want == "" {
-		return r, fmt.Errorf("not a repository: %q", repo)
-	}
-	il, err := s.api.ImageList(ctx, client.ImageListOptions{})
-	if err != nil {
-		return r, fmt.Errorf("list images: %w", err)
-	}
-	cl, err := s.api.ContainerList(ctx, client.ContainerListOptions{All: true})
-	if err != nil {
-		return r, fmt.Errorf("list containers: %w", err)
-	}
-	images, conts := il.Items, cl.Items
-	gone := s.removeJobLeftovers(ctx, conts, scope, &r)
-
-	users := map[string][]container.Summary{} // image ID -> containers
-	for _, c := range conts {
-		if !gone[c.ID] {
-			users[c.ImageID] = append(users[c.ImageID], c)
-		}
-	}
-	var doomed []string // image IDs
-	refs := map[string][]string{}
-	for _, img := range images {
-		mine, kept := []string(nil), false
-		for _, rd := range img.RepoDigests {
-			ref, err := name.NewDigest(rd, name.WeakValidation)
-			if err != nil || repository(rd) != want {
-				continue
-			}
-			mine = append(mine, rd)
-			kept = kept || slices.Contains(keep, ref.DigestStr())
-		}
-		if len(mine) == 0 || kept || tagged(img.RepoTags) {
-			continue
-		}
-		if !s.freeOf(ctx, users[img.ID], service, &r) {
-			continue
-		}
-		doomed = append(doomed, img.ID)
-		refs[img.ID] = mine
-	}
-	if len(doomed) == 0 {
-		return r, nil
-	}
-	sizes := s.layerSizes(ctx, images, doomed)
-	removed := map[string]bool{}
-	for _, id := range doomed {
-		for _, ref := range refs[id] {
-			// By reference, not ID: an image also known under another
-			// repository keeps that name and stays.
-			res, err := s.api.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: true})
-			if err != nil {
-				if !isNotFound(err) {
-					r.Errors = append(r.Errors, fmt.Sprintf("remove %s: %v", ref, err))
-				}
-				continue
-			}
-			for _, d := range res.Items {
-				if d.Deleted == id {
-					removed[id] = true
-				}
-			}
-		}
-	}
-	r.Removed = len(removed)
-	r.Bytes = sizes.freed(removed)
-	return r, nil
-}
-
-// freeOf reports whether an image is free to go once the exited containers
-// of service's own old tasks are removed, and removes them. Any other
-// container, running or not, keeps the image.
-func (s *Swarm) freeOf(ctx context.Context, users []container.Summary, service string, r *PruneReport) bool {
-	for _, c := range users {
-		if c.State != container.StateExited && c.State != container.StateDead || c.Labels[taskServiceLabel] != service || service == "" {
-			return false
-		}
-	}
-	for _, c := range users {
-		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{}); err != nil && !isNotFound(err) {
-			r.Errors = append(r.Errors, fmt.Sprintf("remove exited task container %.12s: %v", c.ID, err))
-			return false
-		}
-	}
-	return true
-}
-
-// removeJobLeftovers removes the exited containers of this scope's jobs
-// (hooks and earlier prunes) that ended a while ago: Swarm removes a job's
-// service but leaves its containers on the nodes.
-func (s *Swarm) removeJobLeftovers(ctx context.Context, conts []container.Summary, scope string, r *PruneReport) map[string]bool {
-	gone := map[string]bool{}
-	if scope == "" {
-		return gone
-	}
-	for _, c := range conts {
-		if c.Labels[scopeLabel] != scope || c.Labels[jobLabel] == "" || c.State != container.StateExited && c.State != container.StateDead {
-			continue
-		}
-		res, err := s.api.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
-		if err != nil || res.Container.State == nil {
-			continue
-		}
-		finished, err := time.Parse(time.RFC3339Nano, res.Container.State.FinishedAt)
-		if err != nil || time.Since(finished) < jobLeftoverAge {
-			continue
-		}
-		if _, err := s.api.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{}); err != nil && !isNotFound(err) {
-			r.Errors = append(r.Errors, fmt.Sprintf("remove exited job container %.12s: %v", c.ID, err))
-			continue
-		}
-		gone[c.ID] = true
-	}
-	return gone
-}
-
-// layers tells how much disk removing images gives back. An image's Size
-// counts layers it shares with others (all versions of an app share the
-// base image's), so each layer is counted once, and only when no image that
-// stays has it.
-type layers struct {
-	size    map[string]int64    // layer (its chain of diff IDs) -> size
-	of      map[string][]string // image ID -> its layers
-	kept    map[string]bool     // layers images that stay have
-	unknown map[string]int64    // image ID -> Size, when its layer sizes can't be told
-}
-
-func (s *Swarm) layerSizes(ctx context.Context, images []image.Summary, doomed []string) layers {
-	l := layers{size: map[string]int64{}, of: map[string][]string{}, kept: map[string]bool{}, unknown: map[string]int64{}}
-	for _, img := range images {
-		ins, err := s.api.ImageInspect(ctx, img.ID)
-		if err != nil {
-			continue
-		}
-		var chain []string
-		for i := range ins.RootFS.Layers {
-			chain = append(chain, strings.Join(ins.RootFS.Layers[:i+1], ","))
-		}
-		if !slices.Contains(doomed, img.ID) {
-			for _, c := range chain {
-				l.kept[c] = true
-			}
-			continue
-		}
-		l.of[img.ID] = chain
-		// The history lists layers oldest last, with metadata-only steps
-		// at size 0; its non-zero sizes line up with the layers unless a
-		// layer is empty, and then the image counts whole.
-		hist, err := s.api.ImageHistory(ctx, img.ID)
-		var sizes []int64
-		if err == nil {
-			for i := len(hist.Items) - 1; i >= 0; i-- {
-				if hist.Items[i].Size > 0 {
-					sizes = append(sizes, hist.Items[i].Size)
-				}
-			}
-		}
-		if len(sizes) != len(chain) {
-			l.unknown[img.ID] = img.Size
-			continue
-		}
-		for i, c := range chain {
-			l.size[c] = sizes[i]
-		}
-	}
-	return l
-}
-
-// freed is the disk the removed images gave back.
-func (l layers) freed(removed map[string]bool) int64 {
-	var total int64
-	counted := map[string]bool{}
-	for id := range removed {
-		if n, ok := l.unknown[id]; ok {
-			total += n
-			continue
-		}
-		for _, c := range l.of[id] {
-			if !l.kept[c] && !counted[c] {
-				counted[c] = true
-				total += l.size[c]
-			}
-		}
-	}
-	return total
-}
-
-// repository normalises an image reference to its repository, so that
-// "nginx", "docker.io/library/nginx:1" and "nginx@sha256:…" compare equal;
-// "" when ref does not parse.
-func repository(ref string) string {
-	var (
-		r   name.Reference
-		err error
-	)
-	if strings.Contains(ref, "@") {
-		r, err = name.NewDigest(ref, name.WeakValidation)
-	} else {
-		r, err = name.ParseReference(ref, name.WeakValidation)
-	}
-	if err != nil {
-		return ""
-	}
-	return r.Context().Name()
-}
-
-func tagged(repoTags []string) bool {
-	for _, t := range repoTags {
-		if t != "" && t != "<none>:<none>" {
-			return true
-		}
-	}
-	return false
 }
 
 // SelfImage is the image of the container the updater runs in, found

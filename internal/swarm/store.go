@@ -17,6 +17,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/nodeprune"
 )
 
 // The updater keeps its own records (failed digests, deploys in flight,
@@ -29,7 +30,7 @@ const (
 	kindLabel = "io.updater.kind"
 	// scopeLabel tells the records and jobs of one updater from another's:
 	// two updaters may share a swarm, each watching its own stack.
-	scopeLabel   = "io.updater.scope"
+	scopeLabel   = nodeprune.ScopeLabel
 	serviceLabel = "io.updater.service"
 	digestLabel  = "io.updater.digest"
 	keyLabel     = "io.updater.key"

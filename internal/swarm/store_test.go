@@ -3,6 +3,8 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"reflect"
@@ -319,4 +321,72 @@ func TestFailedReasonCapped(t *testing.T) {
 	if c, _ := e.config(recordName("failed", "s1", digest2)); string(c.Spec.Data) != "short\n" {
 		t.Errorf("a short reason became %q", c.Spec.Data)
 	}
+}
+
+// The record store's failures: a refused removal or list is the caller's
+// error, except after a replacement is written, when only the newest
+// counts and an old record left behind goes next time.
+func TestRecordStoreErrors(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{})
+	ctx := context.Background()
+	const refused = "raft: no leader"
+	r := deploy.Release{ID: "r1", ServiceID: "s1", To: digest1}
+	if err := s.Begin(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	e.fail("DELETE /configs/"+recordName("deploy", "s1", "r1"), 500, refused, 1)
+	if err := s.End(ctx, r); err == nil || !strings.Contains(err.Error(), refused) {
+		t.Errorf("End with the removal refused: %v", err)
+	}
+	if err := s.Begin(ctx, r); err == nil {
+		t.Error("Begin of a deploy already recorded gave no error")
+	}
+	if err := s.Remember(ctx, "r1", "slack", "ts"); err != nil {
+		t.Fatal(err)
+	}
+	e.fail("DELETE /configs/"+recordName("memo", "r1", "slack"), 500, refused, 1)
+	if err := s.Drop(ctx, "r1", "slack"); err == nil {
+		t.Error("Drop with the removal refused gave no error")
+	}
+	if err := s.MarkFailed(ctx, "s1", digest1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	failed, _ := e.config(recordName("failed", "s1", digest1))
+	e.fail("DELETE /configs/"+failed.ID, 500, refused, 1) // removed by ID, as listed
+	if err := s.Forget(ctx, "s1"); err == nil || !strings.Contains(err.Error(), refused) {
+		t.Errorf("Forget with the removal refused: %v", err)
+	}
+
+	if err := s.SetPromoted(ctx, "s2", []string{digest1}); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := e.config(recordName(kindPromoted, "s2", promotedKey(digest1)))
+	e.fail("DELETE /configs/"+old.ID, 500, refused, 1)
+	if err := s.SetPromoted(ctx, "s2", []string{digest2}); err != nil {
+		t.Errorf("SetPromoted with the old record's removal refused: %v (the new one is written)", err)
+	}
+	if got, _ := s.Promoted(ctx, "s2"); !slices.Equal(got, []string{digest2}) {
+		t.Errorf("promoted %v, want the new record's", got)
+	}
+	e.fail("GET /configs", 500, refused, 1)
+	if err := s.SetPromoted(ctx, "s2", []string{digest1, digest2}); err != nil {
+		t.Errorf("SetPromoted with the list refused after the write: %v", err)
+	}
+	e.fail("GET /configs", 500, refused, 1)
+	if _, err := s.Migrated(ctx, "g:shop/web", digest1); err == nil {
+		t.Error("Migrated with the list refused gave no error")
+	}
+	e.with(func() { e.listOmitsData = true })
+	memo, _ := e.config(recordName("memo", "r1", "slack"))
+	e.fail("GET /configs/"+memo.ID, 500, refused, 1)
+	if _, _, err := s.Recall(ctx, "r1", "slack"); err == nil || !strings.Contains(err.Error(), refused) {
+		t.Errorf("Recall with the record's inspect refused: %v", err)
+	}
+}
+
+// promotedKey is what SetPromoted names a record of digests after.
+func promotedKey(digests ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(digests, "\n") + "\n"))
+	return hex.EncodeToString(sum[:])
 }
