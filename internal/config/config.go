@@ -15,9 +15,8 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/imageref"
 	"github.com/updater-dev/updater/internal/schedule"
 )
 
@@ -229,7 +228,7 @@ func settings() []setting {
 			return err
 		}},
 		{"UPDATER_PRUNE_IMAGE", func(c *Config, v string) error {
-			if _, err := name.ParseReference(v); err != nil || strings.ContainsFunc(v, unicode.IsSpace) {
+			if _, err := imageref.Parse(v); err != nil {
 				return errors.New("not an image reference: use the updater's image as the nodes pull it, like ghcr.io/you/updater:1.4@sha256:…, or leave unset for the image the updater runs in")
 			}
 			c.Prune.Image = v
