@@ -207,7 +207,7 @@ func (p *Pipeline) start(ctx context.Context, g []Plan) (*flight, *flight) {
 		want[pl.Target.ID], from[pl.Target.ID] = pl.Want, pl.Target.Digest()
 	}
 	keys, refs := keysOf(targets)
-	return p.launch(ctx, keys, refs, want, from, nil, func(ctx context.Context) []Event {
+	return p.launch(ctx, keys, refs, want, from, nil, hookTimeout(targets), func(ctx context.Context) []Event {
 		var evs []Event
 		if strings.HasPrefix(groupKey(g[0].Target), "group:") {
 			evs = p.deployGroup(ctx, g)
@@ -217,6 +217,18 @@ func (p *Pipeline) start(ctx context.Context, g []Plan) (*flight, *flight) {
 		p.approved(evs...)
 		return evs
 	})
+}
+
+// hookTimeout is the longest hook timeout of targets' hooks; 0 when none
+// has a hook.
+func hookTimeout(targets []Target) time.Duration {
+	var d time.Duration
+	for _, t := range targets {
+		if h := t.Hooks; h.Backup != nil || h.Migrate != nil {
+			d = max(d, h.Timeout)
+		}
+	}
+	return d
 }
 
 // wait marks the plans of g as waiting for the flight in the way, which,
@@ -662,12 +674,14 @@ func (p *Pipeline) resumeLeft(ctx, base context.Context, left []Release) error {
 	type batch struct {
 		keys, refs []string
 		rels       []Release
+		targets    []Target // those still watched
 	}
 	var batches []*batch
 	at := map[string]*batch{}
 	for _, rel := range left {
 		key, keys := "service:"+rel.ServiceID, []string{"service:" + rel.ServiceID}
-		if i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID }); i >= 0 {
+		i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
+		if i >= 0 {
 			key, keys = groupKey(targets[i]), deployKeys(targets[i])
 		}
 		b := at[key]
@@ -675,6 +689,9 @@ func (p *Pipeline) resumeLeft(ctx, base context.Context, left []Release) error {
 			b = &batch{}
 			at[key] = b
 			batches = append(batches, b)
+		}
+		if i >= 0 {
+			b.targets = append(b.targets, targets[i])
 		}
 		for _, k := range keys {
 			if !slices.Contains(b.keys, k) {
@@ -690,7 +707,7 @@ func (p *Pipeline) resumeLeft(ctx, base context.Context, left []Release) error {
 			want[rel.ServiceID], from[rel.ServiceID], ids[i] = rel.To, rel.From, rel.ID
 		}
 		rels := b.rels
-		if _, in := p.launch(base, b.keys, b.refs, want, from, ids, func(ctx context.Context) []Event {
+		if _, in := p.launch(base, b.keys, b.refs, want, from, ids, hookTimeout(b.targets), func(ctx context.Context) []Event {
 			var evs []Event
 			for _, rel := range rels {
 				if ctx.Err() != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Deploys run in the background, each as one run: a release (a service
@@ -43,6 +44,9 @@ type flight struct {
 	stale bool
 	// pruning is the repository the run prunes now, "" when it does not.
 	pruning string
+	// started is when it was planned; bound how long it may take (Running).
+	started time.Time
+	bound   time.Duration
 
 	slot chan struct{} // closed when the run may go
 	done chan struct{} // closed when it has ended
@@ -86,12 +90,20 @@ func (p *Pipeline) pruningOf(refs []string) *flight {
 	return nil
 }
 
+// bound is how long a run may take whose hooks may each take hooks: a
+// backup and a migration, the rollout, a rollback, and a minute for the
+// rest (records, reports, the looks between). A slot waited for counts: a
+// run queued that long is as stuck as one running.
+func (p *Pipeline) bound(hooks time.Duration) time.Duration {
+	return 2*hooks + 2*p.Timeout + time.Minute
+}
+
 // launch starts fn as a run claiming keys, once a slot is free, and
 // returns its flight; nil, and the flight in the way, when one of keys is
 // claimed or a repository of refs is being pruned. ids are the records
-// the run resumes. fn runs on ctx, fenced by the lease and carrying the
+// the run resumes; hooks is its longest hook timeout (0: none). fn runs on ctx, fenced by the lease and carrying the
 // flight (flightOf); the flight's out is what fn returned.
-func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from map[string]string, ids []string, fn func(ctx context.Context) []Event) (*flight, *flight) {
+func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from map[string]string, ids []string, hooks time.Duration, fn func(ctx context.Context) []Event) (*flight, *flight) {
 	p.mu.Lock()
 	if f := p.claimedBy(keys); f != nil {
 		p.mu.Unlock()
@@ -101,7 +113,8 @@ func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from m
 		p.mu.Unlock()
 		return nil, f
 	}
-	f := &flight{keys: keys, refs: refs, want: want, from: from, ids: ids, slot: make(chan struct{}), done: make(chan struct{})}
+	f := &flight{keys: keys, refs: refs, want: want, from: from, ids: ids, slot: make(chan struct{}), done: make(chan struct{}),
+		started: p.now(), bound: p.bound(hooks)}
 	p.runs.live = append(p.runs.live, f)
 	p.runs.queued = append(p.runs.queued, f)
 	p.dispatch()

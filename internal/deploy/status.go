@@ -22,10 +22,27 @@ type Status struct {
 	// listed the services and every tag was looked up, whatever the
 	// registries answered. Zero until the first one.
 	Checked time.Time
-	// Busy is when the cycle or deploy holding the pipeline began; zero
-	// when the pipeline is idle. A long deploy is why Checked grows old.
+	// Busy is when the cycle planning now began; zero when none is.
 	Busy time.Time
+	// Running are the deploys running now, or waiting for a slot, first
+	// planned first.
+	Running []Running
 }
+
+// Running is one deploy running (a run, see runs.go).
+type Running struct {
+	// Services names what it deploys: its services (and group), as
+	// "service:<id>" and "group:<stack>/<name>".
+	Services []string
+	// Started is when it was planned; Bound is how long it may take by its
+	// own bounds (its hooks' timeouts, then the rollout's and a rollback's),
+	// plus a margin: a run older than that is stuck.
+	Started time.Time
+	Bound   time.Duration
+}
+
+// Stuck reports whether r has run longer than its bounds allow at now.
+func (r Running) Stuck(now time.Time) bool { return now.Sub(r.Started) > r.Bound }
 
 // CycleStats is how one cycle went.
 type CycleStats struct {
@@ -60,6 +77,9 @@ func (p *Pipeline) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := Status{Listed: p.seen.listed, ListErr: p.seen.listErr, Checked: p.seen.checked, Busy: p.seen.busy}
+	for _, f := range p.runs.live {
+		s.Running = append(s.Running, Running{Services: slices.Clone(f.keys), Started: f.started, Bound: f.bound})
+	}
 	s.Services = make([]Plan, 0, len(p.seen.plans))
 	for _, pl := range p.seen.plans {
 		s.Services = append(s.Services, pl)

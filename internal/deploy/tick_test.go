@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -55,11 +56,21 @@ func TestTickDuringDeployPlansDeploying(t *testing.T) {
 	if len(plans) != 1 || plans[0].Action != deploy.ActDeploying || !strings.Contains(plans[0].Reason, "running") {
 		t.Errorf("plans %+v, want web deploying", plans)
 	}
+	// The status names the run, and how long it may take: the backup and
+	// the migration, the rollout, a rollback, a minute.
+	running := w.p.Status().Running
+	if bound := 2*hooked(oldD).Hooks.Timeout + 2*w.p.Timeout + time.Minute; len(running) != 1 ||
+		!slices.Equal(running[0].Services, []string{"service:svc1"}) || running[0].Bound != bound || running[0].Stuck(time.Now()) {
+		t.Errorf("Status().Running = %+v, want web's run, bound %s, not stuck", running, bound)
+	}
 	release()
 	if ev := <-deployed; ev.Kind != deploy.Succeeded {
 		t.Errorf("DeployService = %s %s, want succeeded", ev.Kind, ev.Reason)
 	}
 	w.p.Wait()
+	if running := w.p.Status().Running; len(running) != 0 {
+		t.Errorf("Status().Running = %+v after the run ended", running)
+	}
 	if len(w.begun) != 1 {
 		t.Errorf("records begun %v, want the one deploy: none beside it", ids(w.begun))
 	}

@@ -203,9 +203,9 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
-// readyz is ready when no Docker call hangs, Docker answered the last
-// service list and the last full check is recent, or a cycle or deploy is
-// running now.
+// readyz is ready when no Docker call hangs, no deploy runs past its
+// bounds, Docker answered the last service list and the last full check
+// is recent, or a cycle is running now.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	ready, why := s.ready()
 	if s.cfg.Records != nil {
@@ -234,8 +234,16 @@ func (s *Server) ready() (bool, string) {
 		return false, "not ready: docker did not answer the last service list: " + st.ListErr.Error()
 	case st.Listed.IsZero():
 		return false, "not ready: no cycle has listed the services yet"
+	}
+	for _, r := range st.Running {
+		if r.Stuck(now) {
+			return false, fmt.Sprintf("not ready: the deploy of %s has run for %s, longer than its bounds allow (%s)",
+				strings.Join(r.Services, ", "), now.Sub(r.Started).Round(time.Second), r.Bound)
+		}
+	}
+	switch {
 	case !st.Busy.IsZero():
-		return true, "ready: a cycle or deploy runs since " + st.Busy.UTC().Format(time.RFC3339)
+		return true, "ready: a cycle runs since " + st.Busy.UTC().Format(time.RFC3339)
 	case st.Checked.IsZero():
 		return false, "not ready: no full check has finished yet"
 	case now.Sub(st.Checked) > s.cfg.ReadyWithin:

@@ -39,7 +39,13 @@ func TestReadyz(t *testing.T) {
 		{"listed, no full check", deploy.Status{Listed: now}, false, "no full check"},
 		{"recent", deploy.Status{Listed: now, Checked: now.Add(-2 * time.Minute)}, true, "ready"},
 		{"stale", deploy.Status{Listed: now, Checked: now.Add(-4 * time.Minute)}, false, "4m0s ago, longer than 3m0s"},
-		{"stale but deploying", deploy.Status{Listed: now, Checked: now.Add(-20 * time.Minute), Busy: now.Add(-5 * time.Minute)}, true, "runs since"},
+		{"stale but a cycle plans", deploy.Status{Listed: now, Checked: now.Add(-20 * time.Minute), Busy: now.Add(-5 * time.Minute)}, true, "runs since"},
+		{"a deploy within its bounds", deploy.Status{Listed: now, Checked: now, Running: []deploy.Running{
+			{Services: []string{"service:web"}, Started: now.Add(-20 * time.Minute), Bound: 21 * time.Minute}}}, true, "ready"},
+		{"a deploy past its bounds", deploy.Status{Listed: now, Checked: now, Running: []deploy.Running{
+			{Services: []string{"service:web"}, Started: now.Add(-20 * time.Minute), Bound: 21 * time.Minute},
+			{Services: []string{"service:db", "group:site/data"}, Started: now.Add(-22 * time.Minute), Bound: 21 * time.Minute}}},
+			false, "the deploy of service:db, group:site/data has run for 22m0s, longer than its bounds allow (21m0s)"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r.pipeline.StatusFn = func() deploy.Status { return tt.status }
