@@ -14,6 +14,7 @@ import (
 	"github.com/kballard/go-shellquote"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/imageref"
 	"github.com/updater-dev/updater/internal/schedule"
 )
 
@@ -104,8 +105,8 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 		if hk.Mounts, err = parseMounts(labels[mounts]); err != nil {
 			bad(mounts, err.Error())
 		}
-		if strings.ContainsFunc(hk.Image, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
-			bad(image, "an image reference has no whitespace: use repo[:tag][@digest]")
+		if _, err := imageref.Parse(hk.Image); hk.Image != "" && err != nil {
+			bad(image, "not an image reference: use repo[:tag][@digest], lower-case, with no whitespace")
 		}
 		return hk
 	}

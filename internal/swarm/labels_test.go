@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/imageref"
 	"github.com/updater-dev/updater/internal/schedule"
 )
 
@@ -617,7 +617,7 @@ func checkHooks(t *testing.T, labels map[string]string, h deploy.Hooks) {
 			continue
 		}
 		hk := c.hk
-		if strings.ContainsFunc(hk.Image, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		if _, err := imageref.Parse(hk.Image); hk.Image != "" && err != nil {
 			fail("the image %q", hk.Image)
 		}
 		if len(hk.Command) == 0 || hk.Command[0] == "" || slices.ContainsFunc(hk.Command, func(a string) bool { return strings.ContainsRune(a, 0) }) {
