@@ -165,6 +165,8 @@ func TestParseHooksInvalid(t *testing.T) {
 			[]string{`updater.group="-db"`}},
 		{"backup image with whitespace", with(map[string]string{"updater.backup.image": "pg:16 --privileged"}),
 			[]string{`updater.backup.image="pg:16 --privileged"`, "no whitespace"}},
+		{"backup image not a reference", with(map[string]string{"updater.backup.image": "Postgres:16"}),
+			[]string{`updater.backup.image="Postgres:16"`, "not an image reference"}},
 		{"migrate image with newline", with(map[string]string{"updater.migrate.command": "up", "updater.migrate.image": "app\n:1"}),
 			[]string{`updater.migrate.image="app\n:1"`}},
 		{"backup image without command", map[string]string{"updater.backup.image": "pg:16"},
