@@ -81,6 +81,7 @@ type Pipeline struct {
 	// would else look left behind, and be resumed a second time.
 	closing  sync.RWMutex
 	warned   map[string]bool
+	exists   map[string]bool // services with failed-digest records, found to exist though not watched
 	unclosed map[string]bool // deploys over whose journal entry would not go
 	prepared map[string]bool // deploys waiting for Docker whose hooks have run
 	seen     seen            // what the last cycles saw, for Status
@@ -168,13 +169,16 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 			return nil, err
 		}
 	}
-	plans, err = p.plan(ctx, pushes)
+	plans, failed, err := p.plan(ctx, pushes)
 	if err != nil {
 		dockerErr = err
 		return nil, err
 	}
 	if full {
 		p.checked(p.now())
+		if !p.DryRun {
+			p.sweep(ctx, plans, failed)
+		}
 	}
 	p.inFlight(plans, records)
 	plans = p.gate(ctx, plans, full)
@@ -292,7 +296,7 @@ func groupKey(t Target) string {
 // deploy record in Swarm (a run of the updater deploying it now, or one
 // left behind for the lease holder to resume) is shown as ActDeploying.
 func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
-	plans, err := p.plan(ctx, nil)
+	plans, _, err := p.plan(ctx, nil)
 	if err != nil {
 		return nil, err
 	}

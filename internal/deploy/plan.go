@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -34,11 +35,11 @@ type Plan struct {
 // plan lists the watched services, resolves each distinct tag once, and
 // decides what to do with each service. With pushes it plans only the
 // services that track one of the pushed tags.
-func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, error) {
+func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, map[string]map[string]bool, error) {
 	targets, err := p.Lister.List(ctx)
 	p.listed(err)
 	if err != nil {
-		return nil, fmt.Errorf("list services: %w", err)
+		return nil, nil, fmt.Errorf("list services: %w", err)
 	}
 	p.warn(targets)
 	if len(pushes) > 0 {
@@ -48,7 +49,7 @@ func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, error) {
 	}
 	failed, err := p.Ledger.Failed(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read failed digests: %w", err)
+		return nil, nil, fmt.Errorf("read failed digests: %w", err)
 	}
 	refs := make([]string, 0, len(targets))
 	for _, t := range targets {
@@ -59,7 +60,39 @@ func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, error) {
 	digests := p.resolve(ctx, refs)
 	plans := decide(targets, digests, failed)
 	p.saw(plans, len(pushes) == 0)
-	return plans, nil
+	return plans, failed, nil
+}
+
+// sweep removes, after a full cycle's plan, the failed-digest records of
+// services that no longer exist: nothing else would, and each is read
+// back every cycle. A service that exists but is not watched (its label
+// removed, another stack) keeps its records, for when it is watched
+// again; it is looked up once per process, not every cycle.
+func (p *Pipeline) sweep(ctx context.Context, plans []Plan, failed map[string]map[string]bool) {
+	for id := range failed {
+		p.mu.Lock()
+		known := p.exists[id]
+		p.mu.Unlock()
+		if known || slices.ContainsFunc(plans, func(pl Plan) bool { return pl.Target.ID == id }) {
+			continue
+		}
+		_, err := p.Services.Rollout(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			if err := p.Ledger.Forget(ctx, id); err != nil {
+				p.Log.Warn("remove the failed-digest records of a service that no longer exists; retried next cycle", "service_id", id, "err", err)
+				continue
+			}
+			p.Log.Info("removed the failed-digest records of a service that no longer exists", "service_id", id)
+		case err == nil:
+			p.mu.Lock()
+			if p.exists == nil {
+				p.exists = map[string]bool{}
+			}
+			p.exists[id] = true
+			p.mu.Unlock()
+		}
+	}
 }
 
 // lookup is one registry answer.

@@ -1,0 +1,54 @@
+package deploy_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/updater-dev/updater/internal/deploy"
+)
+
+// A full cycle removes the failed-digest records of a service that no
+// longer exists, and keeps those of one that exists but is not watched
+// (looked up once, not every cycle); a push's cycle sweeps nothing.
+func TestCycleSweepsRecordsOfRemovedServices(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = oldD
+	w.failed = map[string]map[string]bool{
+		"svc1":      {newD: true}, // watched
+		"removed":   {newD: true},
+		"unwatched": {newD: true},
+	}
+	forget := w.ledger.ForgetFn
+	w.ledger.ForgetFn = func(ctx context.Context, id string) error {
+		w.mu.Lock()
+		delete(w.failed, id) // as Swarm would: gone from the next read
+		w.mu.Unlock()
+		return forget(ctx, id)
+	}
+	var looked []string
+	w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
+		looked = append(looked, id)
+		if id == "removed" {
+			return deploy.Rollout{}, deploy.ErrNotFound
+		}
+		return rollout("completed", oldD, task(oldD, "running")), nil
+	}
+
+	if _, err := w.p.CycleFor(t.Context(), []deploy.Push{deploy.PushOf(ref)}); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.forgets) != 0 || len(looked) != 0 {
+		t.Fatalf("a push's cycle forgot %v, looked up %v: want nothing swept", w.forgets, looked)
+	}
+	w.cycle(t.Context())
+	w.cycle(t.Context())
+	if !slices.Equal(w.forgets, []string{"removed"}) {
+		t.Errorf("forgot %v, want the removed service's records only", w.forgets)
+	}
+	slices.Sort(looked)
+	if !slices.Equal(looked, []string{"removed", "unwatched"}) {
+		t.Errorf("looked up %v, want each once", looked)
+	}
+}
