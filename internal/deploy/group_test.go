@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
@@ -250,6 +251,84 @@ func TestGroupMemberSpecWriteRefused(t *testing.T) {
 			}
 			if want := map[string]string{"web": pinned(oldD), "worker": pinned(oldD)}; !reflect.DeepEqual(w.specs(), want) {
 				t.Errorf("specs %v, want the group back on the old image", w.specs())
+			}
+		})
+	}
+}
+
+// A group's deploy left in flight with one member written and the other
+// not resumes as one release: its hooks are not run again (a member past
+// its write means they ran), the member left is written, both are
+// followed, and when one fails the other, promoted, is unwound with it.
+func TestResumeGroupAsOneRelease(t *testing.T) {
+	for _, workerFails := range []bool{false, true} {
+		t.Run(map[bool]string{false: "both healthy", true: "the member left fails"}[workerFails], func(t *testing.T) {
+			w := groupWorld(t, false)
+			w.p.WatchInterval = time.Millisecond
+			started := time.Now().Add(-time.Minute)
+			web := deploy.Release{ID: "rec-web", ServiceID: "svc1", ServiceName: "web", Stack: "site", Ref: ref, From: oldD, To: newD, Started: started}
+			worker := web
+			worker.ID, worker.ServiceID, worker.ServiceName = "rec-worker", "svc2", "worker"
+			w.open = []deploy.Release{web, worker}
+			w.targets[0].Image = pinned(newD) // web's write landed before the updater died
+			// Swarm's answer follows each spec; the worker's new version
+			// never turns healthy when it fails.
+			w.services.UpdateFn = func(_ context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				w.updates = append(w.updates, update{image, c})
+				for i := range w.targets {
+					if w.targets[i].ID == tg.ID {
+						w.targets[i].Image = image
+					}
+				}
+				return nil
+			}
+			w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				i := slices.IndexFunc(w.targets, func(t deploy.Target) bool { return t.ID == id })
+				_, d := deploy.SplitImage(w.targets[i].Image)
+				if workerFails && id == "svc2" && d == newD {
+					return rollout("paused", newD, task(oldD, "running"), gone(newD, "unhealthy")), nil
+				}
+				return rollout("completed", d, task(d, "running")), nil
+			}
+
+			w.cycle(t.Context())
+
+			if len(w.ran) != 0 {
+				t.Errorf("jobs %q: the hooks ran before web's write, not again", w.jobNames())
+			}
+			if len(w.updates) != 1 || w.updates[0].image != pinned(newD) {
+				t.Errorf("spec writes %+v, want the worker's only", w.updates)
+			}
+			outcomes := map[string]deploy.Event{}
+			for _, e := range w.milestones() {
+				if e.Kind == deploy.Started {
+					t.Errorf("%s started again", e.Release.ServiceName)
+				}
+				if _, dup := outcomes[e.Release.ServiceName]; dup {
+					t.Errorf("%s reported twice", e.Release.ServiceName)
+				}
+				outcomes[e.Release.ServiceName] = e
+			}
+			want := deploy.Succeeded
+			if workerFails {
+				want = deploy.Failed
+			}
+			for _, name := range []string{"web", "worker"} {
+				if ev, ok := outcomes[name]; !ok || ev.Kind != want || !ev.Resumed {
+					t.Errorf("%s: %+v, want %s, resumed", name, ev, want)
+				}
+			}
+			if workerFails {
+				if !slices.Contains(w.rollbacks, "svc1") || !strings.Contains(outcomes["web"].Reason, "rolled back with its group: worker failed") {
+					t.Errorf("rollbacks %v, web %q: want web unwound with its group", w.rollbacks, outcomes["web"].Reason)
+				}
+			}
+			if len(w.open) != 0 {
+				t.Errorf("records left %v", ids(w.open))
 			}
 		})
 	}

@@ -212,12 +212,7 @@ func (p *Pipeline) start(ctx context.Context, g []Plan) (*flight, *flight) {
 	}
 	keys, refs := keysOf(targets)
 	return p.launch(ctx, keys, refs, want, from, nil, hookTimeout(targets), func(ctx context.Context) []Event {
-		var evs []Event
-		if strings.HasPrefix(groupKey(g[0].Target), "group:") {
-			evs = p.deployGroup(ctx, g)
-		} else {
-			evs = []Event{p.deploy(ctx, g[0].Target, g[0].Want)}
-		}
+		evs := p.deployRelease(ctx, g)
 		p.approved(evs...)
 		return evs
 	})
@@ -712,64 +707,12 @@ func (p *Pipeline) resumeLeft(ctx, base context.Context, left []Release) error {
 		}
 		rels := b.rels
 		if _, in := p.launch(base, b.keys, b.refs, want, from, ids, hookTimeout(b.targets), func(ctx context.Context) []Event {
-			var evs []Event
-			for _, rel := range rels {
-				if ctx.Err() != nil {
-					break
-				}
-				evs = append(evs, p.resumeOne(ctx, rel, targets)...)
-			}
-			return evs
+			return p.resumeRelease(ctx, rels, targets)
 		}); in != nil {
 			p.Log.Debug("deploy left in flight waits for the run in its way", "deploy_id", b.rels[0].ID, "service", b.rels[0].ServiceName)
 		}
 	}
 	return nil
-}
-
-// resumeOne carries on or follows one deploy found in flight.
-func (p *Pipeline) resumeOne(ctx context.Context, rel Release, targets []Target) []Event {
-	r, err := p.Services.Rollout(ctx, rel.ServiceID)
-	if errors.Is(err, ErrNotFound) {
-		return []Event{p.finish(rel, Event{Kind: Failed, Phase: PhaseRollout, Reason: "the service was removed while the updater was down", Resumed: true}, true)}
-	}
-	if err != nil {
-		// The record stays: the next cycle resumes it again.
-		p.Log.Warn("inspect a service whose deploy is in flight; resumed next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
-		p.mu.Lock()
-		p.runErr = fmt.Errorf("inspect service %s: %w", rel.ServiceName, err)
-		p.mu.Unlock()
-		return nil
-	}
-	p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
-	_, d := SplitImage(r.Image)
-	// A rollback counts only if it began after this deploy's record
-	// was written: the one a failed deploy before it left in
-	// UpdateStatus is not this deploy's, whose spec write may never
-	// have landed. Both times are the managers' clock.
-	since := rel.Recorded
-	if since.IsZero() {
-		since = rel.Started
-	}
-	ownRollback := strings.HasPrefix(r.UpdateState, "rollback_") &&
-		(r.UpdateStarted.IsZero() || !r.UpdateStarted.Before(since))
-	if d == rel.To || ownRollback {
-		return []Event{p.follow(ctx, rel, true)}
-	}
-	i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
-	if i < 0 {
-		return []Event{p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true)}
-	}
-	if ref := targets[i].Ref(); rel.Ref != ref {
-		// A record is input: one whose image is not what the
-		// service tracks (edited, or the service retargeted since)
-		// is never written to its spec.
-		return []Event{p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Resumed: true,
-			Reason: fmt.Sprintf("not resumed: the record's image %s is not the %s the service tracks", rel.Ref, ref)}, true)}
-	}
-	// Still waiting for Docker, the record stays: the next cycle resumes
-	// it again, and meanwhile the service shows as deploying.
-	return []Event{p.proceed(ctx, targets[i], rel, true)}
 }
 
 func (p *Pipeline) report(e Event) {

@@ -959,7 +959,8 @@ func TestCycleJournalUnavailableWaits(t *testing.T) {
 }
 
 // Docker going away at the spec write leaves the deploy in flight, with
-// nothing reported; the next cycle resumes it from what the spec says, so
+// nothing reported, unless the spec shows the write landed (then it is
+// followed at once); the next cycle resumes it from what the spec says, so
 // the deploy has one start and one outcome.
 func TestCycleUpdateUnavailableResumesLater(t *testing.T) {
 	for _, applied := range []bool{false, true} {
@@ -983,6 +984,16 @@ func TestCycleUpdateUnavailableResumesLater(t *testing.T) {
 			w.script = []deploy.Rollout{rollout("completed", oldD, task(oldD, "running"))}
 
 			w.cycle(t.Context())
+			if applied {
+				// The spec says the write landed: the run follows it at
+				// once, one start and one outcome, written once.
+				if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started, deploy.Succeeded}) ||
+					len(w.begun) != 1 || len(w.updates) != 1 || len(w.open) != 0 || w.outcome(deploy.Succeeded).Resumed {
+					t.Fatalf("events %v, begun %d, writes %d, open %v: want the landed write read back and followed in the same run",
+						got, len(w.begun), len(w.updates), ids(w.open))
+				}
+				return
+			}
 			if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started}) {
 				t.Fatalf("events %v after the lost write, want only Started", got)
 			}

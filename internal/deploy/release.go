@@ -1,0 +1,368 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// A release run is one sequence of stages over the services that deploy
+// together: a service alone is a group of one. Each stage is a method of
+// the run below, in this order:
+//
+//	record  → one deploy record per service, in Swarm, then "started"
+//	prepare → the scheduled backups in its way waited for, credentials,
+//	          the backup, the migration in the new image (once per digest)
+//	write   → each spec pinned to its new digest, every spec first
+//	follow  → each rollout judged (judge.go), rolled back when unhealthy
+//	close   → what promoted is unwound when another member failed; each
+//	          outcome reported once, its record removed; then pruning
+//
+// A run stops where it is, its records kept and nothing reported, when the
+// updater stops, loses the lease or Docker stops answering at a write: the
+// next cycle resumes it from the records (resumeRelease), with what Swarm
+// says: a member whose spec carries its new digest is past the write, and
+// its hooks ran. A member's outcome is reported once, by whichever run
+// reaches it.
+
+// member is one service of a release run.
+type member struct {
+	t     Target // as listed; zero for a resumed member no longer watched
+	want  string // the digest it deploys
+	rel   Release
+	creds Credentials
+	ev    Event // its outcome, once its rollout is judged
+}
+
+// run is one release run in progress.
+type run struct {
+	p       *Pipeline
+	lead    Target // whose hooks run: hookOwner
+	resumed bool
+	events  []Event // the outcomes reached, in order
+	// failed names the first member that failed ("a spec write" for one
+	// Swarm refused): every member promoted is then unwound.
+	failed string
+}
+
+// deployRelease runs the release g (releases) from its records to its
+// outcomes.
+func (p *Pipeline) deployRelease(ctx context.Context, g []Plan) []Event {
+	r := &run{p: p, lead: hookOwner(g)}
+	ms := make([]*member, len(g))
+	for i, pl := range g {
+		ms[i] = &member{t: pl.Target, want: pl.Want}
+	}
+	if !r.record(ctx, ms) {
+		return r.events
+	}
+	return r.carry(ctx, ms, nil)
+}
+
+// resumeRelease carries on the deploys rels of one service or group that
+// a run left in flight, from what Swarm says of each: targets are the
+// watched services now.
+func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []Target) []Event {
+	r := &run{p: p, resumed: true}
+	var unwritten, written []*member
+	for _, rel := range rels {
+		ro, err := p.Services.Rollout(ctx, rel.ServiceID)
+		if errors.Is(err, ErrNotFound) {
+			r.events = append(r.events, p.finish(rel, Event{Kind: Failed, Phase: PhaseRollout, Reason: "the service was removed while the updater was down", Resumed: true}, true))
+			continue
+		}
+		if err != nil {
+			// Every record stays: carrying on the others without knowing
+			// where this one stands could leave a group half old, half new.
+			p.Log.Warn("inspect a service whose deploy is in flight; resumed next cycle", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+			p.mu.Lock()
+			p.runErr = fmt.Errorf("inspect service %s: %w", rel.ServiceName, err)
+			p.mu.Unlock()
+			return r.events
+		}
+		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
+		m := &member{rel: rel, want: rel.To}
+		i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
+		if i >= 0 {
+			m.t = targets[i]
+		}
+		if past(ro, rel) {
+			written = append(written, m)
+			continue
+		}
+		switch {
+		case i < 0:
+			r.events = append(r.events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true))
+		case m.t.Ref() != rel.Ref:
+			// A record is input: one whose image is not what the service
+			// tracks (edited, or the service retargeted since) is never
+			// written to its spec.
+			r.events = append(r.events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Resumed: true,
+				Reason: fmt.Sprintf("not resumed: the record's image %s is not the %s the service tracks", rel.Ref, m.t.Ref())}, true))
+		default:
+			unwritten = append(unwritten, m)
+		}
+	}
+	if len(unwritten) > 0 {
+		// The group's hooks are its lead's, whichever members are left.
+		key := groupKey(unwritten[0].t)
+		var group []Plan
+		for _, t := range targets {
+			if groupKey(t) == key {
+				group = append(group, Plan{Target: t})
+			}
+		}
+		r.lead = hookOwner(group)
+	}
+	return r.carry(ctx, unwritten, written)
+}
+
+// past reports whether a deploy found in flight got past its spec write:
+// the spec carries its digest, or Swarm rolls back an update begun after
+// its record was written (the rollback a failed deploy before it left in
+// UpdateStatus is not this one's, whose write may never have landed; both
+// times are the managers' clock).
+func past(ro Rollout, rel Release) bool {
+	if _, d := SplitImage(ro.Image); d == rel.To {
+		return true
+	}
+	since := rel.Recorded
+	if since.IsZero() {
+		since = rel.Started
+	}
+	return strings.HasPrefix(ro.UpdateState, "rollback_") && (ro.UpdateStarted.IsZero() || !ro.UpdateStarted.Before(since))
+}
+
+// carry takes a run on from its records: unwritten members are prepared
+// and written, then every written member followed and closed.
+func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
+	if len(unwritten) > 0 {
+		// A member past its write means the hooks ran before it.
+		if !r.prepare(ctx, unwritten, len(written) == 0) {
+			return r.events
+		}
+		w, ok := r.write(ctx, unwritten)
+		written = append(written, w...)
+		if !ok {
+			r.stopped(unwritten, w)
+			return r.events
+		}
+		r.p.forgetPrepared(unwritten)
+	}
+	if !r.follow(ctx, written) {
+		return r.events
+	}
+	r.close(ctx, written)
+	return r.events
+}
+
+// record begins a deploy for each member. When one can't be recorded, the
+// others begun are closed as not deployed: deploying them would leave the
+// group half old, half new, its migration run under this member's old
+// code. Nothing was touched, and the next cycle tries the release again.
+func (r *run) record(ctx context.Context, ms []*member) bool {
+	for i, m := range ms {
+		rel, ev, ok := r.p.begin(ctx, m.t, m.want)
+		if ok {
+			m.rel = rel
+			continue
+		}
+		if len(ms) > 1 {
+			r.p.Log.Error("group deploy not started", "service", m.t.Name, "err", ev.Reason)
+		}
+		// Docker gone (ev.waiting) is no outcome: ev is returned unreported,
+		// for the cycle to count the outage.
+		r.events = append(r.events, ev)
+		for _, b := range ms[:i] {
+			r.events = append(r.events, r.p.finish(b.rel, Event{Kind: Failed, Phase: PhasePrepare,
+				Reason: "not deployed: the deploy of " + m.t.Name + ", of its group, could not begin: " + ev.Reason}, true))
+		}
+		return false
+	}
+	return true
+}
+
+// prepare gets ms ready for their writes: the scheduled backups in the
+// way waited for, each member's credentials and the hook images', then,
+// when hooks is true, the lead's backup and migration. ok is false when
+// the run ends here; its outcomes are then in r.events.
+func (r *run) prepare(ctx context.Context, ms []*member, hooks bool) bool {
+	p, rels := r.p, releasesOf(ms)
+	failAll := func(reason string, remember bool) {
+		for _, m := range ms {
+			ev := Event{Kind: Failed, Phase: PhasePrepare, Reason: reason, Resumed: r.resumed}
+			if remember || ctx.Err() != nil {
+				r.events = append(r.events, p.fail(ctx, m.rel, ev))
+			} else {
+				r.events = append(r.events, p.finish(m.rel, ev, true))
+			}
+		}
+	}
+	// A slow backup is not the digests' fault: not remembered as failed,
+	// so the next cycle tries again (a stopping updater reports nothing).
+	if err := p.awaitBackups(ctx, r.lead, rels); err != nil {
+		failAll(err.Error(), false)
+		return false
+	}
+	// Each member is written with the credentials of its own image's
+	// registry: members may live on different registries, and none is
+	// sent another's.
+	for _, m := range ms {
+		c, err := p.Registry.Credentials(ctx, m.rel.Ref)
+		if err != nil {
+			failAll("get registry credentials: "+err.Error(), false)
+			return false
+		}
+		m.creds = c
+	}
+	if !hooks || p.isPrepared(ms) {
+		return true
+	}
+	jobCreds, err := p.jobCredentials(ctx, r.lead, own(r.lead, rels))
+	if err != nil {
+		failAll(err.Error(), false)
+		return false
+	}
+	// A hook that failed fails again next cycle: the digests are
+	// remembered, so it is reported once, not every cycle.
+	if ev, ok := p.prepare(ctx, r.lead, rels, jobCreds, r.resumed); !ok {
+		for _, m := range ms {
+			r.events = append(r.events, p.fail(ctx, m.rel, ev))
+		}
+		return false
+	}
+	return true
+}
+
+// write pins each member's spec to its new digest, every spec first, so
+// a group spends as little time as possible half old, half new. It
+// returns the members written; ok is false when the run must stop here
+// (the lease lost, the updater stopping, Docker not answering a write),
+// every record kept. A write Swarm refuses is that member's outcome, not
+// remembered as a bad digest (the image never ran), and fails the others.
+func (r *run) write(ctx context.Context, ms []*member) (written []*member, ok bool) {
+	p := r.p
+	var refused []*member
+	for _, m := range ms {
+		if !p.confirm(ctx) {
+			return written, false
+		}
+		err := p.Services.Update(ctx, m.t, Pin(m.rel.Ref, m.rel.To), m.creds)
+		if err != nil && ctx.Err() != nil {
+			return written, false // stopping mid-write: the spec says, on restart
+		}
+		if err != nil && errors.Is(err, ErrUnavailable) {
+			// The write may have landed with its answer lost: the spec says.
+			if ro, rerr := p.Services.Rollout(ctx, m.rel.ServiceID); rerr != nil || !past(ro, m.rel) {
+				p.unanswered(m.rel, err)
+				return written, false
+			}
+			err = nil
+		}
+		if err != nil {
+			r.events = append(r.events, p.finish(m.rel, Event{Kind: Failed, Phase: PhaseUpdate, Reason: err.Error(), Resumed: r.resumed}, true))
+			refused = append(refused, m)
+			continue
+		}
+		written = append(written, m)
+	}
+	if len(refused) > 0 {
+		r.failed = "a spec write"
+		if len(written) > 0 {
+			// One refused is remembered too, or the next cycle would
+			// deploy it alone beside the members unwound.
+			for _, m := range refused {
+				if err := p.Ledger.MarkFailed(ctx, m.rel.ServiceID, m.rel.To, "its group failed: its spec write was refused"); err != nil {
+					p.Log.Error("remember failed digest", "service", m.rel.ServiceName, "to_digest", m.rel.To, "err", err)
+				}
+			}
+		}
+	}
+	return written, true
+}
+
+// stopped ends a run that stopped at its writes: each member not written
+// gets an unreported "waiting" outcome (a caller waiting hears that it
+// resumes; the cycle counts Docker's outage), and the hooks that ran are
+// remembered, so the next run of these records in this process does not
+// run them again.
+func (r *run) stopped(ms, written []*member) {
+	p := r.p
+	p.mu.Lock()
+	if p.prepared == nil {
+		p.prepared = map[string]bool{}
+	}
+	for _, m := range ms {
+		p.prepared[m.rel.ID] = true
+	}
+	p.mu.Unlock()
+	for _, m := range ms {
+		if !slices.Contains(written, m) {
+			r.events = append(r.events, Event{Kind: Failed, Release: m.rel, Phase: PhaseUpdate, Resumed: r.resumed, waiting: true,
+				Reason: "no outcome yet: Docker did not take the spec write, or the updater is stopping; the next cycle carries the deploy on from its record"})
+		}
+	}
+}
+
+// isPrepared reports whether the hooks of ms ran in this process, for a
+// run that stopped at its writes.
+func (p *Pipeline) isPrepared(ms []*member) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.ContainsFunc(ms, func(m *member) bool { return p.prepared[m.rel.ID] })
+}
+
+func (p *Pipeline) forgetPrepared(ms []*member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range ms {
+		delete(p.prepared, m.rel.ID)
+	}
+}
+
+// follow judges each written member's rollout, rolling back what is not
+// healthy. false: the updater is stopping, every record stays.
+func (r *run) follow(ctx context.Context, written []*member) bool {
+	for _, m := range written {
+		ev, final := r.p.settle(ctx, m.rel, r.resumed)
+		if !final {
+			return false
+		}
+		m.ev = ev
+		if ev.Kind == Failed && r.failed == "" {
+			r.failed = m.rel.ServiceName
+		}
+	}
+	return true
+}
+
+// close reports each written member's outcome and removes its record,
+// unwinding first a member that promoted when another failed, then prunes
+// what the successes made unused.
+func (r *run) close(ctx context.Context, written []*member) {
+	p := r.p
+	var closed []Event
+	for _, m := range written {
+		ev := m.ev
+		if r.failed != "" && ev.Kind == Succeeded {
+			ev = p.unwind(ctx, m.rel, fmt.Sprintf("rolled back with its group: %s failed", r.failed))
+			ev.Resumed = r.resumed
+			if ctx.Err() != nil {
+				return // stopping, or the lease lost: the rest resume from their records
+			}
+		}
+		closed = append(closed, p.finish(m.rel, ev, true))
+	}
+	r.events = append(r.events, closed...)
+	p.prune(ctx, closed...)
+}
+
+func releasesOf(ms []*member) []Release {
+	rels := make([]Release, len(ms))
+	for i, m := range ms {
+		rels[i] = m.rel
+	}
+	return rels
+}
