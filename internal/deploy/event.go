@@ -83,12 +83,45 @@ type Event struct {
 	waiting bool
 }
 
+// StepState is how one hook of a deploy stands.
+type StepState string
+
+const (
+	StepProgress  StepState = "" // a rollout's count of healthy tasks, not a hook
+	StepStarted   StepState = "started"
+	StepSucceeded StepState = "succeeded"
+	StepFailed    StepState = "failed"
+	StepSkipped   StepState = "skipped" // a migration already run, a scheduled backup beside a deploy
+)
+
+// Outcome is how a deploy ended, in the words every report uses.
+type Outcome string
+
+const (
+	OutcomeSucceeded  Outcome = "succeeded"
+	OutcomeRolledBack Outcome = "rolled_back" // failed, and back on its previous version
+	OutcomeFailed     Outcome = "failed"      // failed, and not (or not known to be) rolled back
+)
+
+// Outcome is how the deploy e reports ended; "" when e is not an
+// outcome (started, progress, an outage…).
+func (e Event) Outcome() Outcome {
+	switch {
+	case e.Kind == Succeeded:
+		return OutcomeSucceeded
+	case e.Kind == Failed && e.RolledBack:
+		return OutcomeRolledBack
+	case e.Kind == Failed:
+		return OutcomeFailed
+	}
+	return ""
+}
+
 // Step is how one step of a deploy stands.
 type Step struct {
 	Phase Phase
-	// State is "started", "succeeded", "failed" or "skipped" for a hook;
-	// "" for rollout progress.
-	State string
+	// State is how a hook stands; "" (StepProgress) for rollout progress.
+	State StepState
 	// Done and Total count, during a rollout, the desired tasks that run
 	// the new digest and are healthy.
 	Done, Total int

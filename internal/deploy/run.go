@@ -123,7 +123,7 @@ func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds 
 			// The backup went before this migration already; the data has
 			// moved on since, so a second backup would not be the one that
 			// matters, and the migration must not run twice.
-			p.step(rels, Step{Phase: PhaseMigrate, State: "skipped"}, resumed)
+			p.step(rels, Step{Phase: PhaseMigrate, State: StepSkipped}, resumed)
 			return Event{}, true
 		}
 	}
@@ -156,7 +156,7 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 	if !p.confirm(ctx) {
 		return Event{Kind: Failed, Phase: phase, Reason: "updater stopped; the deploy resumes on restart"}, false
 	}
-	p.step(rels, Step{Phase: phase, State: "started"}, resumed)
+	p.step(rels, Step{Phase: phase, State: StepStarted}, resumed)
 	res, err := p.Jobs.Run(ctx, Job{
 		Name:       jobName(owner, phase, rel.ID),
 		Phase:      phase,
@@ -168,18 +168,18 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 		Mounts:     h.Mounts,
 		Timeout:    t.Hooks.Timeout,
 	}, creds)
-	s := Step{Phase: phase, State: "succeeded", ExitCode: res.ExitCode, LogTail: res.LogTail}
+	s := Step{Phase: phase, State: StepSucceeded, ExitCode: res.ExitCode, LogTail: res.LogTail}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// The updater is stopping: the job was removed and the deploy
 		// resumes on restart, so this is no failure to report.
 		return Event{Kind: Failed, Phase: phase, Reason: "updater stopped; the deploy resumes on restart"}, false
 	case err != nil:
-		s.State = "failed"
+		s.State = StepFailed
 		p.step(rels, s, resumed)
 		return Event{Kind: Failed, Phase: phase, Reason: fmt.Sprintf("%s: %v", phase, err), Step: &s, Resumed: resumed}, false
 	case res.ExitCode != 0:
-		s.State = "failed"
+		s.State = StepFailed
 		p.step(rels, s, resumed)
 		reason := fmt.Sprintf("%s exited with code %d", phase, res.ExitCode)
 		if n := len(res.LogTail); n > 0 {
@@ -291,7 +291,7 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 	done, why := p.startBackup(t)
 	if done == nil {
 		p.Log.Warn("scheduled backup skipped: "+why, "service", t.Name)
-		s := Step{Phase: PhaseBackup, State: "skipped"}
+		s := Step{Phase: PhaseBackup, State: StepSkipped}
 		p.report(Event{Kind: Progress, Release: rel, Phase: PhaseBackup, Step: &s, Reason: why})
 		return nil
 	}

@@ -74,17 +74,15 @@ func (h *History) Report(e deploy.Event) {
 	case deploy.Progress:
 		switch s := e.Step; {
 		case s == nil:
-		case s.State == "":
+		case s.State == deploy.StepProgress:
 			d.Rollout = fmt.Sprintf("%d/%d", s.Done, s.Total)
 		default:
 			d.Steps = append(d.Steps, fmt.Sprintf("%s %s", s.Phase, s.State))
 		}
-	case deploy.Succeeded:
-		d.State, d.Duration = "succeeded", e.Duration
-	case deploy.Failed:
-		d.State, d.Duration, d.Reason, d.RolledBack = "failed", e.Duration, e.Reason, e.RolledBack
-		if e.RolledBack {
-			d.State = "rolled_back"
+	case deploy.Succeeded, deploy.Failed:
+		d.State, d.Duration, d.RolledBack = string(e.Outcome()), e.Duration, e.RolledBack
+		if e.Kind == deploy.Failed {
+			d.Reason = e.Reason
 		}
 	}
 }

@@ -151,22 +151,16 @@ func (m *Metrics) ObserveCycle(s deploy.CycleStats) {
 
 // Report counts the deploys that ended.
 func (m *Metrics) Report(e deploy.Event) {
-	var outcome string
-	switch {
-	case e.Kind == deploy.Progress && e.Step != nil && e.Step.Phase != deploy.PhaseRollout:
-		m.hookSteps.WithLabelValues(string(e.Step.Phase), e.Step.State).Inc()
-		return
-	case e.Kind == deploy.Succeeded:
-		outcome = "succeeded"
-	case e.Kind == deploy.Failed && e.RolledBack:
-		outcome = "rolled_back"
-	case e.Kind == deploy.Failed:
-		outcome = "failed"
-	default:
+	if e.Kind == deploy.Progress && e.Step != nil && e.Step.State != deploy.StepProgress {
+		m.hookSteps.WithLabelValues(string(e.Step.Phase), string(e.Step.State)).Inc()
 		return
 	}
-	m.deploys.WithLabelValues(outcome, string(e.Phase)).Inc()
-	m.deployDuration.WithLabelValues(outcome).Observe(e.Duration.Seconds())
+	outcome := e.Outcome()
+	if outcome == "" {
+		return
+	}
+	m.deploys.WithLabelValues(string(outcome), string(e.Phase)).Inc()
+	m.deployDuration.WithLabelValues(string(outcome)).Observe(e.Duration.Seconds())
 }
 
 // Webhook counts a registry webhook.

@@ -36,12 +36,12 @@ func (l Log) Report(e deploy.Event) {
 	level := slog.LevelInfo
 	if e.Kind == deploy.Progress {
 		// A hook's start and end are worth reading; rollout counts are not.
-		if s := e.Step; s == nil || s.State == "" {
+		if s := e.Step; s == nil || s.State == deploy.StepProgress {
 			level = slog.LevelDebug
 		}
-		if s := e.Step; s != nil && s.State != "" {
-			attrs = append(attrs, slog.String("state", s.State))
-			if s.State == "failed" {
+		if s := e.Step; s != nil && s.State != deploy.StepProgress {
+			attrs = append(attrs, slog.String("state", string(s.State)))
+			if s.State == deploy.StepFailed {
 				attrs = append(attrs, slog.Int("exit_code", s.ExitCode))
 			}
 		} else if s != nil {

@@ -80,7 +80,7 @@ func (s *story) apply(e deploy.Event) {
 		}
 		key := string(e.Step.Phase)
 		switch e.Step.State {
-		case "", "started":
+		case deploy.StepProgress, deploy.StepStarted:
 			// A rollout reports its count of healthy tasks; a hook, that it began.
 			detail := ""
 			if e.Step.Total > 0 {
@@ -88,14 +88,14 @@ func (s *story) apply(e deploy.Event) {
 			}
 			s.finishRunning(key)
 			s.upsert(key, detail, running)
-		case "succeeded":
+		case deploy.StepSucceeded:
 			s.upsert(key, "", done)
-		case "skipped":
+		case deploy.StepSkipped:
 			s.upsert(key, "", skipped)
-		case "failed":
+		case deploy.StepFailed:
 			s.upsert(key, fmt.Sprintf("exit %d", e.Step.ExitCode), failed)
 		default:
-			s.upsert(key, e.Step.State, running)
+			s.upsert(key, string(e.Step.State), running)
 		}
 	case deploy.Succeeded:
 		s.finishRunning("")

@@ -155,7 +155,7 @@ func TestBotHookSteps(t *testing.T) {
 	fake := newSlack(t)
 	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
 	rel := release()
-	step := func(phase deploy.Phase, state string, code int, tail ...string) deploy.Event {
+	step := func(phase deploy.Phase, state deploy.StepState, code int, tail ...string) deploy.Event {
 		return deploy.Event{Kind: deploy.Progress, Release: rel, Phase: phase,
 			Step: &deploy.Step{Phase: phase, State: state, ExitCode: code, LogTail: tail}}
 	}
