@@ -83,6 +83,14 @@ type Event struct {
 	waiting bool
 }
 
+// stopping is the unreported outcome of a deploy stopped where it is (the
+// updater stopping, or the lease lost): its record stays, and whoever
+// holds the lease next resumes it and reports it once.
+func stopping(rel Release, phase Phase, resumed bool) Event {
+	return Event{Kind: Failed, Release: rel, Phase: phase, Resumed: resumed,
+		Reason: "updater stopped; the deploy resumes on restart"}
+}
+
 // StepState is how one hook of a deploy stands.
 type StepState string
 

@@ -474,7 +474,7 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 		return v != pending, v, why
 	})
 	if ctx.Err() != nil {
-		return Event{Kind: Failed, Release: rel, Phase: PhaseRollout, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}, false
+		return stopping(rel, PhaseRollout, resumed), false
 	}
 	ev := Event{Kind: Failed, Phase: PhaseRollout, Reason: why, Resumed: resumed}
 	if err != nil {
@@ -498,7 +498,7 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 	case failing, rollingBack:
 		if v == failing {
 			if !p.confirm(ctx) {
-				return Event{Kind: Failed, Release: rel, Phase: PhaseRollback, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}, false
+				return stopping(rel, PhaseRollback, resumed), false
 			}
 			if err := p.Services.Rollback(ctx, rel.ServiceID); err != nil {
 				ev.Phase, ev.Reason = PhaseRollback, ev.Reason+"; roll back: "+err.Error()
@@ -512,7 +512,7 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 			return restored(r, rel.To), rolledBack, ""
 		})
 		if ctx.Err() != nil {
-			return Event{Kind: Failed, Release: rel, Phase: PhaseRollback, Reason: "updater stopped; the deploy resumes on restart", Resumed: resumed}, false
+			return stopping(rel, PhaseRollback, resumed), false
 		}
 		switch {
 		case err != nil:

@@ -60,7 +60,7 @@ func (p *Pipeline) unanswered(rel Release, err error) {
 // person runs `updater deploy`. A stopping updater reports nothing.
 func (p *Pipeline) fail(ctx context.Context, rel Release, ev Event) Event {
 	if ctx.Err() != nil {
-		return Event{Kind: Failed, Release: rel, Phase: ev.Phase, Reason: "updater stopped; the deploy resumes on restart"}
+		return stopping(rel, ev.Phase, ev.Resumed)
 	}
 	if err := p.Ledger.MarkFailed(ctx, rel.ServiceID, rel.To, ev.Reason); err != nil {
 		p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
@@ -154,7 +154,7 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 		owner = t.Hooks.Group
 	}
 	if !p.confirm(ctx) {
-		return Event{Kind: Failed, Phase: phase, Reason: "updater stopped; the deploy resumes on restart"}, false
+		return stopping(Release{}, phase, resumed), false
 	}
 	p.step(rels, Step{Phase: phase, State: StepStarted}, resumed)
 	res, err := p.Jobs.Run(ctx, Job{
@@ -173,7 +173,7 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 	case err != nil && ctx.Err() != nil:
 		// The updater is stopping: the job was removed and the deploy
 		// resumes on restart, so this is no failure to report.
-		return Event{Kind: Failed, Phase: phase, Reason: "updater stopped; the deploy resumes on restart"}, false
+		return stopping(Release{}, phase, resumed), false
 	case err != nil:
 		s.State = StepFailed
 		p.step(rels, s, resumed)
