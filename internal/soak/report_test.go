@@ -20,6 +20,7 @@ type tally struct {
 	started    map[string]int // by deploy ID
 	outcomes   map[string]int
 	open       map[string]string // service ID -> the deploy started and not yet ended
+	peak       int               // the most deploys open at once: the runs side by side
 	kinds      map[deploy.Kind]int
 	failed     map[deploy.Phase]int
 	rolledBack int
@@ -50,6 +51,7 @@ func (t *tally) Report(e deploy.Event) {
 			t.problem("deploy %s (%s to %s) started while deploy %s of the service has not ended", id, e.Release.ServiceName, deploy.Short(e.Release.To), other)
 		}
 		t.open[e.Release.ServiceID] = id
+		t.peak = max(t.peak, len(t.open))
 	case deploy.Succeeded, deploy.Failed:
 		if t.outcomes[id]++; t.outcomes[id] > 1 || t.started[id] != 1 {
 			t.problem("deploy %s (%s): outcome number %d (%s: %s), after %d starts", id, e.Release.ServiceName, t.outcomes[id], e.Kind, e.Reason, t.started[id])

@@ -191,6 +191,13 @@ func TestSoak(t *testing.T) {
 	t.Logf("cycles %d (+%d warm-up, +settle) in %s wall, %s in Cycle (%.2f ms/cycle, slowest %s); cycle errors %d",
 		cycles, warmup, wall.Round(time.Millisecond), inCycle.Round(time.Millisecond), float64(inCycle.Microseconds())/1000/float64(cycles), slowest.Round(time.Millisecond), cycleErrs)
 	t.Logf("pushes %d; deploys started %d (run) %d (all); spec writes %d by digest class %s", tags.pushes-pushes0, rep.count(deploy.Started)-started0, rep.count(deploy.Started), updates, counts(byClass))
+	rep.mu.Lock()
+	peak := rep.peak
+	rep.mu.Unlock()
+	t.Logf("deploys in flight at once: at most %d (UPDATER_DEPLOY_CONCURRENCY %d)", peak, p.DeployConcurrency)
+	if peak < 2 {
+		t.Errorf("at most %d deploy in flight at once: the soak did not drive runs side by side", peak)
+	}
 	t.Logf("deploy outcomes: %s", rep)
 	t.Logf("plans by action: %s", counts(actions))
 	t.Logf("registry: requests %d (manifest HEAD %d, GET %d); faults %s", reg.requests.Load(), reg.heads.Load(), reg.gets.Load(), reg.faults())

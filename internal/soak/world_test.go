@@ -99,7 +99,9 @@ func (w *world) pipeline() *deploy.Pipeline {
 		Timeout:       2 * time.Minute, // on the fake clock: 24 looks at a rollout
 		WatchInterval: 0,
 		Concurrency:   8, // the default
-		Now:           w.clk.Now,
+		// The default: runs go side by side, four at a time.
+		DeployConcurrency: deploy.DefaultDeployConcurrency,
+		Now:               w.clk.Now,
 	}
 }
 
