@@ -22,7 +22,20 @@ type Release struct {
 	// Recorded is when Swarm wrote the deploy's record, on the managers'
 	// clock (the one UpdateStatus uses); zero until the record is read back.
 	Recorded time.Time `json:"-"`
+	// Stage is how far the deploy got, as its record says: read back with
+	// it, noted by Journal.Reached.
+	Stage Stage `json:"-"`
 }
+
+// Stage is how far a deploy in flight got, kept in its record so that a
+// restarted updater carries it on from there. Past the spec write, Swarm's
+// own spec says more than a record could.
+type Stage string
+
+const (
+	StageRecorded Stage = ""         // recorded and announced; nothing else done
+	StagePrepared Stage = "prepared" // its hooks (backup, migration) ran: not again
+)
 
 // Kind is what happened to a deploy.
 type Kind string

@@ -115,6 +115,7 @@ func (f *fakeLedger) Forget(ctx context.Context, serviceID string) error {
 
 type fakeJournal struct {
 	BeginFn    func(ctx context.Context, r deploy.Release) error
+	ReachedFn  func(ctx context.Context, r deploy.Release, s deploy.Stage) error
 	EndFn      func(ctx context.Context, r deploy.Release) error
 	InFlightFn func(ctx context.Context) ([]deploy.Release, error)
 }
@@ -126,6 +127,13 @@ func (f *fakeJournal) Begin(ctx context.Context, r deploy.Release) error {
 		return nil
 	}
 	return f.BeginFn(ctx, r)
+}
+
+func (f *fakeJournal) Reached(ctx context.Context, r deploy.Release, s deploy.Stage) error {
+	if f.ReachedFn == nil {
+		return nil
+	}
+	return f.ReachedFn(ctx, r, s)
 }
 
 func (f *fakeJournal) End(ctx context.Context, r deploy.Release) error {

@@ -1004,3 +1004,52 @@ func TestBackupOnScheduleSkipsWhileOneRuns(t *testing.T) {
 		t.Errorf("%d jobs, want 3", n)
 	}
 }
+
+// A deploy that stopped at its spec write (Docker not answering) after its
+// hooks ran carries on from its record: the record says the hooks ran, so
+// the next cycle, or a restarted updater, writes the spec without running
+// the backup or the migration again.
+func TestHooksNotRunAgainAfterStoppingAtTheWrite(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "next cycle", true: "after a restart"}[restart], func(t *testing.T) {
+			w := newHookWorld(t)
+			// A backup alone: a migration has a record of its own that
+			// keeps it from running twice, a backup only the deploy's.
+			backupOnly := hooked(oldD)
+			backupOnly.Hooks.Migrate = nil
+			w.targets = []deploy.Target{backupOnly}
+			w.digests[ref] = newD
+			write := w.services.UpdateFn
+			w.services.UpdateFn = func(context.Context, deploy.Target, string, deploy.Credentials) error {
+				return fmt.Errorf("update service: %w: connection refused", deploy.ErrUnavailable)
+			}
+			w.script = []deploy.Rollout{rollout("completed", oldD, task(oldD, "running"))}
+
+			w.cycle(t.Context())
+			if len(w.ran) != 1 || len(w.open) != 1 || w.open[0].Stage != deploy.StagePrepared {
+				t.Fatalf("jobs %q, records %+v: want the backup run once and the record saying so", w.jobNames(), w.open)
+			}
+			if restart {
+				// The same swarm and registry, a new process's memory.
+				p := w.p
+				w.p = &deploy.Pipeline{Lister: p.Lister, Services: p.Services, Registry: p.Registry, Ledger: p.Ledger,
+					Journal: p.Journal, Jobs: p.Jobs, Migrations: p.Migrations, Reporter: p.Reporter, Log: p.Log,
+					Timeout: p.Timeout, WatchInterval: p.WatchInterval}
+			}
+			w.services.UpdateFn = func(ctx context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+				w.mu.Lock()
+				w.script, w.served = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}, 0
+				w.mu.Unlock()
+				return write(ctx, tg, image, c)
+			}
+			w.cycle(t.Context())
+
+			if len(w.ran) != 1 {
+				t.Errorf("jobs %q: the backup ran again", w.jobNames())
+			}
+			if ev := w.outcome(deploy.Succeeded); !ev.Resumed || len(w.updates) != 1 || len(w.open) != 0 {
+				t.Errorf("resumed %v, %d writes, records %v: want the deploy carried on, written once, closed", ev.Resumed, len(w.updates), ids(w.open))
+			}
+		})
+	}
+}

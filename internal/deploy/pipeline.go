@@ -83,7 +83,6 @@ type Pipeline struct {
 	warned   map[string]bool
 	exists   map[string]bool // services with failed-digest records, found to exist though not watched
 	unclosed map[string]bool // deploys over whose journal entry would not go
-	prepared map[string]bool // deploys waiting for Docker whose hooks have run
 	seen     seen            // what the last cycles saw, for Status
 
 	approvals approvalBook // deploys held for approval; has its own lock

@@ -167,6 +167,17 @@ func newWorld(t *testing.T) *world {
 			w.open = append(w.open, r)
 			return nil
 		},
+		// As Swarm's record would: the stage is read back with it.
+		ReachedFn: func(_ context.Context, r deploy.Release, s deploy.Stage) error {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			for i := range w.open {
+				if w.open[i].ID == r.ID {
+					w.open[i].Stage = s
+				}
+			}
+			return nil
+		},
 		EndFn: func(_ context.Context, r deploy.Release) error {
 			w.mu.Lock()
 			defer w.mu.Unlock()

@@ -56,6 +56,9 @@ type Ledger interface {
 // finds them on restart and reports how they ended, exactly once.
 type Journal interface {
 	Begin(ctx context.Context, r Release) error
+	// Reached notes on r's record that it got to stage (read back as
+	// Release.Stage).
+	Reached(ctx context.Context, r Release, stage Stage) error
 	End(ctx context.Context, r Release) error
 	InFlight(ctx context.Context) ([]Release, error)
 }

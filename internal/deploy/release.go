@@ -34,6 +34,9 @@ type member struct {
 	rel   Release
 	creds Credentials
 	ev    Event // its outcome, once its rollout is judged
+	// prepared is true once its hooks ran (as its record says, for a
+	// resumed member): they are not run again.
+	prepared bool
 }
 
 // run is one release run in progress.
@@ -83,7 +86,10 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 			return r.events
 		}
 		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
-		m := &member{rel: rel, want: rel.To}
+		// The stage is the run's state, not the release's: reports carry
+		// the release as it was begun.
+		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared}
+		m.rel.Stage = StageRecorded
 		i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
 		if i >= 0 {
 			m.t = targets[i]
@@ -149,7 +155,6 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 			r.stopped(unwritten, w)
 			return r.events
 		}
-		r.p.forgetPrepared(unwritten)
 	}
 	if !r.follow(ctx, written) {
 		return r.events
@@ -217,7 +222,9 @@ func (r *run) prepare(ctx context.Context, ms []*member, hooks bool) bool {
 		}
 		m.creds = c
 	}
-	if !hooks || p.isPrepared(ms) {
+	// Hooks that ran for these records (a run that stopped at its writes,
+	// a restart since) are not run again.
+	if !hooks || slices.ContainsFunc(ms, func(m *member) bool { return m.prepared }) {
 		return true
 	}
 	jobCreds, err := p.jobCredentials(ctx, r.lead, own(r.lead, rels))
@@ -232,6 +239,15 @@ func (r *run) prepare(ctx context.Context, ms []*member, hooks bool) bool {
 			r.events = append(r.events, p.fail(ctx, m.rel, ev))
 		}
 		return false
+	}
+	// In the records: a run that resumes them, here or after a restart,
+	// does not run the hooks again. One not noted (Docker gone) would run
+	// the backup again, not the migration, which has its own record.
+	for _, m := range ms {
+		m.prepared = true
+		if err := p.Journal.Reached(ctx, m.rel, StagePrepared); err != nil {
+			p.Log.Warn("note in the deploy record that its hooks ran", "deploy_id", m.rel.ID, "service", m.rel.ServiceName, "err", err)
+		}
 	}
 	return true
 }
@@ -285,40 +301,14 @@ func (r *run) write(ctx context.Context, ms []*member) (written []*member, ok bo
 
 // stopped ends a run that stopped at its writes: each member not written
 // gets an unreported "waiting" outcome (a caller waiting hears that it
-// resumes; the cycle counts Docker's outage), and the hooks that ran are
-// remembered, so the next run of these records in this process does not
-// run them again.
+// resumes; the cycle counts Docker's outage). Their records say whether
+// their hooks ran.
 func (r *run) stopped(ms, written []*member) {
-	p := r.p
-	p.mu.Lock()
-	if p.prepared == nil {
-		p.prepared = map[string]bool{}
-	}
-	for _, m := range ms {
-		p.prepared[m.rel.ID] = true
-	}
-	p.mu.Unlock()
 	for _, m := range ms {
 		if !slices.Contains(written, m) {
 			r.events = append(r.events, Event{Kind: Failed, Release: m.rel, Phase: PhaseUpdate, Resumed: r.resumed, waiting: true,
 				Reason: "no outcome yet: Docker did not take the spec write, or the updater is stopping; the next cycle carries the deploy on from its record"})
 		}
-	}
-}
-
-// isPrepared reports whether the hooks of ms ran in this process, for a
-// run that stopped at its writes.
-func (p *Pipeline) isPrepared(ms []*member) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.ContainsFunc(ms, func(m *member) bool { return p.prepared[m.rel.ID] })
-}
-
-func (p *Pipeline) forgetPrepared(ms []*member) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, m := range ms {
-		delete(p.prepared, m.rel.ID)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,6 +108,13 @@ func randomFaults(rng *rand.Rand) func(method string, s *service) swarmFault {
 		case "End":
 			if x < 0.01 {
 				return swarmFault{err: errUnavailable}
+			}
+		case "Reached": // the hooks ran, the note of it is lost (or lands unanswered)
+			switch {
+			case x < 0.01:
+				return swarmFault{err: errUnavailable}
+			case x < 0.02:
+				return swarmFault{err: errUnavailable, applied: true}
 			}
 		}
 		return swarmFault{}
@@ -449,6 +457,20 @@ func (f *fakeSwarm) Begin(_ context.Context, r deploy.Release) error {
 	return fl.err
 }
 
+func (f *fakeSwarm) Reached(_ context.Context, r deploy.Release, stage deploy.Stage) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl := f.fault("Reached", f.services[r.ServiceID])
+	if fl.err != nil && !fl.applied {
+		return fl.err
+	}
+	if rec, ok := f.journal[r.ID]; ok {
+		rec.Stage = stage
+		f.journal[r.ID] = rec
+	}
+	return fl.err
+}
+
 func (f *fakeSwarm) End(_ context.Context, r deploy.Release) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -477,6 +499,12 @@ func (f *fakeSwarm) Run(_ context.Context, j deploy.Job, _ deploy.Credentials) (
 		return deploy.JobResult{}, fl.err
 	}
 	if j.Phase != deploy.PhaseMigrate {
+		// No hook runs again once its deploy's record says they ran.
+		for _, kv := range j.Env {
+			if id, ok := strings.CutPrefix(kv, "UPDATER_DEPLOY_ID="); ok && f.journal[id].Stage == deploy.StagePrepared {
+				f.problem("the backup of deploy %s ran again after its record said its hooks had run", id)
+			}
+		}
 		return deploy.JobResult{LogTail: []string{"backup done"}}, nil
 	}
 	_, d := deploy.SplitImage(j.Image)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -34,6 +35,9 @@ const (
 	serviceLabel = "io.updater.service"
 	digestLabel  = "io.updater.digest"
 	keyLabel     = "io.updater.key"
+	// stageLabel is how far a deploy in flight got (deploy.Stage): a
+	// label, since a config's data can't change but its labels can.
+	stageLabel = "io.updater.stage"
 
 	kindFailed   = "failed-digest"
 	kindInFlight = "deploy-in-flight"
@@ -220,6 +224,27 @@ func (s *Swarm) Begin(ctx context.Context, r deploy.Release) error {
 	return nil
 }
 
+// Reached notes on the record of r that it got to stage, over the
+// record's version as inspected now (only this run writes it).
+func (s *Swarm) Reached(ctx context.Context, r deploy.Release, stage deploy.Stage) error {
+	name := recordName("deploy", r.ServiceID, r.ID)
+	st := s.store()
+	c, ok, err := st.get(ctx, name)
+	if err != nil {
+		return fmt.Errorf("read deploy record %s: %w", name, unavailable(err))
+	}
+	if !ok {
+		return fmt.Errorf("deploy record %s: %w", name, deploy.ErrNotFound)
+	}
+	spec := c.Spec
+	spec.Labels = maps.Clone(spec.Labels)
+	spec.Labels[stageLabel] = string(stage)
+	if err := st.relabel(ctx, c.ID, c.Version.Index, spec); err != nil {
+		return fmt.Errorf("note stage %s on deploy record %s: %w", stage, name, unavailable(err))
+	}
+	return nil
+}
+
 // End removes the record of a finished deploy.
 func (s *Swarm) End(ctx context.Context, r deploy.Release) error {
 	name := recordName("deploy", r.ServiceID, r.ID)
@@ -274,6 +299,7 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 			continue
 		}
 		r.Recorded = c.CreatedAt
+		r.Stage = deploy.Stage(c.Spec.Labels[stageLabel])
 		out = append(out, r)
 	}
 	s.setAside(aside)

@@ -84,6 +84,17 @@ func TestInFlight(t *testing.T) {
 		}
 	}
 
+	// How far it got is read back with it, the record's data unchanged.
+	if err := s.Reached(ctx, r, deploy.StagePrepared); err != nil {
+		t.Fatalf("Reached: %v", err)
+	}
+	if got, err := s.InFlight(ctx); err != nil || len(got) != 1 || got[0].Stage != deploy.StagePrepared || got[0].To != r.To {
+		t.Errorf("after Reached: %+v, %v; want r1 at %q", got, err, deploy.StagePrepared)
+	}
+	if err := s.Reached(ctx, deploy.Release{ID: "gone", ServiceID: "s1"}, deploy.StagePrepared); !errors.Is(err, deploy.ErrNotFound) {
+		t.Errorf("Reached on no record: %v, want ErrNotFound", err)
+	}
+
 	if err := s.End(ctx, r); err != nil {
 		t.Fatal(err)
 	}
