@@ -69,6 +69,13 @@ type Approval struct {
 	DeployID string `json:"deploy_id,omitempty"`
 }
 
+// release is the deploy a is about, as reports name it (its ID the
+// approval's, started when asked for).
+func (a Approval) release() Release {
+	return Release{ID: a.ID, ServiceID: a.ServiceID, ServiceName: a.ServiceName, Stack: a.Stack, Ref: a.Ref,
+		From: a.From, To: a.To, Started: a.Requested}
+}
+
 // keepDecided bounds the decided approvals kept for people to look at.
 const keepDecided = 50
 
@@ -265,9 +272,7 @@ func (p *Pipeline) gate(ctx context.Context, plans []Plan, full bool) []Plan {
 	b.mu.Unlock()
 
 	for _, a := range opened {
-		p.report(Event{Kind: Pending, Release: Release{ID: a.ID, ServiceID: a.ServiceID, ServiceName: a.ServiceName,
-			Stack: a.Stack, Ref: a.Ref, From: a.From, To: a.To, Started: a.Requested},
-			Reason: "waits for approval until " + a.Expires.UTC().Format(time.RFC3339)})
+		p.report(Event{Kind: Pending, Release: a.release(), Reason: "waits for approval until " + a.Expires.UTC().Format(time.RFC3339)})
 	}
 	for _, a := range dropped {
 		p.Log.Info("approval closed: "+a.Reason, "deploy_id", a.ID, "service", a.ServiceName, "to_digest", a.To)

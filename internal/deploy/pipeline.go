@@ -424,12 +424,11 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, i
 	}
 	plans := decide(members, digests, nil) // no failed digests: a person asked
 	own := plans[slices.IndexFunc(plans, func(pl Plan) bool { return pl.Target.ID == t.ID })]
-	ev = Event{Kind: Succeeded, Release: Release{ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-		Ref: t.Ref(), From: own.Want, To: own.Want}, Reason: "already up to date"}
+	ev = Event{Kind: Succeeded, Release: t.release("", own.Want, time.Time{}), Reason: "already up to date"}
 	if own.Action != ActDeploy {
+		ev.Release.From = own.Want
 		return ev, nil, nil, nil
 	}
-	ev.Release.From = t.Digest()
 	g := releases(plans)[0] // every member shares t's key: one release
 	if p.DryRun {
 		p.wouldDeploy(g)

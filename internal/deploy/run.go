@@ -13,8 +13,7 @@ import (
 // begin records and announces a deploy. ok is false when it could not be
 // recorded; ev then is the reported failure.
 func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Release, ev Event, ok bool) {
-	rel = Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack,
-		Ref: t.Ref(), From: t.Digest(), To: want, Started: p.now()}
+	rel = t.release(newID(), want, p.now())
 	// Labels only make reports richer: a registry that won't give them is
 	// no reason to hold a deploy back, and none is asked when no report
 	// shows them (a manifest and a config GET a metering registry counts).
@@ -287,7 +286,7 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 	if !p.confirm(ctx) {
 		return ErrStandby
 	}
-	rel := Release{ID: newID(), ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), Started: p.now()}
+	rel := t.release(newID(), "", p.now())
 	done, why := p.startBackup(t)
 	if done == nil {
 		p.Log.Warn("scheduled backup skipped: "+why, "service", t.Name)

@@ -5,7 +5,10 @@
 // package imports nothing but the standard library.
 package deploy
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // Target is one watched Swarm service as the updater sees it in one cycle.
 type Target struct {
@@ -26,6 +29,11 @@ type Target struct {
 	// could not be, and then the service is not deployed.
 	Hooks    Hooks
 	HooksErr error
+}
+
+// release is a deploy of t from the digest it runs to to, named id.
+func (t Target) release(id, to string, started time.Time) Release {
+	return Release{ID: id, ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), To: to, Started: started}
 }
 
 // Ref is the tag the service tracks: the image without its digest.

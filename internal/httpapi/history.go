@@ -11,14 +11,9 @@ import (
 // Deploy is one deploy as the API and the page show it, built from the
 // pipeline's events.
 type Deploy struct {
-	ID          string    `json:"id"`
-	ServiceID   string    `json:"service_id"`
-	ServiceName string    `json:"service"`
-	Stack       string    `json:"stack,omitempty"`
-	Ref         string    `json:"ref"`
-	From        string    `json:"from_digest,omitempty"`
-	To          string    `json:"to_digest"`
-	Started     time.Time `json:"started"`
+	// The deploy's identity, as the pipeline reports it: id, service,
+	// stack, ref, digests, started (its labels and record stay out).
+	deploy.Release
 	// State is running, succeeded, failed or rolled_back.
 	State string `json:"state"`
 	// Phase is the phase it is in, or ended in.
@@ -58,9 +53,8 @@ func (h *History) Report(e deploy.Event) {
 	d := h.find(e.Release.ID)
 	if d == nil {
 		// A deploy resumed after a restart is first seen at its end.
-		r := e.Release
-		d = &Deploy{ID: r.ID, ServiceID: r.ServiceID, ServiceName: r.ServiceName, Stack: r.Stack, Ref: r.Ref,
-			From: r.From, To: r.To, Started: r.Started, State: "running"}
+		d = &Deploy{Release: e.Release, State: "running"}
+		d.Labels = nil
 		h.list = append(h.list, d)
 		if n := len(h.list) - h.max; n > 0 {
 			h.list = h.list[n:]
