@@ -55,7 +55,7 @@ func New(src Source, now func() time.Time) *Metrics {
 		reg: prometheus.NewRegistry(),
 		cycles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_cycles_total",
-			Help: "Cycles run, by scope (all: every watched service; push: the services a webhook or approval named) and result (ok, error, busy: a tick skipped because a cycle or deploy held the pipeline).",
+			Help: "Cycles run, by scope (all: every watched service; push: the services a webhook or approval named) and result (ok, error, busy: a tick skipped because the cycle before it was still planning; deploys run beside cycles).",
 		}, []string{"scope", "result"}),
 		cycleDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "updater_cycle_duration_seconds",
