@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -215,26 +216,42 @@ func (p *Pipeline) track(part, image string, err error) {
 }
 
 // warn says once per service when its update_config makes promotion
-// prove less than it could.
+// prove less than it could: one line per kind of advice, with how many
+// services it is about and the first few names, not a line per service (a
+// thousand services without health checks would be three thousand lines
+// at start).
 func (p *Pipeline) warn(targets []Target) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.warned == nil {
 		p.warned = map[string]bool{}
 	}
+	var none, stopFirst, noRollback []string
 	for _, t := range targets {
 		if p.warned[t.ID] {
 			continue
 		}
 		p.warned[t.ID] = true
 		if !t.Healthcheck {
-			p.Log.Warn("no health check in the service spec: unless the image defines a HEALTHCHECK, a task counts as healthy as soon as it runs", "service", t.Name)
+			none = append(none, t.Name)
 		}
 		if !t.StartFirst {
-			p.Log.Warn("update_config order is not start-first: the old task stops before the new one proves healthy", "service", t.Name)
+			stopFirst = append(stopFirst, t.Name)
 		}
 		if !t.RollbackOnFailure {
-			p.Log.Warn("update_config failure_action is not rollback: the updater rolls back itself, after Swarm pauses or the deploy timeout", "service", t.Name)
+			noRollback = append(noRollback, t.Name)
 		}
 	}
+	p.mu.Unlock()
+	advise := func(names []string, msg string) {
+		if len(names) == 0 {
+			return
+		}
+		slices.Sort(names)
+		const shown = 5
+		first := names[:min(len(names), shown)]
+		p.Log.Warn(msg, "services", len(names), "service", strings.Join(first, ", ")+map[bool]string{true: ", …", false: ""}[len(names) > shown])
+	}
+	advise(none, "no health check in the service spec: unless the image defines a HEALTHCHECK, a task counts as healthy as soon as it runs")
+	advise(stopFirst, "update_config order is not start-first: the old task stops before the new one proves healthy")
+	advise(noRollback, "update_config failure_action is not rollback: the updater rolls back itself, after Swarm pauses or the deploy timeout")
 }

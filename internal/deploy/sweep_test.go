@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -50,5 +51,27 @@ func TestCycleSweepsRecordsOfRemovedServices(t *testing.T) {
 	slices.Sort(looked)
 	if !slices.Equal(looked, []string{"removed", "unwatched"}) {
 		t.Errorf("looked up %v, want each once", looked)
+	}
+}
+
+// Advice about update_config is one line per kind, with the count and
+// the first names, once per service: not a line per service per kind.
+func TestAdviceIsOneLinePerKind(t *testing.T) {
+	w := newWorld(t)
+	for i := range 7 {
+		tg := web(oldD)
+		tg.ID, tg.Name, tg.Healthcheck = fmt.Sprintf("s%d", i), fmt.Sprintf("svc%d", i), false
+		w.targets = append(w.targets, tg)
+	}
+	w.targets = append(w.targets, web(oldD)) // fully configured: no advice
+	w.digests[ref] = oldD
+	w.cycle(t.Context())
+	w.cycle(t.Context())
+	lines := w.logLines("WARN", "no health check in the service spec")
+	if len(lines) != 1 || lines[0]["services"] != float64(7) || lines[0]["service"] != "svc0, svc1, svc2, svc3, svc4, …" {
+		t.Fatalf("advice %v, want one line for the 7 services, naming the first 5", lines)
+	}
+	if n := len(w.logLines("WARN", "start-first")) + len(w.logLines("WARN", "failure_action")); n != 0 {
+		t.Errorf("%d lines of advice the services don't need", n)
 	}
 }
