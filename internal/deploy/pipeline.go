@@ -240,10 +240,9 @@ func (p *Pipeline) wait(plans []Plan, g []Plan, in *flight) {
 			in.refs = append(in.refs, r)
 		}
 		i := slices.IndexFunc(plans, func(q Plan) bool { return q.Target.ID == pl.Target.ID })
+		plans[i].Action, plans[i].Reason = ActDeploying, "waits for the deploy of "+strings.Join(in.keys, ", ")+" to end"
 		if in.pruning != "" {
 			plans[i].Reason = "starts once the prune of " + in.pruning + " has ended"
-		} else {
-			plans[i].Action, plans[i].Reason = ActDeploying, "waits for the deploy of "+strings.Join(in.keys, ", ")+" to end"
 		}
 	}
 }

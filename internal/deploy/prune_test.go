@@ -246,3 +246,76 @@ func TestRepository(t *testing.T) {
 		}
 	}
 }
+
+// Runs of one repository side by side: the prune after one keeps what the
+// others deploy and would return to, and no run of the repository starts
+// while it prunes (its freshly pulled image could go).
+func TestPruneBesideRunsOfItsRepository(t *testing.T) {
+	w := newPruneWorld(t, 1)
+	apiNew, workerNew := "sha256:"+strings.Repeat("c", 64), "sha256:"+strings.Repeat("d", 64)
+	const apiRef, workerRef = "127.0.0.1:5000/app:2", "127.0.0.1:5000/app:3"
+	api := web(oldD)
+	api.ID, api.Name, api.Image = "svc2", "api", deploy.Pin(apiRef, oldD)
+	w.targets = []deploy.Target{web(oldD), api}
+	w.digests[ref], w.digests[apiRef], w.digests[workerRef] = newD, apiNew, oldD
+	apiHeld := make(chan struct{})
+	w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if id == "svc2" {
+			select {
+			case <-apiHeld:
+				return deploy.Rollout{Image: deploy.Pin(apiRef, apiNew), UpdateState: "completed", Desired: 1,
+					Tasks: []deploy.Task{{ID: "a", Image: deploy.Pin(apiRef, apiNew), State: "running", Desired: "running"}}}, nil
+			default:
+				return deploy.Rollout{Image: deploy.Pin(apiRef, apiNew), UpdateState: "updating", Desired: 1}, nil
+			}
+		}
+		return rollout("completed", newD, task(newD, "running")), nil
+	}
+	pruning, pruned := make(chan deploy.PruneJob, 2), make(chan struct{})
+	w.p.Pruning.Nodes.(*fakePruner).PruneFn = func(_ context.Context, j deploy.PruneJob, _ deploy.Credentials) ([]deploy.Pruned, error) {
+		pruning <- j
+		<-pruned
+		return nil, nil
+	}
+
+	if _, err := w.p.Cycle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var j deploy.PruneJob
+	select {
+	case j = <-pruning:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no prune after web's deploy")
+	}
+	if !slices.Contains(j.Keep, apiNew) || !slices.Contains(j.Keep, oldD) || !slices.Contains(j.Keep, newD) {
+		t.Errorf("prune keeps %v: want web's new digest, and what api deploys (%s) and returns to (%s)", j.Keep, deploy.Short(apiNew), deploy.Short(oldD))
+	}
+
+	// A third service of the repository moves while web's prune runs.
+	worker := web(oldD)
+	worker.ID, worker.Name, worker.Image = "svc3", "worker", deploy.Pin(workerRef, oldD)
+	w.mu.Lock()
+	w.targets = append(w.targets, worker)
+	w.digests[workerRef] = workerNew
+	w.mu.Unlock()
+	plans, err := w.p.CycleFor(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(plans, func(pl deploy.Plan) bool { return pl.Target.Name == "worker" })
+	if plans[i].Action != deploy.ActDeploying || !strings.Contains(plans[i].Reason, "prune of 127.0.0.1:5000/app") {
+		t.Errorf("worker planned %s (%s) while its repository prunes, want it to wait", plans[i].Action, plans[i].Reason)
+	}
+	close(pruned)
+	close(apiHeld)
+	w.p.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range w.begun {
+		if r.ServiceID == "svc3" {
+			t.Errorf("worker's deploy began while its repository pruned")
+		}
+	}
+}

@@ -249,6 +249,16 @@ func (p *Pipeline) inFlight(plans []Plan, records map[string]Release) {
 		case recorded && pl.Action != ActError && pl.Action != ActUntagged:
 			pl.Action = ActDeploying
 			pl.Reason = fmt.Sprintf("deploy %s to %s is in flight (recorded in Swarm)", rec.ID, Short(rec.To))
+		case pl.Action == ActDeploy:
+			// Before the approval gate, which would use an approval up for
+			// a deploy that can't start now.
+			if pf := p.pruningOf([]string{pl.Target.Ref()}); pf != nil {
+				pl.Action, pl.Reason = ActDeploying, "starts once the prune of "+pf.pruning+" has ended"
+				pf.stale = true
+				if !slices.Contains(pf.refs, pl.Target.Ref()) {
+					pf.refs = append(pf.refs, pl.Target.Ref())
+				}
+			}
 		}
 	}
 }
