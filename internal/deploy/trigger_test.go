@@ -314,3 +314,70 @@ func TestTriggerDeploy(t *testing.T) {
 	tr.Stop()
 	w.outcome(deploy.Succeeded)
 }
+
+// A tag that moves again while its service's deploy runs is neither raced
+// (no second run beside it) nor lost: the cycle shows the service
+// deploying, and the run, once over, asks for a check of the tag, which
+// deploys the newer digest without waiting for a tick.
+func TestTagMovedDuringItsDeployIsCheckedWhenItEnds(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	held := make(chan struct{})
+	w.services.UpdateFn = func(_ context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.updates = append(w.updates, update{image, c})
+		w.targets[0].Image = image
+		return nil
+	}
+	w.services.RolloutFn = func(context.Context, string) (deploy.Rollout, error) {
+		w.mu.Lock()
+		image := w.targets[0].Image
+		w.mu.Unlock()
+		_, d := deploy.SplitImage(image)
+		if d == newD {
+			select {
+			case <-held:
+			default:
+				return deploy.Rollout{Image: image, UpdateState: "updating", Desired: 1}, nil
+			}
+		}
+		return rollout("completed", d, task(d, "running")), nil
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	tr := deploy.NewTrigger(ctx, w.p)
+	defer func() { cancel(); tr.Stop() }()
+
+	if _, err := w.p.Cycle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	w.digests[ref] = thirdD
+	w.mu.Unlock()
+	plans, err := w.p.CycleFor(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plans) != 1 || plans[0].Action != deploy.ActDeploying || !strings.Contains(plans[0].Reason, "moved on to "+deploy.Short(thirdD)) {
+		t.Fatalf("plans %+v, want web deploying, the newer digest noted", plans)
+	}
+	close(held)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w.mu.Lock()
+		n := len(w.updates)
+		w.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spec writes 10 s after the first deploy ended, want the newer digest deployed on its own", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.p.Wait()
+	if w.updates[1].image != pinned(thirdD) || len(w.begun) != 2 {
+		t.Errorf("writes %+v, begun %d: want the newer digest second, two deploys one after the other", w.updates, len(w.begun))
+	}
+}
