@@ -1053,3 +1053,44 @@ func TestHooksNotRunAgainAfterStoppingAtTheWrite(t *testing.T) {
 		})
 	}
 }
+
+// Docker not answering during a hook is no verdict on the image: the
+// digest is not remembered as failed and nothing is reported; the deploy
+// stays in flight, and once Docker answers it is carried on, its hooks
+// run again, with one start and one outcome.
+func TestHooksDockerGoneDuringAJobWaits(t *testing.T) {
+	w := newHookWorld(t)
+	w.targets = []deploy.Target{hooked(oldD)}
+	w.digests[ref] = newD
+	// Swarm's answer follows the spec: old until written.
+	w.script = []deploy.Rollout{rollout("completed", oldD, task(oldD, "running"))}
+	write := w.services.UpdateFn
+	w.services.UpdateFn = func(ctx context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+		w.mu.Lock()
+		w.script, w.served = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}, 0
+		w.mu.Unlock()
+		return write(ctx, tg, image, c)
+	}
+	run := w.jobs.RunFn
+	gone := true
+	w.jobs.RunFn = func(ctx context.Context, j deploy.Job, c deploy.Credentials) (deploy.JobResult, error) {
+		res, err := run(ctx, j, c)
+		if gone && j.Phase == deploy.PhaseMigrate {
+			return deploy.JobResult{}, fmt.Errorf("wait for job %s: %w: connection refused", j.Name, deploy.ErrUnavailable)
+		}
+		return res, err
+	}
+
+	w.cycle(t.Context())
+	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started}) || len(w.marked) != 0 || len(w.open) != 1 || len(w.updates) != 0 {
+		t.Fatalf("events %v, marked %v, records %v, writes %d: want the deploy in flight, untouched, no digest blamed", got, w.marked, ids(w.open), len(w.updates))
+	}
+	gone = false
+	w.cycle(t.Context())
+	if ev := w.outcome(deploy.Succeeded); !ev.Resumed || len(w.updates) != 1 || len(w.open) != 0 {
+		t.Errorf("resumed %v, %d writes, records %v: want the deploy carried on once Docker answered", ev.Resumed, len(w.updates), ids(w.open))
+	}
+	if got := w.kinds(); !slices.Equal(got, []deploy.Kind{deploy.Started, deploy.Succeeded}) {
+		t.Errorf("events %v, want one start and one outcome", got)
+	}
+}

@@ -235,6 +235,10 @@ func (r *run) prepare(ctx context.Context, ms []*member, hooks bool) bool {
 	// A hook that failed fails again next cycle: the digests are
 	// remembered, so it is reported once, not every cycle.
 	if ev, ok := p.prepare(ctx, r.lead, rels, jobCreds, r.resumed); !ok {
+		if ev.waiting { // Docker gone during a hook: the records stay
+			r.stopped(ms, nil)
+			return false
+		}
 		for _, m := range ms {
 			r.events = append(r.events, p.fail(ctx, m.rel, ev))
 		}

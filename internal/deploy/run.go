@@ -116,7 +116,9 @@ func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds 
 	if h.Migrate != nil {
 		done, err := p.Migrations.Migrated(ctx, key, rel.To)
 		if err != nil {
-			return Event{Kind: Failed, Phase: PhaseMigrate, Reason: "read migration records: " + err.Error(), Resumed: resumed}, false
+			// Docker not answering is no verdict on the image: waiting.
+			return Event{Kind: Failed, Phase: PhaseMigrate, Reason: "read migration records: " + err.Error(), Resumed: resumed,
+				waiting: errors.Is(err, ErrUnavailable)}, false
 		}
 		if done {
 			// The backup went before this migration already; the data has
@@ -173,6 +175,15 @@ func (p *Pipeline) hook(ctx context.Context, t Target, rels []Release, phase Pha
 		// The updater is stopping: the job was removed and the deploy
 		// resumes on restart, so this is no failure to report.
 		return stopping(Release{}, phase, resumed), false
+	case errors.Is(err, ErrUnavailable):
+		// Docker did not answer about the job: not the image's fault, and
+		// no outcome. The deploy stays in flight and resumes, its hooks
+		// run again, when Docker answers (a migration that finished meanwhile
+		// has no record yet, so it runs again: migrations must bear that, as
+		// after a crash).
+		p.Log.Warn("docker unreachable during the "+string(phase)+" hook; the deploy resumes when it answers",
+			"deploy_id", rel.ID, "service", t.Name, "err", err)
+		return Event{Kind: Failed, Phase: phase, Reason: fmt.Sprintf("%s: %v", phase, err), Resumed: resumed, waiting: true}, false
 	case err != nil:
 		s.State = StepFailed
 		p.step(rels, s, resumed)

@@ -39,7 +39,7 @@ var ErrJobTimeout = errors.New("job timed out")
 func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials) (deploy.JobResult, error) {
 	src, err := s.api.ServiceInspect(ctx, j.Service, client.ServiceInspectOptions{})
 	if err != nil {
-		return deploy.JobResult{}, fmt.Errorf("inspect service %s: %w", j.Service, notFound(err))
+		return deploy.JobResult{}, fmt.Errorf("inspect service %s: %w", j.Service, unavailable(notFound(err)))
 	}
 	auth, err := encodeAuth(creds)
 	if err != nil {
@@ -56,7 +56,7 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	task, err := s.awaitJob(ctx, id)
 	out := deploy.JobResult{LogTail: s.logTail(id)}
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, deploy.ErrUnavailable) {
 			return out, fmt.Errorf("%w after %s", ErrJobTimeout, j.Timeout)
 		}
 		return out, fmt.Errorf("wait for job %s: %w", j.Name, err)
@@ -88,7 +88,7 @@ func (s *Swarm) startJob(ctx context.Context, spec swarm.ServiceSpec, auth strin
 	}
 	res, err := s.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: auth})
 	if err != nil {
-		return "", fmt.Errorf("create job %s: %w", spec.Name, err)
+		return "", fmt.Errorf("create job %s: %w", spec.Name, unavailable(err))
 	}
 	s.mu.Lock()
 	if s.jobs == nil {
@@ -157,11 +157,13 @@ func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpe
 
 // awaitJob waits for the job's task to reach a final state.
 func (s *Swarm) awaitJob(ctx context.Context, id string) (swarm.Task, error) {
+	var lastErr error // Docker's, while it does not answer
 	for {
 		res, err := s.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
 		if err != nil && ctx.Err() != nil {
 			return swarm.Task{}, ctx.Err()
 		}
+		lastErr = unavailable(err)
 		if err == nil {
 			for _, t := range res.Items {
 				switch t.Status.State {
@@ -172,6 +174,11 @@ func (s *Swarm) awaitJob(ctx context.Context, id string) (swarm.Task, error) {
 		}
 		select {
 		case <-ctx.Done():
+			// The job's time ran out while Docker did not answer: that is
+			// Docker's absence, not the job's fault.
+			if errors.Is(lastErr, deploy.ErrUnavailable) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return swarm.Task{}, fmt.Errorf("docker did not answer until the job's time ran out: %w", lastErr)
+			}
 			return swarm.Task{}, ctx.Err()
 		case <-time.After(100 * time.Millisecond): // a task list is cheap; hooks are on the deploy path
 		}

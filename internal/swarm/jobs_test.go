@@ -186,6 +186,26 @@ func TestRunJobTimeout(t *testing.T) {
 	}
 }
 
+// Docker not answering while a job runs, until the job's time runs out,
+// is Docker's absence (ErrUnavailable), not the job's timeout: the deploy
+// waits rather than blame the image. So is Docker gone as the job starts.
+func TestRunJobDockerGone(t *testing.T) {
+	e := newEngine(t)
+	e.addService("s1", dbSpec())
+	jobEnds(e, swarm.TaskStateRunning, 0, "", selfNode, "still migrating\n")
+	e.cut("GET /tasks", 1000)
+	j := migrateJob()
+	j.Timeout = 300 * time.Millisecond
+	_, err := e.client(t, Config{}).Run(context.Background(), j, deploy.Credentials{})
+	if !errors.Is(err, deploy.ErrUnavailable) || errors.Is(err, ErrJobTimeout) {
+		t.Fatalf("a job Docker never answered about: %v, want ErrUnavailable, not ErrJobTimeout", err)
+	}
+	e.cut("POST /services/create", 1)
+	if _, err := e.client(t, Config{}).Run(context.Background(), j, deploy.Credentials{}); !errors.Is(err, deploy.ErrUnavailable) {
+		t.Errorf("a job whose creation got no answer: %v, want ErrUnavailable", err)
+	}
+}
+
 // A job container on another node can't be removed from here, and the
 // service for a missing one is an error.
 func TestRunJobOtherNodeAndMissingService(t *testing.T) {
