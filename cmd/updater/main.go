@@ -17,6 +17,7 @@ import (
 
 	"github.com/updater-dev/updater/internal/app"
 	"github.com/updater-dev/updater/internal/config"
+	"github.com/updater-dev/updater/internal/nodeprune"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -54,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, usage)
 		return 0
 	case cmd == "prune":
-		return prune(args, stdout, stderr)
+		return nodeprune.Main(args, stdout, stderr) // the prune job's command on every node
 	case cmd == "deploy" && len(args) != 1:
 		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
 		return 2
