@@ -46,8 +46,8 @@ const (
 )
 
 // store is the one door to the records. Swarm configs are created and
-// removed, never edited (only their labels can change, which the lease
-// uses), so a record of a kind is found by its labels and replaced by
+// removed, never edited (only their labels can change: the lease's
+// holder, a deploy's stage), so a record of a kind is found by its labels and replaced by
 // writing the new one before removing the old.
 type store struct {
 	api *docker
@@ -141,8 +141,8 @@ func (st store) get(ctx context.Context, name string) (swarm.Config, bool, error
 	return res.Config, true, nil
 }
 
-// relabel writes spec's labels over the version read: the lease's
-// compare-and-set. Docker's error as it is.
+// relabel writes spec's labels over the version read, a compare-and-set
+// (the lease, a deploy's stage). Docker's error as it is.
 func (st store) relabel(ctx context.Context, id string, version uint64, spec swarm.ConfigSpec) error {
 	_, err := st.api.ConfigUpdate(ctx, id, client.ConfigUpdateOptions{Version: swarm.Version{Index: version}, Spec: spec})
 	return err
