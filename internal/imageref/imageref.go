@@ -64,7 +64,7 @@ func Parse(ref string) (Ref, error) {
 		if !hostRE.MatchString(first) {
 			return r, fmt.Errorf("%w: %q has a malformed host", ErrInvalid, ref)
 		}
-		r.Host = canonicalHost(first)
+		r.Host = CanonicalHost(first)
 	} else {
 		r.Host, path = DockerHub, rest
 	}
@@ -78,7 +78,9 @@ func Parse(ref string) (Ref, error) {
 	return r, nil
 }
 
-func canonicalHost(h string) string {
+// CanonicalHost is a registry host as Parse gives it: lower-case, and
+// DockerHub for each of the Hub's names (a webhook names its registry).
+func CanonicalHost(h string) string {
 	h = strings.ToLower(h)
 	switch h {
 	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "hub.docker.com":

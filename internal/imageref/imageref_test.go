@@ -67,6 +67,9 @@ func TestSplit(t *testing.T) {
 			t.Errorf("Split(%q) = %q, %q; want %q, %q", image, ref, d, want[0], want[1])
 		}
 	}
+	if CanonicalHost("Registry-1.Docker.IO") != DockerHub || CanonicalHost("GHCR.io") != "ghcr.io" {
+		t.Error("CanonicalHost: want the Hub's aliases as docker.io, every host lower-case")
+	}
 	if Tagged("127.0.0.1:5000/app") || !Tagged("127.0.0.1:5000/app:v1") || !Tagged("app:v1") {
 		t.Error("Tagged: a registry port is not a tag")
 	}
