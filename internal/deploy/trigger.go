@@ -28,8 +28,8 @@ func (p Push) String() string {
 	return p.Registry + "/" + p.Repository + ":" + p.Tag
 }
 
-// dockerHub is Docker Hub's canonical name; its other names are aliases.
-const dockerHub = "docker.io"
+// DockerHub is Docker Hub's canonical host; its other names are aliases.
+const DockerHub = "docker.io"
 
 // Matches reports whether a service tracking ref (a tag, as Target.Ref
 // gives it) follows the pushed tag. Docker Hub's short forms count as the
@@ -41,10 +41,10 @@ func (p Push) Matches(ref string) bool {
 	}
 	repo := strings.ToLower(p.Repository)
 	if p.Registry == "" {
-		return path == repo || host == dockerHub && path == "library/"+repo
+		return path == repo || host == DockerHub && path == "library/"+repo
 	}
-	want := canonicalHost(p.Registry)
-	if want == dockerHub && !strings.Contains(repo, "/") {
+	want := CanonicalHost(p.Registry)
+	if want == DockerHub && !strings.Contains(repo, "/") {
 		repo = "library/" + repo
 	}
 	return host == want && path == repo
@@ -68,21 +68,23 @@ func splitRef(ref string) (host, path, tag string) {
 	ref = strings.ToLower(ref)
 	first, rest, ok := strings.Cut(ref, "/")
 	if ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
-		host, path = canonicalHost(first), rest
+		host, path = CanonicalHost(first), rest
 	} else {
-		host, path = dockerHub, ref
+		host, path = DockerHub, ref
 	}
-	if host == dockerHub && !strings.Contains(path, "/") {
+	if host == DockerHub && !strings.Contains(path, "/") {
 		path = "library/" + path
 	}
 	return host, path, tag
 }
 
-func canonicalHost(h string) string {
+// CanonicalHost is a registry host as references name it: lower-case,
+// and DockerHub for each of the Hub's names (a webhook names its registry).
+func CanonicalHost(h string) string {
 	h = strings.ToLower(h)
 	switch h {
 	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "hub.docker.com":
-		return dockerHub
+		return DockerHub
 	}
 	return h
 }

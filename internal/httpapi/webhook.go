@@ -169,7 +169,7 @@ func parseDockerHub(body []byte) ([]deploy.Push, error) {
 	case hub.PushData.Tag == "":
 		return nil, errors.New("docker hub webhook: no push_data.tag")
 	}
-	return []deploy.Push{{Registry: "docker.io", Repository: repo, Tag: hub.PushData.Tag}}, nil
+	return []deploy.Push{{Registry: deploy.DockerHub, Repository: repo, Tag: hub.PushData.Tag}}, nil
 }
 
 // parseGitHub reads a GitHub "package" (or older "registry_package")

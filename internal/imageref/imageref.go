@@ -1,6 +1,8 @@
-// Package imageref reads image references ("host/path:tag@sha256:…") the
-// way Docker does, with the standard library only, so that every part of
-// the updater (the domain too) reads them one way.
+// Package imageref checks and normalises image references
+// ("host/path:tag@sha256:…") the way Docker reads them. Splitting off a
+// digest, whether a reference has a tag, and the canonical registry host
+// are the domain's (deploy.SplitImage, deploy.Tagged, deploy.CanonicalHost),
+// which this package builds on: one reading of references in the updater.
 package imageref
 
 import (
@@ -8,10 +10,12 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/updater-dev/updater/internal/deploy"
 )
 
-// DockerHub is Docker Hub's canonical host; its other names are aliases.
-const DockerHub = "docker.io"
+// DockerHub is Docker Hub's canonical host (deploy's, the one spelling).
+const DockerHub = deploy.DockerHub
 
 // Ref is a reference as Docker reads it, normalised: Host lower-case and
 // canonical (DockerHub for the Hub's aliases and for a reference with no
@@ -64,7 +68,7 @@ func Parse(ref string) (Ref, error) {
 		if !hostRE.MatchString(first) {
 			return r, fmt.Errorf("%w: %q has a malformed host", ErrInvalid, ref)
 		}
-		r.Host = CanonicalHost(first)
+		r.Host = deploy.CanonicalHost(first)
 	} else {
 		r.Host, path = DockerHub, rest
 	}
@@ -78,17 +82,6 @@ func Parse(ref string) (Ref, error) {
 	return r, nil
 }
 
-// CanonicalHost is a registry host as Parse gives it: lower-case, and
-// DockerHub for each of the Hub's names (a webhook names its registry).
-func CanonicalHost(h string) string {
-	h = strings.ToLower(h)
-	switch h {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "hub.docker.com":
-		return DockerHub
-	}
-	return h
-}
-
 // Repository is the normalised repository of ref (Ref.Name), "" when ref
 // is not a reference.
 func Repository(ref string) string {
@@ -97,26 +90,4 @@ func Repository(ref string) string {
 		return ""
 	}
 	return r.Name()
-}
-
-// Split splits "repo:tag@sha256:…" into "repo:tag" and "sha256:…". An
-// image with neither tag nor digest tracks "latest", as Docker does; one
-// pinned to a digest without a tag tracks nothing, and ref comes back
-// without a tag (see Tagged).
-func Split(image string) (ref, digest string) {
-	ref, digest, _ = strings.Cut(image, "@")
-	if !Tagged(ref) && digest == "" {
-		ref += ":latest"
-	}
-	return ref, digest
-}
-
-// Tagged reports whether ref names a tag ("repo:tag"), as opposed to a bare
-// repository; the colon of a registry port does not count.
-func Tagged(ref string) bool {
-	name := ref
-	if i := strings.LastIndex(name, "/"); i >= 0 {
-		name = name[i+1:]
-	}
-	return strings.Contains(name, ":")
 }

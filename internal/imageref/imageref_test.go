@@ -54,23 +54,3 @@ func TestRepository(t *testing.T) {
 		t.Errorf("Repository of garbage = %q, want empty", got)
 	}
 }
-
-func TestSplit(t *testing.T) {
-	for image, want := range map[string][2]string{
-		"app":                           {"app:latest", ""},
-		"app:v1":                        {"app:v1", ""},
-		"127.0.0.1:5000/app":            {"127.0.0.1:5000/app:latest", ""},
-		"127.0.0.1:5000/app:v1@" + dgst: {"127.0.0.1:5000/app:v1", dgst},
-		"app@" + dgst:                   {"app", dgst}, // pinned without a tag: tracks nothing
-	} {
-		if ref, d := Split(image); ref != want[0] || d != want[1] {
-			t.Errorf("Split(%q) = %q, %q; want %q, %q", image, ref, d, want[0], want[1])
-		}
-	}
-	if CanonicalHost("Registry-1.Docker.IO") != DockerHub || CanonicalHost("GHCR.io") != "ghcr.io" {
-		t.Error("CanonicalHost: want the Hub's aliases as docker.io, every host lower-case")
-	}
-	if Tagged("127.0.0.1:5000/app") || !Tagged("127.0.0.1:5000/app:v1") || !Tagged("app:v1") {
-		t.Error("Tagged: a registry port is not a tag")
-	}
-}

@@ -124,7 +124,7 @@ func (s *Swarm) pinned(ctx context.Context, repo string) ([]string, error) {
 				continue
 			}
 			img := spec.TaskTemplate.ContainerSpec.Image
-			if _, d := imageref.Split(img); d != "" && imageref.Repository(img) == want && !slices.Contains(out, d) {
+			if _, d := deploy.SplitImage(img); d != "" && imageref.Repository(img) == want && !slices.Contains(out, d) {
 				out = append(out, d)
 			}
 		}
