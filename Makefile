@@ -13,7 +13,7 @@ CREATED  ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT
 PLATFORMS ?= linux/amd64,linux/arm64,linux/arm/v7
 
 .DEFAULT_GOAL := help
-.PHONY: help demo demo-down build test unit e2e e2e-multinode soak fuzz bench bench-e2e bench-e2e-multinode lint image image-multiarch clean
+.PHONY: help demo demo-down build test unit e2e e2e-multinode e2e-engines soak fuzz bench bench-e2e bench-e2e-multinode lint image image-multiarch clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,16 +27,18 @@ demo-down: ## remove everything make demo created
 build: ## build bin/updater (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/updater ./cmd/updater
 
-test: lint build unit e2e e2e-multinode ## everything CI runs: lint, build, unit tests, the e2e suites on a real swarm
+test: lint build unit e2e e2e-multinode e2e-engines ## everything CI runs: lint, build, unit tests, the e2e suites on a real swarm, the engine matrix
 
 unit: ## unit tests (no Docker needed)
 	$(GO) test -race -count=1 ./...
 
-# E2E_REQUIRED makes a missing Docker a failure rather than a skip.
+# E2E_REQUIRED makes a missing Docker a failure rather than a skip. The
+# suite's log is kept for the engine matrix's table (make e2e-engines).
+E2E_LOGS ?= bin/e2e-logs
 # The multi-arch image's check is its own run after the suite, so its
 # three cross-compiles don't compete with the suite's timed waits.
 e2e: ## end-to-end tests: real dockerd in swarm mode, real registry; then the multi-arch image pulled by dockerd
-	E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 20m -v -skip MultiNode ./test/e2e/
+	test/e2e/matrix.sh log $(E2E_LOGS)/host.log env E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 20m -v -skip MultiNode ./test/e2e/
 	E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 10m -v -run TestRealImage ./scripts/multiarch/
 
 # Its own go test run, after e2e: making the 2-node swarm re-initialises
@@ -44,6 +46,20 @@ e2e: ## end-to-end tests: real dockerd in swarm mode, real registry; then the mu
 # namespace and a second dockerd); leaves the swarm advertising 127.0.0.1.
 e2e-multinode: ## the multi-node suite: a 2-node swarm on this machine (manager + a worker in a netns)
 	E2E_REQUIRED=1 E2E_MULTINODE=1 $(GO) test -tags e2e -count=1 -timeout 15m -v -run MultiNode ./test/e2e/
+
+# The core scenarios (test/e2e/matrix.sh) on a current engine too: Debian
+# sid's docker.io 28.5 and containerd 2.1 (26.1: trixie's), fetched once
+# into ENGINE_CACHE (test/e2e/engine.sh),
+# in a network namespace of its own (one engine start for the whole run;
+# the host's dockerd is not touched). Then the scenario × engine table from
+# this run's log and make e2e's. Needs root.
+ENGINES ?= 28.5
+e2e-engines: ## the core e2e scenarios on Docker 28.5 as well (ENGINES="28.5 26.1" for more), then the scenario × engine table
+	@set -e; for e in $(ENGINES); do \
+	  ENGINE=$$e test/e2e/engine.sh run $(E2E_LOGS)/$$e.log -- env E2E_REQUIRED=1 \
+	    $(GO) test -tags e2e -count=1 -timeout 15m -v -run "$$(test/e2e/matrix.sh run-regex)" ./test/e2e/; \
+	done
+	@test/e2e/matrix.sh table $(E2E_LOGS)/host.log $(foreach e,$(ENGINES),$(E2E_LOGS)/$(e).log)
 
 soak: ## 2,000 cycles against a faulty registry and Swarm, with its figures (it also runs, quietly, in make unit)
 	$(GO) test -count=1 -run '^TestSoak$$' -v ./internal/soak/

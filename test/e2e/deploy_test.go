@@ -34,7 +34,7 @@ func TestRollForwardRollBackAndSkip(t *testing.T) {
 
 	// check is a dry run: it names the action and changes nothing.
 	check := exec.Command(env.bin, "check")
-	check.Env = []string{"UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir()}
+	check.Env = append([]string{"UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir()}, dockerHostEnv()...)
 	out, err := check.CombinedOutput()
 	capture("updater command output and service logs", out)
 	if err != nil {

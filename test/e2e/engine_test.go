@@ -21,6 +21,15 @@ import (
 // addresses as on the host: one image reference and one database URL work
 // for both, and the tests need no change.
 
+// dockerHostEnv passes the suite's engine (DOCKER_HOST) on to an updater
+// process the test starts.
+func dockerHostEnv() []string {
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		return []string{"DOCKER_HOST=" + h}
+	}
+	return nil
+}
+
 // serveEngineNetns serves the faulty registry and PostgreSQL inside the
 // namespace E2E_NETNS names, if it names one. It starts PostgreSQL now
 // rather than at the first hook test, since its port must be known.

@@ -546,10 +546,9 @@ func startUpdater(t testing.TB, stack string, extra ...string) *updater {
 		// Loopback and a free port: tests never listen on every interface,
 		// and updaters of runs side by side never fight over :8080.
 		"UPDATER_LISTEN=127.0.0.1:0",
-	}, extra...)
-	if h := os.Getenv("DOCKER_HOST"); h != "" {
-		cmd.Env = append(cmd.Env, "DOCKER_HOST="+h)
-	}
+	}, dockerHostEnv()...)
+	// After the suite's engine: a test's own DOCKER_HOST (a proxy) wins.
+	cmd.Env = append(cmd.Env, extra...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
