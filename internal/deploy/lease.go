@@ -105,7 +105,12 @@ func (k *Keeper) Run(ctx context.Context) {
 			}
 			return
 		case <-t.C:
-			k.Acquire(ctx)
+			func() {
+				// A panic costs one renewal (the hold runs out by itself),
+				// not the process.
+				defer recovered(k.Log, "a lease renewal")
+				k.Acquire(ctx)
+			}()
 		}
 	}
 }

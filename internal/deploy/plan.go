@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -157,6 +158,16 @@ func (p *Pipeline) resolve(ctx context.Context, refs []string) map[string]lookup
 		sema <- struct{}{}
 		go func() {
 			defer func() { <-sema; wg.Done() }()
+			defer func() {
+				// A lookup that panics is a failed lookup, logged, not the
+				// end of the process.
+				if v := recover(); v != nil {
+					p.Log.Error("panic: a registry lookup stopped", "image", ref, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+					mu.Lock()
+					out[ref] = lookup{err: fmt.Errorf("look up %s: the lookup panicked: %v", ref, v)}
+					mu.Unlock()
+				}
+			}()
 			d, err := p.Registry.Digest(ctx, ref)
 			mu.Lock()
 			out[ref] = lookup{digest: d, err: err}

@@ -3,7 +3,10 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -127,7 +130,12 @@ func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from m
 		select {
 		case <-f.slot:
 			rctx, unfence := p.fenced(context.WithValue(ctx, flightKey{}, f))
-			out = fn(rctx)
+			func() {
+				// A panic stops this run where it is (its records stay, for
+				// the next cycle), not the updater: the other runs go on.
+				defer recovered(p.Log, "the deploy of "+strings.Join(keys, ", "))
+				out = fn(rctx)
+			}()
 			f.lost = lost(rctx)
 			unfence()
 		case <-ctx.Done():
@@ -145,6 +153,15 @@ func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from m
 		p.land(f, out)
 	}()
 	return f, nil
+}
+
+// recovered, deferred at the top of a goroutine's work, turns a panic
+// into an ERROR line (which reaches Rollbar, as the main goroutine's
+// panics do) naming what stopped, instead of the end of the process.
+func recovered(log *slog.Logger, what string) {
+	if v := recover(); v != nil {
+		log.Error("panic: "+what+" stopped where it was", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	}
 }
 
 type flightKey struct{}

@@ -216,6 +216,7 @@ func (t *Trigger) run(ctx context.Context) {
 			t.reqs.Add(1)
 			go func() {
 				defer t.reqs.Done()
+				defer recovered(t.log, "the requested deploy of "+name)
 				ev, err := t.p.DeployService(ctx, name)
 				if err != nil {
 					t.log.Error("requested deploy", "service", name, "err", err)
@@ -230,13 +231,20 @@ func (t *Trigger) run(ctx context.Context) {
 		if all {
 			pushes = nil // every service
 		}
-		plans, err := t.p.CycleFor(ctx, pushes)
-		if err != nil {
-			// The pipeline logs outages once; a failing check is only worth
-			// a debug line, like a failing tick.
-			t.log.Debug("requested check failed", "err", err)
-			continue
-		}
-		t.log.Debug("requested check done", "services", len(plans), "full", all)
+		t.check(ctx, all, pushes)
 	}
+}
+
+// check runs one requested check; a panic in it is logged, and the
+// trigger goes on taking requests.
+func (t *Trigger) check(ctx context.Context, all bool, pushes []Push) {
+	defer recovered(t.log, "a requested check")
+	plans, err := t.p.CycleFor(ctx, pushes)
+	if err != nil {
+		// The pipeline logs outages once; a failing check is only worth a
+		// debug line, like a failing tick.
+		t.log.Debug("requested check failed", "err", err)
+		return
+	}
+	t.log.Debug("requested check done", "services", len(plans), "full", all)
 }
