@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/updater-dev/updater/internal/deploy"
@@ -73,5 +74,24 @@ func TestAdviceIsOneLinePerKind(t *testing.T) {
 	}
 	if n := len(w.logLines("WARN", "start-first")) + len(w.logLines("WARN", "failure_action")); n != 0 {
 		t.Errorf("%d lines of advice the services don't need", n)
+	}
+}
+
+// `updater check` (another process) shows a service whose deploy record
+// is in Swarm as deploying, whatever its tag says.
+func TestCheckShowsDeployInFlightFromItsRecord(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	w.open = []deploy.Release{{ID: "rec1", ServiceID: "svc1", ServiceName: "web", Ref: ref, From: oldD, To: newD}}
+	plans, err := w.p.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plans) != 1 || plans[0].Action != deploy.ActDeploying || !strings.Contains(plans[0].Reason, "deploy rec1 to "+deploy.Short(newD)) {
+		t.Errorf("plans %+v, want web deploying per its record", plans)
+	}
+	if len(w.updates) != 0 || len(w.begun) != 0 {
+		t.Errorf("a check changed something: writes %d, records begun %d", len(w.updates), len(w.begun))
 	}
 }
