@@ -44,6 +44,13 @@ type Config struct {
 	Listen        string // UPDATER_LISTEN: host:port
 	APIToken      string // UPDATER_API_TOKEN or UPDATER_API_TOKEN_FILE: the API and the status page; "" turns both off
 	WebhookSecret string // UPDATER_WEBHOOK_SECRET or UPDATER_WEBHOOK_SECRET_FILE: registry webhooks; "" turns them off
+	// APIReadToken (UPDATER_API_READ_TOKEN or _FILE) reads the API and the
+	// status page, and changes nothing; needs UPDATER_API_TOKEN.
+	APIReadToken string
+	// Per-source webhook secrets (UPDATER_WEBHOOK_SECRET_GITHUB, _DOCKERHUB,
+	// _DISTRIBUTION, or their _FILE twins): each overrides WebhookSecret for
+	// its source, so whoever sees one registry's secret can't pose as another.
+	WebhookSecretGitHub, WebhookSecretDockerHub, WebhookSecretDistribution string
 
 	Prune Prune // UPDATER_PRUNE*: removing the images deploys made unused, on every node
 
@@ -105,7 +112,8 @@ type setting struct {
 // variable grows a _FILE twin by accident.
 func secret(name string) bool {
 	switch name {
-	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET":
+	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET",
+		"UPDATER_API_READ_TOKEN", "UPDATER_WEBHOOK_SECRET_GITHUB", "UPDATER_WEBHOOK_SECRET_DOCKERHUB", "UPDATER_WEBHOOK_SECRET_DISTRIBUTION":
 		return true
 	}
 	return false
@@ -210,6 +218,22 @@ func settings() []setting {
 		}},
 		{"UPDATER_WEBHOOK_SECRET", func(c *Config, v string) (err error) {
 			c.WebhookSecret, err = parseToken(v)
+			return err
+		}},
+		{"UPDATER_API_READ_TOKEN", func(c *Config, v string) (err error) {
+			c.APIReadToken, err = parseToken(v)
+			return err
+		}},
+		{"UPDATER_WEBHOOK_SECRET_GITHUB", func(c *Config, v string) (err error) {
+			c.WebhookSecretGitHub, err = parseToken(v)
+			return err
+		}},
+		{"UPDATER_WEBHOOK_SECRET_DOCKERHUB", func(c *Config, v string) (err error) {
+			c.WebhookSecretDockerHub, err = parseToken(v)
+			return err
+		}},
+		{"UPDATER_WEBHOOK_SECRET_DISTRIBUTION", func(c *Config, v string) (err error) {
+			c.WebhookSecretDistribution, err = parseToken(v)
 			return err
 		}},
 		{"UPDATER_PRUNE", func(c *Config, v string) error {
@@ -407,11 +431,23 @@ func (c Config) check(given map[string]bool) []error {
 	if given["SLACK_API_URL"] && !given["SLACK_TOKEN"] {
 		errs = append(errs, &Error{Var: "SLACK_API_URL", Value: s.APIURL, Reason: "is set without SLACK_TOKEN: it only redirects the bot token's requests"})
 	}
-	if c.APIToken != "" && c.APIToken == c.WebhookSecret {
-		// Whoever holds the webhook secret (a registry, a CI system) must
-		// not get to approve deploys.
-		errs = append(errs, &Error{Var: "UPDATER_WEBHOOK_SECRET", Reason: "is the same as UPDATER_API_TOKEN: use a different secret, " +
-			"since the registry that holds the webhook secret must not get to approve or start deploys"})
+	// Whoever holds a webhook secret (a registry, a CI system) must not get
+	// to approve deploys, nor read the API.
+	for _, hook := range []struct{ name, v string }{{"UPDATER_WEBHOOK_SECRET", c.WebhookSecret},
+		{"UPDATER_WEBHOOK_SECRET_GITHUB", c.WebhookSecretGitHub}, {"UPDATER_WEBHOOK_SECRET_DOCKERHUB", c.WebhookSecretDockerHub},
+		{"UPDATER_WEBHOOK_SECRET_DISTRIBUTION", c.WebhookSecretDistribution}} {
+		for _, api := range []struct{ name, v string }{{"UPDATER_API_TOKEN", c.APIToken}, {"UPDATER_API_READ_TOKEN", c.APIReadToken}} {
+			if hook.v != "" && hook.v == api.v {
+				errs = append(errs, &Error{Var: hook.name, Reason: "is the same as " + api.name + ": use a different secret, " +
+					"since the registry that holds the webhook secret must not get to approve or start deploys"})
+			}
+		}
+	}
+	switch {
+	case c.APIReadToken != "" && c.APIToken == "":
+		errs = append(errs, &Error{Var: "UPDATER_API_READ_TOKEN", Reason: "is set without UPDATER_API_TOKEN: set UPDATER_API_TOKEN (or UPDATER_API_TOKEN_FILE) to turn the API on"})
+	case c.APIReadToken != "" && c.APIReadToken == c.APIToken:
+		errs = append(errs, &Error{Var: "UPDATER_API_READ_TOKEN", Reason: "is the same as UPDATER_API_TOKEN: the read-only token must differ, or it approves deploys too"})
 	}
 	for _, setting := range []string{"UPDATER_PRUNE_KEEP", "UPDATER_PRUNE_IMAGE"} {
 		if given[setting] && !c.Prune.AfterDeploy {

@@ -383,8 +383,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 33 {
-		t.Errorf("got %d names, want 33: %v", len(names), names)
+	if len(names) != 41 {
+		t.Errorf("got %d names, want 41: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
@@ -592,6 +592,12 @@ func TestHTTPSettings(t *testing.T) {
 			"UPDATER_WEBHOOK_SECRET_FILE": secretFile(t, webhookSecret+"\r\n")}, func(c Config) bool {
 			return c.APIToken == apiToken && c.WebhookSecret == webhookSecret
 		}},
+		{"read token and per-source secrets", env{"UPDATER_API_TOKEN": apiToken, "UPDATER_API_READ_TOKEN": "read-token-0123456789",
+			"UPDATER_WEBHOOK_SECRET_GITHUB": "github-secret-0123456789", "UPDATER_WEBHOOK_SECRET_DOCKERHUB_FILE": secretFile(t, "hub-secret-0123456789\n"),
+			"UPDATER_WEBHOOK_SECRET_DISTRIBUTION": "dist-secret-0123456789"}, func(c Config) bool {
+			return c.APIReadToken == "read-token-0123456789" && c.WebhookSecretGitHub == "github-secret-0123456789" &&
+				c.WebhookSecretDockerHub == "hub-secret-0123456789" && c.WebhookSecretDistribution == "dist-secret-0123456789" && c.WebhookSecret == ""
+		}},
 		{"approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "72h"}, func(c Config) bool { return c.ApprovalTimeout == 72*time.Hour }},
 		{"shortest approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "1m"}, func(c Config) bool { return c.ApprovalTimeout == time.Minute }},
 		{"longest approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "720h"}, func(c Config) bool { return c.ApprovalTimeout == 720*time.Hour }},
@@ -635,6 +641,13 @@ func TestHTTPSettingsInvalid(t *testing.T) {
 			`UPDATER_WEBHOOK_SECRET_FILE="/run/secrets/hook": is set together with UPDATER_WEBHOOK_SECRET: set one or the other`},
 		{"one secret for both", env{"UPDATER_API_TOKEN": apiToken, "UPDATER_WEBHOOK_SECRET": apiToken}, "UPDATER_WEBHOOK_SECRET",
 			"UPDATER_WEBHOOK_SECRET is the same as UPDATER_API_TOKEN: use a different secret, since the registry that holds the webhook secret must not get to approve or start deploys"},
+		{"a source's secret is the read token", env{"UPDATER_API_TOKEN": apiToken, "UPDATER_API_READ_TOKEN": webhookSecret,
+			"UPDATER_WEBHOOK_SECRET_DOCKERHUB": webhookSecret}, "UPDATER_WEBHOOK_SECRET_DOCKERHUB",
+			"UPDATER_WEBHOOK_SECRET_DOCKERHUB is the same as UPDATER_API_READ_TOKEN: use a different secret, since the registry that holds the webhook secret must not get to approve or start deploys"},
+		{"read token without the API token", env{"UPDATER_API_READ_TOKEN": webhookSecret}, "UPDATER_API_READ_TOKEN",
+			"UPDATER_API_READ_TOKEN is set without UPDATER_API_TOKEN: set UPDATER_API_TOKEN (or UPDATER_API_TOKEN_FILE) to turn the API on"},
+		{"read token is the API token", env{"UPDATER_API_TOKEN": apiToken, "UPDATER_API_READ_TOKEN": apiToken}, "UPDATER_API_READ_TOKEN",
+			"UPDATER_API_READ_TOKEN is the same as UPDATER_API_TOKEN: the read-only token must differ, or it approves deploys too"},
 		{"approval timeout too short", env{"UPDATER_APPROVAL_TIMEOUT": "30s"}, "UPDATER_APPROVAL_TIMEOUT",
 			`UPDATER_APPROVAL_TIMEOUT="30s": out of range: use a Go duration between 1m and 720h, like "24h" or "72h"`},
 		{"approval timeout in days", env{"UPDATER_APPROVAL_TIMEOUT": "2d"}, "UPDATER_APPROVAL_TIMEOUT",
