@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -47,6 +48,12 @@ var (
 func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	var errs []error
 	bad := func(label, reason string) {
+		if label == labelBackupEnv || label == labelMigrateEnv {
+			// An env label carries passwords: its error names the entry
+			// (parseEnv masks it), never the value.
+			errs = append(errs, fmt.Errorf("label %s (value not shown, it may hold secrets): %s", label, reason))
+			return
+		}
 		errs = append(errs, fmt.Errorf("label %s=%q: %s", label, labels[label], reason))
 	}
 	known := map[string]bool{optIn: true}
@@ -158,25 +165,36 @@ func parseCommand(v string) ([]string, error) {
 	return args, nil
 }
 
-// parseEnv reads KEY=value entries separated by newlines or commas.
+// parseEnv reads KEY=value entries separated by newlines or commas. Its
+// errors name an entry by its place and key, the value masked: env labels
+// carry database passwords, and an error goes to Slack, Rollbar, the
+// Swarm record and the API.
 func parseEnv(v string) ([]string, error) {
 	var out []string
-	for _, e := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == '\n' }) {
+	for i, e := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == '\n' }) {
 		e = strings.TrimSpace(e)
 		if e == "" {
 			continue
 		}
 		k, _, ok := strings.Cut(e, "=")
-		if !ok || !envRE.MatchString(k) {
-			return nil, fmt.Errorf("entry %q is not KEY=value: use KEY=value pairs separated by commas, keys of letters, digits and _", e)
+		if !ok {
+			// No key at all: this may be the tail of a value that held a
+			// comma (a password), so none of it is shown.
+			return nil, fmt.Errorf("entry %d (%s) is not KEY=value: use KEY=value pairs separated by commas, keys of letters, digits and _; a value cannot hold a comma or newline", i+1, masked)
+		}
+		if !envRE.MatchString(k) {
+			return nil, fmt.Errorf("entry %d %q is not KEY=value: use KEY=value pairs separated by commas, keys of letters, digits and _", i+1, k+"="+masked)
 		}
 		if strings.ContainsRune(e, 0) {
-			return nil, fmt.Errorf("entry %q holds a NUL byte, which no environment can carry", e)
+			return nil, fmt.Errorf("entry %d %q holds a NUL byte, which no environment can carry", i+1, k+"="+masked)
 		}
 		out = append(out, e)
 	}
 	return out, nil
 }
+
+// masked stands for a value an error does not show.
+const masked = "***"
 
 // parseMounts reads source:target[:ro] entries separated by commas. A
 // source is a volume name, or an absolute host path for a bind mount.
@@ -234,4 +252,126 @@ func kernelPath(p string) bool {
 		}
 	}
 	return false
+}
+
+// Authority is what the operator lets hook labels ask of the Docker
+// daemon. Labels are written by whoever writes stack files, who may have
+// less power than the socket the updater holds (a Portainer user, a GitOps
+// repository with policy checks): without this a label could bind
+// /var/run/docker.sock into a job and so be root on the node. It comes from
+// the updater's environment, never from labels.
+type Authority struct {
+	// MountRoots are the host paths hook jobs may bind (each with what is
+	// below it), and the named volumes of other stacks they may mount
+	// (UPDATER_HOOK_MOUNT_ROOTS). None by default: only named volumes of
+	// the service's own stack.
+	MountRoots []string
+	// Images are the repositories and registry hosts hook images may come
+	// from besides the service's own repository (UPDATER_HOOK_IMAGES).
+	Images []string
+}
+
+// The variables an operator allows more with, named in every refusal.
+const (
+	envMountRoots = "UPDATER_HOOK_MOUNT_ROOTS"
+	envImages     = "UPDATER_HOOK_IMAGES"
+)
+
+// check refuses the hooks that ask for more than a allows, each refusal
+// naming the label, the entry and the variable that would allow it. stack
+// is the service's stack ("" for a service outside one) and image its
+// image: its own repository is always allowed.
+func (a Authority) check(h deploy.Hooks, stack, image string) error {
+	var errs []error
+	for _, c := range []struct {
+		hk           *deploy.Hook
+		image, mount string
+	}{{h.Backup, labelBackupImage, labelBackupMounts}, {h.Migrate, labelMigrateImage, ""}} {
+		if c.hk == nil {
+			continue
+		}
+		if c.hk.Image != "" && !a.image(c.hk.Image, image) {
+			errs = append(errs, fmt.Errorf("label %s=%q: the image is not from the service's own repository (%s) nor from one %s lists: add its repository or registry host to %s to allow it",
+				c.image, c.hk.Image, imageref.Repository(image), envImages, envImages))
+		}
+		for _, m := range c.hk.Mounts {
+			if err := a.mount(m, stack); err != nil {
+				errs = append(errs, fmt.Errorf("label %s entry %q: %w", c.mount, mountEntry(m), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// image reports whether ref is in the service's own repository or in one
+// the operator listed, by repository or by registry host.
+func (a Authority) image(ref, own string) bool {
+	r, err := imageref.Parse(ref)
+	if err != nil {
+		return false
+	}
+	if r.Name() == imageref.Repository(own) {
+		return true
+	}
+	for _, allowed := range a.Images {
+		if allowed == r.Name() || allowed == r.Host {
+			return true
+		}
+	}
+	return false
+}
+
+// mount allows a host path only below a listed root (by whole path
+// components: /srv/backups allows /srv/backups/db, not /srv/backupsX), and
+// a named volume of the service's own stack, or one listed by name.
+func (a Authority) mount(m deploy.Mount, stack string) error {
+	if strings.HasPrefix(m.Source, "/") {
+		for _, root := range a.MountRoots {
+			if strings.HasPrefix(root, "/") && (m.Source == root || strings.HasPrefix(m.Source, strings.TrimSuffix(root, "/")+"/")) {
+				return nil
+			}
+		}
+		return fmt.Errorf("the host path %s is under no root %s lists (%s): add it, or a directory above it, to %s to allow it",
+			m.Source, envMountRoots, listed(a.MountRoots), envMountRoots)
+	}
+	// docker stack deploy names a stack's volumes <stack>_<name>.
+	if stack != "" && strings.HasPrefix(m.Source, stack+"_") || slices.Contains(a.MountRoots, m.Source) {
+		return nil
+	}
+	own := "the service is in no stack"
+	if stack != "" {
+		own = "the service's stack volumes are " + stack + "_*"
+	}
+	return fmt.Errorf("the volume %s is not of the service's own stack (%s): add the volume's name to %s to allow it",
+		m.Source, own, envMountRoots)
+}
+
+func listed(items []string) string {
+	if len(items) == 0 {
+		return "none set"
+	}
+	return strings.Join(items, ",")
+}
+
+func mountEntry(m deploy.Mount) string {
+	s := m.Source + ":" + m.Target
+	if m.ReadOnly {
+		s += ":ro"
+	}
+	return s
+}
+
+// hooks reads a service's hook labels and holds them to what the operator
+// allows. On any problem it returns no hooks but the approval a service
+// asked for, like parseHooks, so a refused service never deploys without
+// its hooks and its other services carry on.
+func hooks(labels map[string]string, optIn, stack, image string, a Authority) (deploy.Hooks, error) {
+	h, err := parseHooks(labels, optIn)
+	if err != nil {
+		return h, err
+	}
+	if err := a.check(h, stack, image); err != nil {
+		return deploy.Hooks{Approve: h.Approve}, fmt.Errorf("hook labels ask for more than the operator allows: %w", err)
+	}
+	return h, nil
 }

@@ -45,6 +45,9 @@ type Config struct {
 	Holder string
 	// Log is for what the adapter cleans up on its own; nil: slog.Default.
 	Log *slog.Logger
+	// Authority is what hook labels may ask for beyond the service's own
+	// repository and stack volumes; the zero value allows nothing more.
+	Authority Authority
 }
 
 // Swarm talks to one Docker Engine that is a swarm manager.
@@ -120,12 +123,12 @@ func (s *Swarm) List(ctx context.Context) ([]deploy.Target, error) {
 		if svc.Spec.TaskTemplate.ContainerSpec == nil {
 			continue // plugin services have no image to follow
 		}
-		out = append(out, target(svc, s.cfg.Label))
+		out = append(out, target(svc, s.cfg.Label, s.cfg.Authority))
 	}
 	return out, nil
 }
 
-func target(svc swarm.Service, label string) deploy.Target {
+func target(svc swarm.Service, label string, a Authority) deploy.Target {
 	t := deploy.Target{
 		ID:          svc.ID,
 		Name:        svc.Spec.Name,
@@ -133,7 +136,7 @@ func target(svc swarm.Service, label string) deploy.Target {
 		Image:       svc.Spec.TaskTemplate.ContainerSpec.Image,
 		Healthcheck: hasHealthcheck(svc.Spec.TaskTemplate.ContainerSpec),
 	}
-	t.Hooks, t.HooksErr = parseHooks(svc.Spec.Labels, label)
+	t.Hooks, t.HooksErr = hooks(svc.Spec.Labels, label, t.Stack, t.Image, a)
 	if uc := svc.Spec.UpdateConfig; uc != nil {
 		t.StartFirst = uc.Order == swarm.UpdateOrderStartFirst
 		t.RollbackOnFailure = uc.FailureAction == swarm.UpdateFailureActionRollback
