@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -38,6 +39,13 @@ type Config struct {
 	DockerTimeout       time.Duration // UPDATER_DOCKER_TIMEOUT: how long one Docker call may go unanswered
 	LeaseTTL            time.Duration // UPDATER_LEASE_TTL: how long a dead updater's lease blocks another
 	ApprovalTimeout     time.Duration // UPDATER_APPROVAL_TIMEOUT: how long a deploy waits for a person's approval
+
+	// What hook labels may ask of the Docker daemon beyond the service's
+	// own repository and its stack's volumes: the people who write stack
+	// files may have less power than the socket the updater holds.
+	HookMountRoots []string // UPDATER_HOOK_MOUNT_ROOTS: host path prefixes hook jobs may bind, and other volumes by name; none by default
+	HookImages     []string // UPDATER_HOOK_IMAGES: repositories or registry hosts hook images may come from; none by default
+	ReportHookLogs bool     // UPDATER_REPORT_HOOK_LOGS: hook log tails go to Slack and Rollbar too; the log keeps them always
 
 	// The HTTP server: health, metrics, registry webhooks, the API and the
 	// status page.
@@ -187,6 +195,22 @@ func settings() []setting {
 		{"UPDATER_REGISTRY_TIMEOUT", func(c *Config, v string) (err error) {
 			c.RegistryTimeout, err = parseDuration(v, time.Second, 10*time.Minute, `"30s" or "2m"`)
 			return err
+		}},
+		{"UPDATER_HOOK_MOUNT_ROOTS", func(c *Config, v string) (err error) {
+			c.HookMountRoots, err = parseMountRoots(v)
+			return err
+		}},
+		{"UPDATER_HOOK_IMAGES", func(c *Config, v string) (err error) {
+			c.HookImages, err = parseHookImages(v)
+			return err
+		}},
+		{"UPDATER_REPORT_HOOK_LOGS", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New(`not a boolean: use "true" or "false"`)
+			}
+			c.ReportHookLogs = b
+			return nil
 		}},
 		{"UPDATER_INSECURE_REGISTRIES", func(c *Config, v string) (err error) {
 			c.InsecureRegistries, err = parseInsecureRegistries(v)
@@ -699,4 +723,66 @@ func (c Config) LongestInterval(from time.Time) time.Duration {
 		prev = next
 	}
 	return longest
+}
+
+// parseMountRoots reads the host paths hook jobs may bind below, and the
+// volumes (by name) of other stacks they may mount. "/" is refused: it
+// would allow the Docker socket, and so root on the node.
+func parseMountRoots(v string) ([]string, error) {
+	const hint = `use a comma-separated list of absolute host directories and volume names, like "/srv/backups,shared_certs"`
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		switch {
+		case item == "":
+			continue
+		case item == "/":
+			return nil, errors.New(`"/" would let hooks bind every host path, the Docker socket included: ` + hint)
+		case strings.HasPrefix(item, "/"):
+			if path.Clean(item) != item || strings.ContainsFunc(item, unicode.IsControl) {
+				return nil, fmt.Errorf("%q is not a clean absolute path (no .., //, trailing / or control characters): %s", item, hint)
+			}
+		case !volumeName.MatchString(item):
+			return nil, fmt.Errorf("%q is neither an absolute path nor a volume name: %s", item, hint)
+		}
+		if !slices.Contains(out, item) {
+			out = append(out, item)
+		}
+	}
+	return out, nil
+}
+
+// volumeName is a Docker volume name.
+var volumeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// parseHookImages reads repositories ("ghcr.io/acme/tools") and registry
+// hosts ("registry.lan:5000") hook images may come from. A name is a host
+// the way Docker reads one: with a dot, a port, or localhost.
+func parseHookImages(v string) ([]string, error) {
+	const hint = `use a comma-separated list of repositories and registry hosts, like "ghcr.io/acme/pgdump,registry.lan:5000"`
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		var norm string
+		if !strings.Contains(item, "/") && (strings.ContainsAny(item, ".:") || item == "localhost") {
+			r, err := imageref.Parse(item + "/x")
+			if err != nil {
+				return nil, fmt.Errorf("%q is not a registry host: %s", item, hint)
+			}
+			norm = r.Host
+		} else {
+			r, err := imageref.Parse(item)
+			if err != nil || r.Tag != "" || r.Digest != "" {
+				return nil, fmt.Errorf("%q is not a repository (no tag or digest): %s", item, hint)
+			}
+			norm = r.Name()
+		}
+		if !slices.Contains(out, norm) {
+			out = append(out, norm)
+		}
+	}
+	return out, nil
 }

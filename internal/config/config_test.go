@@ -383,8 +383,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 41 {
-		t.Errorf("got %d names, want 41: %v", len(names), names)
+	if len(names) != 44 {
+		t.Errorf("got %d names, want 44: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
