@@ -36,10 +36,12 @@ func (o *operating) start(ctx context.Context, cfg config.Config, version string
 	ctx, cancel := context.WithCancel(ctx)
 	trigger := deploy.NewTrigger(ctx, o.p)
 	srv := httpapi.New(httpapi.Config{
-		Addr: cfg.Listen, APIToken: cfg.APIToken, WebhookSecret: cfg.WebhookSecret,
-		ReadyWithin: readyWithin(cfg), Version: version, Log: log,
+		Addr: cfg.Listen, APIToken: cfg.APIToken, APIReadToken: cfg.APIReadToken, WebhookSecret: cfg.WebhookSecret,
+		WebhookSecretGitHub: cfg.WebhookSecretGitHub, WebhookSecretDockerHub: cfg.WebhookSecretDockerHub,
+		WebhookSecretDistribution: cfg.WebhookSecretDistribution,
+		ReadyWithin:               readyWithin(cfg), Version: version, Log: log,
 		Pipeline: o.p, Docker: o.docker, Records: o.records, Requests: trigger, Decisions: trigger, History: o.history,
-		Metrics: o.metrics.Handler(), Webhooks: o.metrics,
+		Metrics: o.metrics.Handler(), Webhooks: o.metrics, Refusals: o.metrics,
 	})
 	addr, err := srv.Start(ctx)
 	if err != nil {
@@ -47,7 +49,7 @@ func (o *operating) start(ctx context.Context, cfg config.Config, version string
 		trigger.Stop()
 		return nil, err
 	}
-	log.Info("http listening", "addr", addr.String(), "api", cfg.APIToken != "", "webhooks", cfg.WebhookSecret != "")
+	log.Info("http listening", "addr", addr.String(), "api", cfg.APIToken != "", "webhooks", cfg.WebhookSecret != "" || cfg.WebhookSecretGitHub != "" || cfg.WebhookSecretDockerHub != "" || cfg.WebhookSecretDistribution != "")
 	return func() {
 		cancel()
 		srv.Wait()

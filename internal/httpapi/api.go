@@ -14,17 +14,29 @@ import (
 const maxAPIBody = 64 << 10
 
 // api wraps an API handler: the bearer token (or basic auth password) must
-// match UPDATER_API_TOKEN, compared in constant time.
+// match UPDATER_API_TOKEN, or UPDATER_API_READ_TOKEN for a GET, compared in
+// constant time, from an address not throttled for failing too often.
 func (s *Server) api(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.APIToken == "" {
 			writeError(w, http.StatusForbidden, "the API is off: set UPDATER_API_TOKEN to turn it on")
 			return
 		}
-		if !sameSecret(token(r), s.cfg.APIToken) {
+		switch s.authenticate(r) {
+		case authThrottled:
+			w.Header().Set("Retry-After", throttleRetryAfter)
+			writeError(w, http.StatusTooManyRequests, "too many failed authentications from this address: wait a minute")
+			return
+		case authNone:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="updater"`)
 			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
 			return
+		case authRead:
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				s.countRefused(r, "read_only")
+				writeError(w, http.StatusForbidden, "the read-only token changes nothing: use UPDATER_API_TOKEN")
+				return
+			}
 		}
 		if r.ContentLength > maxAPIBody {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes: the API takes none", maxAPIBody))

@@ -49,20 +49,46 @@ func validSignature(header string, body []byte, secret string) bool {
 	return hmac.Equal(got, mac.Sum(nil))
 }
 
-// webhookAuthorized says whether a webhook comes from someone who knows
-// the secret. A signed request (GitHub) must carry a valid signature; a
-// request that cannot be signed (Docker Hub, a distribution registry)
-// carries the secret itself, as a bearer token or, for senders that can't
-// set headers, the token query parameter.
-func webhookAuthorized(r *http.Request, body []byte, secret string) bool {
-	if sig := r.Header.Get("X-Hub-Signature-256"); sig != "" {
-		return validSignature(sig, body, secret)
+// access is what a request's credentials open.
+type access int
+
+const (
+	authNone      access = iota // no valid token
+	authThrottled               // not looked at: too many failures from this address
+	authRead                    // the read-only token
+	authAll                     // the API token
+)
+
+// throttleRetryAfter is what a throttled client is asked to wait, in
+// seconds: about one bucket refill.
+const throttleRetryAfter = "6"
+
+// authenticate tells what r's token opens. A failure costs the client's
+// address a token of its bucket; an address with none left is not asked
+// for its token at all. Refusals are counted and logged once a minute.
+func (s *Server) authenticate(r *http.Request) access {
+	addr, now := clientAddr(r), s.cfg.Now()
+	if !s.throttle.allowed(addr, now) {
+		s.countRefused(r, "throttled")
+		return authThrottled
 	}
-	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		return sameSecret(strings.TrimSpace(t), secret)
+	t := token(r)
+	switch {
+	case sameSecret(t, s.cfg.APIToken):
+		return authAll
+	case sameSecret(t, s.cfg.APIReadToken):
+		return authRead
 	}
-	if t := r.URL.Query().Get("token"); t != "" {
-		return sameSecret(t, secret)
+	s.throttle.failed(addr, now)
+	s.countRefused(r, "unauthorized")
+	return authNone
+}
+
+func (s *Server) countRefused(r *http.Request, reason string) {
+	if s.cfg.Refusals != nil {
+		s.cfg.Refusals.APIRefused(reason)
 	}
-	return false
+	if ok, held := s.refusedAPI.allow(s.cfg.Now()); ok {
+		s.cfg.Log.Warn("api request refused", "reason", reason, "remote", clientAddr(r), "path", r.URL.Path, "refused_unlogged", held)
+	}
 }

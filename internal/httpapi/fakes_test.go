@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,18 +133,22 @@ type rig struct {
 	decisions *fakeDecisions
 	counter   *fakeCounter
 	history   *History
-	logs      *bytes.Buffer
+	logs      *lockedBuffer
 	now       time.Time
+	skew      atomic.Int64 // added to now: advance moves the clock, race-free
 }
+
+// advance moves the server's clock on by d.
+func (r *rig) advance(d time.Duration) { r.skew.Add(int64(d)) }
 
 func newRig(t *testing.T, edit ...func(*Config)) *rig {
 	t.Helper()
 	r := &rig{t: t, pipeline: &fakePipeline{}, requests: &fakeRequests{}, decisions: &fakeDecisions{},
-		counter: &fakeCounter{}, history: NewHistory(10), logs: &bytes.Buffer{},
+		counter: &fakeCounter{}, history: NewHistory(10), logs: &lockedBuffer{},
 		now: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
 	r.cfg = Config{
 		Addr: "127.0.0.1:0", APIToken: apiToken, WebhookSecret: secret, ReadyWithin: 3 * time.Minute,
-		Version: "test", Log: slog.New(slog.NewJSONHandler(r.logs, nil)), Now: func() time.Time { return r.now },
+		Version: "test", Log: slog.New(slog.NewJSONHandler(r.logs, nil)), Now: func() time.Time { return r.now.Add(time.Duration(r.skew.Load())) },
 		Pipeline: r.pipeline, Requests: r.requests, Decisions: r.decisions, History: r.history,
 		Webhooks: r.counter, Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "metrics\n") }),
 	}
@@ -170,4 +175,23 @@ func authed(method, target string, body io.Reader) *http.Request {
 	req := httptest.NewRequest(method, target, body)
 	req.Header.Set("Authorization", "Bearer "+apiToken)
 	return req
+}
+
+// lockedBuffer is the rig's log: written by the server's goroutines, read
+// by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

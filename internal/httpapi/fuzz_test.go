@@ -124,8 +124,8 @@ func FuzzWebhook(f *testing.F) {
 		}
 		rec := r.do(req)
 		pushes, checks, deploys := r.requests.asked()
-		if checks != 0 || len(deploys) != 0 {
-			t.Fatalf("a webhook asked for %d checks, deploys %v", checks, deploys)
+		if checks > 1 || len(deploys) != 0 || checks == 1 && (rec.Code != http.StatusAccepted || len(pushes) != 0) {
+			t.Fatalf("a webhook (%d) asked for %d checks, pushes %v, deploys %v", rec.Code, checks, pushes, deploys)
 		}
 
 		// Who knows the secret, said independently of webhookAuthorized.
@@ -150,6 +150,9 @@ func FuzzWebhook(f *testing.F) {
 				t.Fatalf("status %d, yet pushes %v", rec.Code, pushes)
 			}
 		case http.StatusAccepted:
+			if checks == 1 {
+				break // more events than a payload may carry: one full check
+			}
 			var answer struct {
 				Checking []string `json:"checking"`
 			}

@@ -51,6 +51,8 @@ type pageData struct {
 	Decided   []deploy.Approval
 	Deploys   []Deploy
 	Message   string
+	// CanDecide is false for the read-only token: no buttons.
+	CanDecide bool
 }
 
 // page wraps a status page handler. A browser is asked for the API token
@@ -69,10 +71,21 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 			http.Error(w, "The status page is off: set UPDATER_API_TOKEN to turn it on.", http.StatusForbidden)
 			return
 		}
-		if !sameSecret(token(r), s.cfg.APIToken) {
+		switch s.authenticate(r) {
+		case authThrottled:
+			w.Header().Set("Retry-After", throttleRetryAfter)
+			http.Error(w, "Too many failed logins from this address: wait a minute.", http.StatusTooManyRequests)
+			return
+		case authNone:
 			w.Header().Set("WWW-Authenticate", `Basic realm="updater: the API token is the password", charset="UTF-8"`)
 			http.Error(w, "The API token is needed: give it as the password (any user name).", http.StatusUnauthorized)
 			return
+		case authRead:
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				s.countRefused(r, "read_only")
+				http.Error(w, "The read-only token decides nothing: use UPDATER_API_TOKEN.", http.StatusForbidden)
+				return
+			}
 		}
 		if r.ContentLength > maxAPIBody {
 			http.Error(w, "The request is too large.", http.StatusRequestEntityTooLarge)
@@ -87,9 +100,13 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 const statusPageLimit = 20
 
 func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
-	ready, why := s.ready()
+	ready, why, details := s.ready()
+	if details != "" {
+		why += ": " + details // the page is for those who hold a token
+	}
 	d := pageData{Version: s.cfg.Version, Ready: ready, ReadyText: why, Services: s.services(),
-		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: outcomeMessage(r.URL.Query())}
+		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: outcomeMessage(r.URL.Query()),
+		CanDecide: sameSecret(token(r), s.cfg.APIToken)}
 	for _, a := range s.cfg.Pipeline.Approvals() {
 		switch {
 		case a.State == deploy.ApprovalPending:

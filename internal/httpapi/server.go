@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
@@ -66,8 +67,14 @@ type Config struct {
 	Addr string
 	// APIToken guards the API and the status page; "" turns them off.
 	APIToken string
-	// WebhookSecret authenticates registry webhooks; "" turns them off.
+	// APIReadToken, when set, opens the status page and the API's GETs,
+	// and nothing that changes something.
+	APIReadToken string
+	// WebhookSecret authenticates registry webhooks; "" turns them off
+	// unless a source has its own secret.
 	WebhookSecret string
+	// A source's own secret overrides WebhookSecret for that source.
+	WebhookSecretGitHub, WebhookSecretDockerHub, WebhookSecretDistribution string
 	// ReadyWithin is how recent the last full check must be for /readyz,
 	// unless a cycle or deploy is running (a long deploy holds the
 	// pipeline, and the checks with it).
@@ -92,6 +99,14 @@ type Config struct {
 	// Metrics serves /metrics; nil leaves it out.
 	Metrics  http.Handler
 	Webhooks WebhookCounter
+	// Refusals, when set, counts the API's refused requests.
+	Refusals RefusalCounter
+}
+
+// RefusalCounter counts requests to the API and the page refused, by
+// reason (unauthorized, read_only, throttled).
+type RefusalCounter interface {
+	APIRefused(reason string)
 }
 
 // Timeouts that keep a slow or malicious client (slowloris) from holding
@@ -114,6 +129,13 @@ type Server struct {
 	handler http.Handler
 	srv     *http.Server
 	done    chan struct{}
+
+	hooks      *hooks
+	throttle   throttle
+	refusedAPI sparse // the API's refusal log line
+	readyLog   sparse // the readiness details log line
+	lastWhy    string // the last readiness details logged; guarded by readyMu
+	readyMu    sync.Mutex
 }
 
 // New builds the server; Start listens.
@@ -121,7 +143,7 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, tmpl: pageTemplate(), done: make(chan struct{})}
+	s := &Server{cfg: cfg, tmpl: pageTemplate(), done: make(chan struct{}), hooks: newHooks()}
 	s.handler = s.routes()
 	s.srv = &http.Server{
 		Handler:           s.handler,
@@ -205,13 +227,14 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 
 // readyz is ready when no Docker call hangs, no deploy runs past its
 // bounds, Docker answered the last service list and the last full check
-// is recent, or a cycle is running now.
+// is recent, or a cycle is running now. Anyone who can reach the port
+// may ask, so it answers with fixed reasons only: what Docker said (its
+// hosts, addresses, stack and service names) goes to the log, once a
+// minute or when it changes, and to the status page.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	ready, why := s.ready()
-	if s.cfg.Records != nil {
-		if aside := s.cfg.Records.SetAside(); len(aside) > 0 {
-			why += "; for a person to look at: " + strings.Join(aside, "; ")
-		}
+	ready, why, details := s.ready()
+	if details != "" {
+		s.logReadiness(why, details)
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !ready {
@@ -220,34 +243,58 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, why)
 }
 
-func (s *Server) ready() (bool, string) {
+func (s *Server) logReadiness(why, details string) {
+	s.readyMu.Lock()
+	changed := details != s.lastWhy
+	s.lastWhy = details
+	s.readyMu.Unlock()
+	if ok, _ := s.readyLog.allow(s.cfg.Now()); ok || changed {
+		s.cfg.Log.Warn("readiness", "reason", why, "err", details)
+	}
+}
+
+// ready says whether the updater is ready, why in fixed words, and the
+// details behind it, for the log and the status page.
+func (s *Server) ready() (ready bool, why, details string) {
+	ready, why, details = s.readiness()
+	if s.cfg.Records != nil {
+		if aside := s.cfg.Records.SetAside(); len(aside) > 0 {
+			why += fmt.Sprintf("; records set aside for a person to look at: %d (named in the log)", len(aside))
+			details = strings.TrimPrefix(details+"; "+strings.Join(aside, "; "), "; ")
+		}
+	}
+	return ready, why, details
+}
+
+func (s *Server) readiness() (bool, string, string) {
 	// First: a deploy waiting on a hung engine counts as running, and
 	// would otherwise keep the updater ready for as long as it waits.
 	if s.cfg.Docker != nil {
 		if stuck := s.cfg.Docker.Stuck(); len(stuck) > 0 {
-			return false, "not ready: " + strings.Join(stuck, "; ")
+			return false, fmt.Sprintf("not ready: %d docker calls got no answer within their bounds", len(stuck)), strings.Join(stuck, "; ")
 		}
 	}
 	st, now := s.cfg.Pipeline.Status(), s.cfg.Now()
 	switch {
 	case st.ListErr != nil:
-		return false, "not ready: docker did not answer the last service list: " + st.ListErr.Error()
+		return false, "not ready: docker did not answer the last service list", st.ListErr.Error()
 	case st.Listed.IsZero():
-		return false, "not ready: no cycle has listed the services yet"
+		return false, "not ready: no cycle has listed the services yet", ""
 	}
 	for _, r := range st.Running {
 		if r.Stuck(now) {
-			return false, fmt.Sprintf("not ready: the deploy of %s has run for %s, longer than its bounds allow (%s)",
-				strings.Join(r.Services, ", "), now.Sub(r.Started).Round(time.Second), r.Bound)
+			return false, "not ready: a deploy has run longer than its bounds allow",
+				fmt.Sprintf("the deploy of %s has run for %s, longer than its bounds allow (%s)",
+					strings.Join(r.Services, ", "), now.Sub(r.Started).Round(time.Second), r.Bound)
 		}
 	}
 	switch {
 	case !st.Busy.IsZero():
-		return true, "ready: a cycle runs since " + st.Busy.UTC().Format(time.RFC3339)
+		return true, "ready: a cycle runs since " + st.Busy.UTC().Format(time.RFC3339), ""
 	case st.Checked.IsZero():
-		return false, "not ready: no full check has finished yet"
+		return false, "not ready: no full check has finished yet", ""
 	case now.Sub(st.Checked) > s.cfg.ReadyWithin:
-		return false, fmt.Sprintf("not ready: the last full check was %s ago, longer than %s", now.Sub(st.Checked).Round(time.Second), s.cfg.ReadyWithin)
+		return false, fmt.Sprintf("not ready: the last full check was %s ago, longer than %s", now.Sub(st.Checked).Round(time.Second), s.cfg.ReadyWithin), ""
 	}
-	return true, "ready"
+	return true, "ready", ""
 }

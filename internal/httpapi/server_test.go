@@ -33,8 +33,8 @@ func TestReadyz(t *testing.T) {
 		says   string
 	}{
 		{"nothing yet", deploy.Status{}, false, "no cycle has listed"},
-		{"docker down", deploy.Status{Listed: now.Add(-time.Minute), ListErr: errors.New("cannot connect to the Docker daemon"), Checked: now},
-			false, "cannot connect to the Docker daemon"},
+		{"docker down", deploy.Status{Listed: now.Add(-time.Minute), ListErr: errors.New("cannot connect to the Docker daemon at tcp://10.0.0.7:2375"), Checked: now},
+			false, "docker did not answer the last service list"},
 		{"listed, first check still running", deploy.Status{Listed: now, Busy: now}, true, "runs since"},
 		{"listed, no full check", deploy.Status{Listed: now}, false, "no full check"},
 		{"recent", deploy.Status{Listed: now, Checked: now.Add(-2 * time.Minute)}, true, "ready"},
@@ -45,7 +45,7 @@ func TestReadyz(t *testing.T) {
 		{"a deploy past its bounds", deploy.Status{Listed: now, Checked: now, Running: []deploy.Running{
 			{Services: []string{"service:web"}, Started: now.Add(-20 * time.Minute), Bound: 21 * time.Minute},
 			{Services: []string{"service:db", "group:site/data"}, Started: now.Add(-22 * time.Minute), Bound: 21 * time.Minute}}},
-			false, "the deploy of service:db, group:site/data has run for 22m0s, longer than its bounds allow (21m0s)"},
+			false, "not ready: a deploy has run longer than its bounds allow"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r.pipeline.StatusFn = func() deploy.Status { return tt.status }
@@ -54,6 +54,59 @@ func TestReadyz(t *testing.T) {
 				t.Fatalf("%d %q, want ready=%v saying %q", rec.Code, rec.Body, tt.ready, tt.says)
 			}
 		})
+	}
+	// The details stay out of the answer and go to the log.
+	for _, leak := range []string{"10.0.0.7", "service:db", "group:site/data"} {
+		if !strings.Contains(r.logs.String(), leak) {
+			t.Errorf("the log does not name %q: %s", leak, r.logs)
+		}
+	}
+}
+
+// /readyz answers anyone with fixed words: neither Docker's error (hosts,
+// addresses) nor the names of stacks and services, which the log and the
+// status page (behind the token) carry. The log line comes once a minute
+// while it says the same, and at once when it changes.
+func TestReadyzFixedReasons(t *testing.T) {
+	var stuck []string
+	r := newRig(t, func(c *Config) { c.Docker = stuckCalls(func() []string { return stuck }) })
+	now := r.now
+	status := deploy.Status{Listed: now, Checked: now, ListErr: errors.New("error during connect: Get \"http://docker-proxy.prod-stack:2375/v1.41/services\": dial tcp 10.1.2.3:2375: i/o timeout")}
+	r.pipeline.StatusFn = func() deploy.Status { return status }
+	secretWords := []string{"docker-proxy", "prod-stack", "10.1.2.3", "2375", "i/o timeout"}
+	body := func() string {
+		t.Helper()
+		rec := r.do(httptestGet("/readyz"))
+		if rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("%d %q, want 503", rec.Code, rec.Body)
+		}
+		for _, w := range secretWords {
+			if strings.Contains(rec.Body.String(), w) {
+				t.Fatalf("/readyz says %q, naming %q", rec.Body, w)
+			}
+		}
+		return strings.TrimSpace(rec.Body.String())
+	}
+	if got := body(); got != "not ready: docker did not answer the last service list" {
+		t.Fatalf("/readyz says %q", got)
+	}
+	for range 5 {
+		body()
+	}
+	if n := strings.Count(r.logs.String(), `"msg":"readiness"`); n != 1 || !strings.Contains(r.logs.String(), "10.1.2.3") {
+		t.Fatalf("%d readiness lines for six probes, want one with the details: %s", n, r.logs)
+	}
+	r.advance(sparseEvery)
+	body()
+	if n := strings.Count(r.logs.String(), `"msg":"readiness"`); n != 2 {
+		t.Fatalf("%d readiness lines after a minute, want 2", n)
+	}
+	stuck = []string{"docker gave TaskList no answer within 30s (since 2026-03-01T08:59:00Z) on prod-stack"}
+	if got := body(); got != "not ready: 1 docker calls got no answer within their bounds" {
+		t.Fatalf("/readyz says %q", got)
+	}
+	if n := strings.Count(r.logs.String(), `"msg":"readiness"`); n != 3 || !strings.Contains(r.logs.String(), "TaskList") {
+		t.Fatalf("%d readiness lines after the reason changed, want 3 naming TaskList", n)
 	}
 }
 
@@ -77,9 +130,12 @@ func TestReadyzDockerStuck(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("calls stuck: %d %q, want 503", rec.Code, rec.Body)
 	}
+	if !strings.Contains(rec.Body.String(), "2 docker calls got no answer") {
+		t.Errorf("/readyz says %q, want the count of hung calls", rec.Body)
+	}
 	for _, s := range stuck {
-		if !strings.Contains(rec.Body.String(), s) {
-			t.Errorf("/readyz says %q, not naming %q", rec.Body, s)
+		if strings.Contains(rec.Body.String(), s) || !strings.Contains(r.logs.String(), s) {
+			t.Errorf("/readyz says %q; the log should name %q, the answer not", rec.Body, s)
 		}
 	}
 	stuck = nil
@@ -173,7 +229,10 @@ func TestReadyzNamesRecordsSetAside(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("a record set aside: %d %q, want still ready", rec.Code, rec.Body)
 	}
-	if !strings.Contains(rec.Body.String(), aside[0]) {
-		t.Errorf("/readyz says %q, not naming %q", rec.Body, aside[0])
+	if !strings.Contains(rec.Body.String(), "records set aside for a person to look at: 1") || strings.Contains(rec.Body.String(), "updater-deploy-s1-r1") {
+		t.Errorf("/readyz says %q, want the count and not the record's name", rec.Body)
+	}
+	if !strings.Contains(r.logs.String(), aside[0]) {
+		t.Errorf("the log does not name %q", aside[0])
 	}
 }

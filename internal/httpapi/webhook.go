@@ -10,13 +10,39 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
 
-// maxWebhookBody bounds a webhook's body; GitHub's package events are the
-// largest, tens of kilobytes.
-const maxWebhookBody = 1 << 20
+// Limits that keep webhooks cheap for whoever sends them without a
+// secret, and bounded for whoever sends them with one.
+const (
+	// maxWebhookBody bounds a webhook's body; GitHub's package events are
+	// the largest, tens of kilobytes.
+	maxWebhookBody = 1 << 20
+	// maxBodiesInFlight is how many webhook bodies are read at once: at
+	// most this many MiB are held for bodies, whatever comes in. The rest
+	// are answered 503 with Retry-After, which every registry retries.
+	maxBodiesInFlight = 4
+	// maxEvents is the most events a payload may carry; a payload with
+	// more asks for one full check instead of a check per tag.
+	maxEvents = 100
+	// maxPendingPushes is how many distinct tags the webhooks hand the
+	// trigger per pushWindow; past it they ask for one full check, which
+	// covers every tag, so the trigger's pending set stays small and a
+	// flood costs one cycle.
+	maxPendingPushes = 1000
+	pushWindow       = time.Minute
+	// replayWindow is how long a GitHub delivery is remembered, by its
+	// X-GitHub-Delivery ID and by its signature, to make a replay a no-op;
+	// at most maxDeliveries of them (the oldest are forgotten first).
+	replayWindow  = 10 * time.Minute
+	maxDeliveries = 10000
+	// retryAfter is what a 503 asks the sender to wait, in seconds.
+	retryAfter = "1"
+)
 
 // Webhook sources, as counted and logged.
 const (
@@ -32,43 +58,149 @@ type errIgnored struct{ why string }
 
 func (e errIgnored) Error() string { return e.why }
 
+// errTooMany marks a payload with more than maxEvents events.
+var errTooMany = fmt.Errorf("more than %d events in one payload", maxEvents)
+
+// hooks is the webhooks' bounded state.
+type hooks struct {
+	bodies  chan struct{} // a slot per body being read
+	refused sparse        // the refusal log line, at most once a minute
+	replays replays
+
+	mu      sync.Mutex // guards the push budget
+	window  time.Time  // when the current pushWindow began
+	pending map[deploy.Push]struct{}
+}
+
+func newHooks() *hooks {
+	return &hooks{bodies: make(chan struct{}, maxBodiesInFlight), replays: replays{at: map[string]time.Time{}}}
+}
+
+// budget says whether the pushes fit in this window's budget, and takes
+// them if they do.
+func (h *hooks) budget(pushes []deploy.Push, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if now.Sub(h.window) >= pushWindow || h.pending == nil {
+		h.window, h.pending = now, map[deploy.Push]struct{}{}
+	}
+	fresh := 0
+	for _, p := range pushes {
+		if _, ok := h.pending[p]; !ok {
+			fresh++
+		}
+	}
+	if len(h.pending)+fresh > maxPendingPushes {
+		return false
+	}
+	for _, p := range pushes {
+		h.pending[p] = struct{}{}
+	}
+	return true
+}
+
+// credential is what a webhook request says about who sent it, read from
+// its headers and URL alone. Each kind belongs to one source: GitHub
+// signs (X-Hub-Signature-256), a distribution registry sends a bearer
+// token, Docker Hub (which can set no header) the token parameter. So
+// whoever learns the Docker Hub URL can send Docker Hub payloads only.
+type credential struct {
+	source string // srcUnknown: none given
+	value  string // the token, or the signature header
+}
+
+func credentialOf(r *http.Request) credential {
+	if sig := r.Header.Get("X-Hub-Signature-256"); sig != "" {
+		return credential{srcGitHub, sig}
+	}
+	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return credential{srcDistribution, strings.TrimSpace(t)}
+	}
+	if t := r.URL.Query().Get("token"); t != "" {
+		return credential{srcDockerHub, t}
+	}
+	// No credential: counted under the source the headers name, if any.
+	return credential{sourceOf(r, nil), ""}
+}
+
+// webhookSecret is the secret of a source: its own, or the default.
+func (s *Server) webhookSecret(source string) string {
+	own := map[string]string{srcGitHub: s.cfg.WebhookSecretGitHub, srcDockerHub: s.cfg.WebhookSecretDockerHub,
+		srcDistribution: s.cfg.WebhookSecretDistribution}[source]
+	if own != "" || source == srcUnknown {
+		return own
+	}
+	return s.cfg.WebhookSecret
+}
+
+func (s *Server) webhooksOn() bool {
+	return s.cfg.WebhookSecret != "" || s.cfg.WebhookSecretGitHub != "" || s.cfg.WebhookSecretDockerHub != "" || s.cfg.WebhookSecretDistribution != ""
+}
+
 // webhook takes a registry's push notification and asks for a check of
 // the services that track the pushed tag. The registry is still asked for
 // the digest: a webhook is a hint, never the truth, so a forged or stale
-// one can at worst cost a registry lookup. It answers 401 to a request
-// without the secret and 400 to a payload it can't read, before anything
-// is asked for.
+// one can at worst cost a registry lookup.
+//
+// What it costs a sender without the secret is bounded: a token is
+// checked before a byte of the body is read; only a GitHub signature,
+// which is over the body, has the body read, into one of a few slots
+// (503 when all are taken), within maxWebhookBody. Refusals are counted
+// and logged at most once a minute.
 func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.WebhookSecret == "" {
+	if !s.webhooksOn() {
 		writeError(w, http.StatusForbidden, "webhooks are off: set UPDATER_WEBHOOK_SECRET to turn them on")
+		return
+	}
+	cred := credentialOf(r)
+	source, key := cred.source, s.webhookSecret(cred.source)
+	if cred.value == "" || key == "" || cred.source != srcGitHub && !sameSecret(cred.value, key) {
+		s.refuse(w, r, source, "unauthorized", http.StatusUnauthorized,
+			"a valid X-Hub-Signature-256 (GitHub), bearer token (distribution) or token parameter (Docker Hub) is required")
 		return
 	}
 	if r.ContentLength > maxWebhookBody {
 		// Said up front: refused before a byte of it is read, so a client
 		// that announces a huge body and sends it slowly holds nothing.
-		s.countWebhook(srcUnknown, "bad_request")
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxWebhookBody))
+		s.refuse(w, r, source, "too_large", http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxWebhookBody))
+		return
+	}
+	select {
+	case s.hooks.bodies <- struct{}{}:
+		defer func() { <-s.hooks.bodies }()
+	default:
+		w.Header().Set("Retry-After", retryAfter)
+		s.refuse(w, r, source, "busy", http.StatusServiceUnavailable, "too many webhooks at once: retry in a second")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
 	if err != nil {
-		s.countWebhook(srcUnknown, "bad_request")
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxWebhookBody))
+			s.refuse(w, r, source, "too_large", http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxWebhookBody))
 			return
 		}
-		writeError(w, http.StatusBadRequest, "read the body: "+err.Error())
+		s.refuse(w, r, source, "bad_request", http.StatusBadRequest, "read the body: "+err.Error())
 		return
 	}
-	source := sourceOf(r, body)
-	// Authenticated before it is parsed: someone without the secret
-	// learns nothing about what the parser accepts.
-	if !webhookAuthorized(r, body, s.cfg.WebhookSecret) {
-		s.countWebhook(source, "unauthorized")
-		s.cfg.Log.Warn("webhook refused: no valid signature or token", "source", source, "remote", r.RemoteAddr)
-		writeError(w, http.StatusUnauthorized, "a valid X-Hub-Signature-256, bearer token or token parameter is required")
+	if cred.source == srcGitHub {
+		if !validSignature(cred.value, body, key) {
+			s.refuse(w, r, source, "unauthorized", http.StatusUnauthorized, "a valid X-Hub-Signature-256 is required")
+			return
+		}
+		// The signature covers the body, not the delivery ID: a replay
+		// is known by either.
+		if s.hooks.replays.seen(s.cfg.Now(), "delivery "+r.Header.Get("X-GitHub-Delivery"), "signature "+strings.ToLower(cred.value)) {
+			s.countWebhook(source, "replayed")
+			writeJSON(w, http.StatusOK, map[string]string{"ignored": "this delivery was taken already"})
+			return
+		}
+	} else if shape := sourceOf(r, body); shape != source && shape != srcUnknown {
+		s.countWebhook(source, "bad_request")
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("a %s payload with a %s credential: each source authenticates only its own payloads", shape, source))
 		return
+	} else if shape == srcUnknown {
+		source = srcUnknown
 	}
 	pushes, err := parsePushes(source, r.Header.Get("X-GitHub-Event"), body)
 	var ignored errIgnored
@@ -77,9 +209,16 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		s.countWebhook(source, "ignored")
 		writeJSON(w, http.StatusOK, map[string]string{"ignored": ignored.why})
 		return
+	case errors.Is(err, errTooMany):
+		s.fullCheck(w, source, err.Error())
+		return
 	case err != nil:
 		s.countWebhook(source, "bad_request")
 		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !s.hooks.budget(pushes, s.cfg.Now()) {
+		s.fullCheck(w, source, fmt.Sprintf("more than %d tags pushed within %s", maxPendingPushes, pushWindow))
 		return
 	}
 	s.countWebhook(source, "accepted")
@@ -92,14 +231,33 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"checking": names})
 }
 
+// fullCheck answers a payload too big to take tag by tag with one full
+// check, which covers whatever it named.
+func (s *Server) fullCheck(w http.ResponseWriter, source, why string) {
+	s.countWebhook(source, "full_check")
+	s.cfg.Log.Info("registry push: a full check instead", "source", source, "reason", why)
+	s.cfg.Requests.Check()
+	writeJSON(w, http.StatusAccepted, map[string]any{"checking": "every watched service", "reason": why})
+}
+
+// refuse answers a refused webhook, counts it, and logs it if no refusal
+// was logged within the last minute: a flood is one line a minute.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, source, result string, status int, msg string) {
+	s.countWebhook(source, result)
+	if ok, since := s.hooks.refused.allow(s.cfg.Now()); ok {
+		s.cfg.Log.Warn("webhook refused", "source", source, "reason", result, "remote", clientAddr(r), "refused_unlogged", since)
+	}
+	writeError(w, status, msg)
+}
+
 func (s *Server) countWebhook(source, result string) {
 	if s.cfg.Webhooks != nil {
 		s.cfg.Webhooks.Webhook(source, result)
 	}
 }
 
-// sourceOf tells which registry sent a payload: GitHub by its event
-// header, the others by the shape of their JSON.
+// sourceOf tells which registry a payload's shape is from: GitHub by its
+// event header, the others by the shape of their JSON.
 func sourceOf(r *http.Request, body []byte) string {
 	if r.Header.Get("X-GitHub-Event") != "" {
 		return srcGitHub
@@ -108,7 +266,7 @@ func sourceOf(r *http.Request, body []byte) string {
 		return srcDistribution
 	}
 	var shape map[string]json.RawMessage
-	if json.Unmarshal(body, &shape) != nil {
+	if body == nil || json.Unmarshal(body, &shape) != nil {
 		return srcUnknown
 	}
 	switch {
@@ -260,6 +418,9 @@ func parseDistribution(body []byte) ([]deploy.Push, error) {
 	}
 	if err := decode(body, &env); err != nil {
 		return nil, fmt.Errorf("distribution notification: %w", err)
+	}
+	if len(env.Events) > maxEvents {
+		return nil, errTooMany
 	}
 	var pushes []deploy.Push
 	for i, e := range env.Events {

@@ -207,17 +207,19 @@ func TestWebhookHandler(t *testing.T) {
 		{"distribution with bearer", plain("/hooks/registry", distributionPush, secret), http.StatusAccepted,
 			[]deploy.Push{{Repository: "team/app", Tag: "latest"}}, "distribution accepted"},
 		{"distribution with the API token", plain("/hooks/registry", distributionPush, apiToken), http.StatusUnauthorized, nil, "distribution unauthorized"},
-		{"no auth at all", plain("/hooks/registry", distributionPush, ""), http.StatusUnauthorized, nil, "distribution unauthorized"},
+		{"no auth at all", plain("/hooks/registry", distributionPush, ""), http.StatusUnauthorized, nil, "unknown unauthorized"},
 		{"bad payload, authenticated", plain("/hooks/registry", `{"hello":"world"}`, secret), http.StatusBadRequest, nil, "unknown bad_request"},
 		{"bad payload, not authenticated", plain("/hooks/registry", `{"hello":"world"}`, ""), http.StatusUnauthorized, nil, "unknown unauthorized"},
-		{"broken docker hub payload", plain("/hooks/registry", `{"push_data":{"tag":"x"}}`, secret), http.StatusBadRequest, nil, "dockerhub bad_request"},
+		{"broken docker hub payload", plain("/hooks/registry?token="+secret, `{"push_data":{"tag":"x"}}`, ""), http.StatusBadRequest, nil, "dockerhub bad_request"},
+		{"docker hub payload with a bearer token", plain("/hooks/registry", dockerHubPush, secret), http.StatusBadRequest, nil, "distribution bad_request"},
+		{"distribution payload with the token parameter", plain("/hooks/registry?token="+secret, distributionPush, ""), http.StatusBadRequest, nil, "dockerhub bad_request"},
 		{"ignored", plain("/hooks/registry", distributionBlobsOnly, secret), http.StatusOK, nil, "distribution ignored"},
-		{"too big", plain("/hooks/registry", `{"events":[`+strings.Repeat(" ", maxWebhookBody)+`]}`, secret), http.StatusRequestEntityTooLarge, nil, "unknown bad_request"},
+		{"too big", plain("/hooks/registry", `{"events":[`+strings.Repeat(" ", maxWebhookBody)+`]}`, secret), http.StatusRequestEntityTooLarge, nil, "distribution too_large"},
 		{"too big, no length", func() *http.Request {
 			r := plain("/hooks/registry", "", secret)
 			r.Body, r.ContentLength = io.NopCloser(strings.NewReader(`{"events":[`+strings.Repeat(" ", maxWebhookBody)+`]}`)), -1
 			return r
-		}(), http.StatusRequestEntityTooLarge, nil, "unknown bad_request"},
+		}(), http.StatusRequestEntityTooLarge, nil, "distribution too_large"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

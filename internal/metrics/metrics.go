@@ -36,6 +36,7 @@ type Metrics struct {
 	deploys          *prometheus.CounterVec
 	deployDuration   *prometheus.HistogramVec
 	webhooks         *prometheus.CounterVec
+	apiRefused       *prometheus.CounterVec
 	hookSteps        *prometheus.CounterVec
 }
 
@@ -87,14 +88,18 @@ func New(src Source, now func() time.Time) *Metrics {
 		}, []string{"outcome"}),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_webhooks_total",
-			Help: "Registry webhooks received, by source (dockerhub, github, distribution, unknown) and result (accepted, ignored, unauthorized, bad_request).",
+			Help: "Registry webhooks received, by source (dockerhub, github, distribution, unknown) and result (accepted, ignored, full_check: too many tags, one full check instead; replayed: a GitHub delivery taken already; refused: unauthorized, busy: too many bodies at once, too_large, bad_request).",
 		}, []string{"source", "result"}),
+		apiRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "updater_api_refused_total",
+			Help: "Requests to the API and the status page refused, by reason (unauthorized, read_only: the read-only token asked to change something, throttled: too many failures from the address).",
+		}, []string{"reason"}),
 		hookSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_hook_steps_total",
 			Help: "Hook steps, of deploys and scheduled backups, by phase (backup, migrate) and state (started, succeeded, failed, skipped: a scheduled backup due during a deploy of its service, or a migration already done).",
 		}, []string{"phase", "state"}),
 	}
-	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.rateLimit, m.rateRemaining, m.deploys, m.deployDuration, m.webhooks, m.hookSteps,
+	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.rateLimit, m.rateRemaining, m.deploys, m.deployDuration, m.webhooks, m.apiRefused, m.hookSteps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "updater_last_successful_cycle_age_seconds",
@@ -166,6 +171,11 @@ func (m *Metrics) Report(e deploy.Event) {
 // Webhook counts a registry webhook.
 func (m *Metrics) Webhook(source, result string) {
 	m.webhooks.WithLabelValues(source, result).Inc()
+}
+
+// APIRefused counts a request to the API or the page refused.
+func (m *Metrics) APIRefused(reason string) {
+	m.apiRefused.WithLabelValues(reason).Inc()
 }
 
 // Transport counts every request next makes, and keeps the rate-limit

@@ -57,16 +57,20 @@ func TestRegistered(t *testing.T) {
 	m.ObserveCycle(deploy.CycleStats{Full: true})
 	m.Report(deploy.Event{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout})
 	m.Webhook("github", "accepted")
+	m.APIRefused("throttled")
 	m.Report(deploy.Event{Kind: deploy.Progress, Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "started"}})
 	body := scrape(t, m)
 	for _, name := range []string{
 		"updater_cycles_total", "updater_cycle_duration_seconds", "updater_deploys_total",
-		"updater_deploy_duration_seconds", "updater_webhooks_total", "updater_hook_steps_total", "updater_last_successful_cycle_age_seconds",
+		"updater_deploy_duration_seconds", "updater_webhooks_total", "updater_api_refused_total", "updater_hook_steps_total", "updater_last_successful_cycle_age_seconds",
 		"updater_watched_services", "updater_approvals_pending", "go_goroutines", "process_start_time_seconds",
 	} {
 		if !strings.Contains(body, "# TYPE "+name+" ") {
 			t.Errorf("%s is not exported", name)
 		}
+	}
+	if !strings.Contains(body, `updater_api_refused_total{reason="throttled"} 1`) {
+		t.Error("the throttled API request is not counted")
 	}
 	if New(&fakeSource{}, nil).reg == m.reg {
 		t.Fatal("two Metrics share a registry")
