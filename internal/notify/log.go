@@ -4,6 +4,7 @@ package notify
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
@@ -43,6 +44,11 @@ func (l Log) Report(e deploy.Event) {
 			attrs = append(attrs, slog.String("state", string(s.State)))
 			if s.State == deploy.StepFailed {
 				attrs = append(attrs, slog.Int("exit_code", s.ExitCode))
+				if len(s.LogTail) > 0 {
+					// Always here, whatever goes to Slack and Rollbar
+					// (HookLogs): the log is the operator's.
+					attrs = append(attrs, slog.String("log_tail", strings.Join(s.LogTail, "\n")))
+				}
 			}
 		} else if s != nil {
 			attrs = append(attrs, slog.Int("done", s.Done), slog.Int("total", s.Total))

@@ -52,7 +52,11 @@ func TestLogReport(t *testing.T) {
 			level: "INFO", msg: "deploy progress", want: map[string]any{"step": "migrate", "state": "started"}, none: []string{"exit_code", "done", "total"}},
 		{name: "hook failed", ev: deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseBackup,
 			Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "failed", ExitCode: 3}},
-			level: "INFO", msg: "deploy progress", want: map[string]any{"step": "backup", "state": "failed", "exit_code": float64(3)}},
+			level: "INFO", msg: "deploy progress", want: map[string]any{"step": "backup", "state": "failed", "exit_code": float64(3)}, none: []string{"log_tail"}},
+		// The log keeps a failed hook's output, whatever goes to Slack.
+		{name: "hook failed with output", ev: deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseBackup,
+			Step: &deploy.Step{Phase: deploy.PhaseBackup, State: "failed", ExitCode: 1, LogTail: []string{"pg_dump: connecting", "pg_dump: refused"}}},
+			level: "INFO", msg: "deploy progress", want: map[string]any{"exit_code": float64(1), "log_tail": "pg_dump: connecting\npg_dump: refused"}},
 		// Rollout counts are many and dull: debug only.
 		{name: "rollout progress", ev: deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout,
 			Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 1, Total: 3}},
