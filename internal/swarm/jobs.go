@@ -3,6 +3,7 @@ package swarm
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,7 +46,8 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	if err != nil {
 		return deploy.JobResult{}, err
 	}
-	id, err := s.startJob(ctx, jobSpec(j, src.Service.Spec, s.scope()), auth)
+	spec := jobSpec(j, src.Service.Spec, s.scope())
+	id, err := s.startJob(ctx, spec, auth)
 	if err != nil {
 		return deploy.JobResult{}, err
 	}
@@ -54,7 +56,9 @@ func (s *Swarm) Run(ctx context.Context, j deploy.Job, creds deploy.Credentials)
 	ctx, cancel := context.WithTimeout(ctx, j.Timeout)
 	defer cancel()
 	task, err := s.awaitJob(ctx, id)
-	out := deploy.JobResult{LogTail: s.logTail(id)}
+	// The tail leaves in reports and records: a job that prints its
+	// connection string must not hand its password to Slack.
+	out := deploy.JobResult{LogTail: hideEnv(s.logTail(id), spec.TaskTemplate.ContainerSpec.Env)}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, deploy.ErrUnavailable) {
 			return out, fmt.Errorf("%w after %s", ErrJobTimeout, j.Timeout)
@@ -125,6 +129,10 @@ func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpe
 		Labels: map[string]string{jobLabel: j.Service, scopeLabel: scope}}
 	if sc := src.TaskTemplate.ContainerSpec; sc != nil {
 		c.Secrets, c.Configs = sc.Secrets, sc.Configs
+		// A hardened service's job is as hardened: a migration of a service
+		// running as 1000 on a read-only root must not run as the image's
+		// root with every capability. No label loosens this.
+		c.User, c.ReadOnly, c.CapabilityDrop = sc.User, sc.ReadOnly, sc.CapabilityDrop
 		if j.InheritEnv {
 			c.Env = append(c.Env, sc.Env...)
 		}
@@ -136,6 +144,13 @@ func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpe
 			mt = mount.TypeBind
 		}
 		c.Mounts = append(c.Mounts, mount.Mount{Type: mt, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	var res *swarm.ResourceRequirements
+	if r := src.TaskTemplate.Resources; r != nil && r.Limits != nil {
+		// Limits only: a reservation would hold a node's capacity for a
+		// job the service's own tasks already hold it for.
+		lim := *r.Limits
+		res = &swarm.ResourceRequirements{Limits: &lim}
 	}
 	return swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: j.Name, Labels: map[string]string{
@@ -151,8 +166,49 @@ func jobSpec(j deploy.Job, src swarm.ServiceSpec, scope string) swarm.ServiceSpe
 			// reaches the database the way the service does.
 			Networks:  src.TaskTemplate.Networks,
 			Placement: src.TaskTemplate.Placement,
+			Resources: res,
 		},
 	}
+}
+
+// hideEnv replaces in lines every value of env, the job's environment:
+// the hook's labels and, for a migration, the service's own, where the
+// passwords are. The updater's own hook variables (names, digests) are no
+// secret, and values shorter than 4 characters ("db", "1") would blank out
+// ordinary words.
+func hideEnv(lines, env []string) []string {
+	var pairs []string
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		if len(v) < 4 || hookVar(k) {
+			continue
+		}
+		pairs = append(pairs, v)
+	}
+	if len(pairs) == 0 || len(lines) == 0 {
+		return lines
+	}
+	// Longest first: a value that holds another must go whole.
+	slices.SortFunc(pairs, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })
+	var old []string
+	for _, v := range slices.Compact(pairs) {
+		old = append(old, v, "<redacted>")
+	}
+	r := strings.NewReplacer(old...)
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = r.Replace(l)
+	}
+	return out
+}
+
+// hookVar is one of the variables deploy gives every hook (hookEnv).
+func hookVar(k string) bool {
+	switch k {
+	case "UPDATER_DEPLOY_ID", "UPDATER_SERVICE", "UPDATER_IMAGE", "UPDATER_FROM_DIGEST", "UPDATER_TO_DIGEST":
+		return true
+	}
+	return false
 }
 
 // awaitJob waits for the job's task to reach a final state.

@@ -314,3 +314,65 @@ func TestClean(t *testing.T) {
 		t.Error("Clean tried to remove a container on another node")
 	}
 }
+
+// A job runs as hardened as the service it serves: its user, read-only
+// root, dropped capabilities and resource limits, never its reservations
+// or added capabilities.
+func TestRunJobInheritsHardening(t *testing.T) {
+	e := newEngine(t)
+	spec := dbSpec()
+	c := spec.TaskTemplate.ContainerSpec
+	c.User, c.ReadOnly, c.CapabilityDrop, c.CapabilityAdd = "1000:1000", true, []string{"ALL"}, []string{"NET_ADMIN"}
+	spec.TaskTemplate.Resources = &swarm.ResourceRequirements{
+		Limits:       &swarm.Limit{MemoryBytes: 64 << 20, NanoCPUs: 5e8, Pids: 100},
+		Reservations: &swarm.Resources{MemoryBytes: 32 << 20},
+	}
+	e.addService("s1", spec)
+	jobEnds(e, swarm.TaskStateComplete, 0, "", selfNode, "done\n")
+	if _, err := e.client(t, Config{}).Run(context.Background(), migrateJob(), deploy.Credentials{}); err != nil {
+		t.Fatal(err)
+	}
+	var job swarm.ServiceSpec
+	e.with(func() { job = e.created[0] })
+	jc := job.TaskTemplate.ContainerSpec
+	if jc.User != "1000:1000" || !jc.ReadOnly || !slices.Equal(jc.CapabilityDrop, []string{"ALL"}) || jc.CapabilityAdd != nil {
+		t.Errorf("job user %q read-only %v drop %q add %q, want the service's user, read-only root and drops, no adds",
+			jc.User, jc.ReadOnly, jc.CapabilityDrop, jc.CapabilityAdd)
+	}
+	want := &swarm.ResourceRequirements{Limits: &swarm.Limit{MemoryBytes: 64 << 20, NanoCPUs: 5e8, Pids: 100}}
+	if !reflect.DeepEqual(job.TaskTemplate.Resources, want) {
+		t.Errorf("job resources %+v, want the service's limits only", job.TaskTemplate.Resources)
+	}
+
+	// A service with none of it: the job has none either.
+	e2 := newEngine(t)
+	e2.addService("s1", dbSpec())
+	jobEnds(e2, swarm.TaskStateComplete, 0, "", selfNode, "done\n")
+	if _, err := e2.client(t, Config{}).Run(context.Background(), migrateJob(), deploy.Credentials{}); err != nil {
+		t.Fatal(err)
+	}
+	e2.with(func() { job = e2.created[0] })
+	if jc := job.TaskTemplate.ContainerSpec; jc.User != "" || jc.ReadOnly || job.TaskTemplate.Resources != nil {
+		t.Errorf("job of a plain service: user %q read-only %v resources %+v", jc.User, jc.ReadOnly, job.TaskTemplate.Resources)
+	}
+}
+
+// The values a job was given (its hook's env and, inheriting, the
+// service's) never come back in its log tail, which goes to reports and
+// records; the updater's own hook variables and short values stay.
+func TestRunJobHidesEnvInLogTail(t *testing.T) {
+	e := newEngine(t)
+	e.addService("s1", dbSpec()) // DATABASE_URL=postgres://db/shop
+	jobEnds(e, swarm.TaskStateFailed, 1, "", selfNode,
+		"connecting to postgres://db/shop\nPGPASSWORD=hunter2-long in strict mode\nfor shop_web-migrate-1 on db\n")
+	j := migrateJob()
+	j.Env = []string{"UPDATER_SERVICE=shop_web-migrate-1", "PGPASSWORD=hunter2-long", "PGHOST=db"}
+	res, err := e.client(t, Config{}).Run(context.Background(), j, deploy.Credentials{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"connecting to <redacted>", "PGPASSWORD=<redacted> in strict mode", "for shop_web-migrate-1 on db"}
+	if !slices.Equal(res.LogTail, want) {
+		t.Errorf("log tail %q, want %q", res.LogTail, want)
+	}
+}
