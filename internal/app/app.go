@@ -123,7 +123,8 @@ func New(cfg config.Config, opts Options) *App {
 func (a *App) Open(ctx context.Context, mode Mode) error {
 	cfg, log := a.cfg, a.Log
 	self := holder()
-	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout, Holder: self, Log: log})
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout, Holder: self, Log: log,
+		Authority: swarm.Authority{MountRoots: cfg.HookMountRoots, Images: cfg.HookImages}})
 	if err != nil {
 		return err
 	}
@@ -225,6 +226,11 @@ func (a *App) Serve(ctx context.Context) error {
 		return errors.New("serve: the app was not opened to run")
 	}
 	log.Info("updater started", "version", a.opts.Version, "schedule", cfg.Schedule, "label", cfg.Label, "stack", cfg.Stack, "dry_run", p.DryRun, "insecure_registries", cfg.InsecureRegistries)
+	if cfg.Stack == "" {
+		// Whoever may deploy any stack on this swarm may then have the
+		// updater (root on a manager) run hooks for it.
+		log.Warn("UPDATER_STACK is not set: every stack on the swarm can opt in with " + cfg.Label + "=true; set UPDATER_STACK to the one stack this updater serves")
+	}
 	if !p.DryRun {
 		a.backups = schedule.NewBackups(ctx, log, func(ctx context.Context, t deploy.Target) {
 			switch err := p.Backup(ctx, t); {

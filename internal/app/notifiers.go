@@ -47,6 +47,13 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 	if len(ns) == 0 {
 		return nil, nil
 	}
+	// Slack and Rollbar leave the host: hook output goes only when asked
+	// for, and no secret of the updater's goes at all.
+	red := notify.NewRedactor(cfg.Slack.Token, cfg.Slack.WebhookURL, cfg.Rollbar.Token, cfg.APIToken, cfg.APIReadToken,
+		cfg.WebhookSecret, cfg.WebhookSecretGitHub, cfg.WebhookSecretDockerHub, cfg.WebhookSecretDistribution)
+	for i := range ns {
+		ns[i].Notifier = notify.HookLogs{Notifier: ns[i].Notifier, Report: cfg.ReportHookLogs, Redactor: red}
+	}
 	return notify.NewDispatcher(log, notify.DefaultPolicy(), ns...), nil
 }
 
