@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -121,6 +122,18 @@ func (f *fakeCounter) Webhook(source, result string) {
 		f.counts = map[string]int{}
 	}
 	f.counts[source+" "+result]++
+}
+
+func (f *fakeCounter) get(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.counts[key]
+}
+
+func (f *fakeCounter) snapshot() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.counts)
 }
 
 // rig is a server on fakes.

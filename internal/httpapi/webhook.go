@@ -63,7 +63,7 @@ var errTooMany = fmt.Errorf("more than %d events in one payload", maxEvents)
 
 // hooks is the webhooks' bounded state.
 type hooks struct {
-	bodies  chan struct{} // a slot per body being read
+	bodies  chan *[]byte // the body slots, each with its buffer, reused
 	refused sparse        // the refusal log line, at most once a minute
 	replays replays
 
@@ -73,7 +73,28 @@ type hooks struct {
 }
 
 func newHooks() *hooks {
-	return &hooks{bodies: make(chan struct{}, maxBodiesInFlight), replays: replays{at: map[string]time.Time{}}}
+	h := &hooks{bodies: make(chan *[]byte, maxBodiesInFlight), replays: replays{at: map[string]time.Time{}}}
+	for range maxBodiesInFlight {
+		h.bodies <- new([]byte)
+	}
+	return h
+}
+
+// readBody reads a body of at most maxWebhookBody bytes into the slot's
+// buffer, made once at its full size: bodies take maxBodiesInFlight
+// buffers of memory and leave no garbage, whatever comes in.
+func readBody(w http.ResponseWriter, r *http.Request, slot *[]byte) ([]byte, error) {
+	if *slot == nil {
+		*slot = make([]byte, maxWebhookBody+1)
+	}
+	n, err := io.ReadFull(http.MaxBytesReader(w, r.Body, maxWebhookBody), *slot)
+	switch {
+	case err == nil: // more than the limit, which MaxBytesReader should have said
+		return nil, &http.MaxBytesError{Limit: maxWebhookBody}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return (*slot)[:n], nil
+	}
+	return nil, err
 }
 
 // budget says whether the pushes fit in this window's budget, and takes
@@ -165,15 +186,16 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, source, "too_large", http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxWebhookBody))
 		return
 	}
+	var slot *[]byte
 	select {
-	case s.hooks.bodies <- struct{}{}:
-		defer func() { <-s.hooks.bodies }()
+	case slot = <-s.hooks.bodies:
+		defer func() { s.hooks.bodies <- slot }()
 	default:
 		w.Header().Set("Retry-After", retryAfter)
 		s.refuse(w, r, source, "busy", http.StatusServiceUnavailable, "too many webhooks at once: retry in a second")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
+	body, err := readBody(w, r, slot)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
