@@ -64,7 +64,7 @@ var errTooMany = fmt.Errorf("more than %d events in one payload", maxEvents)
 // hooks is the webhooks' bounded state.
 type hooks struct {
 	bodies  chan *[]byte // the body slots, each with its buffer, reused
-	refused sparse        // the refusal log line, at most once a minute
+	refused sparse       // the refusal log line, at most once a minute
 	replays replays
 
 	mu      sync.Mutex // guards the push budget
