@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -160,6 +161,15 @@ func FuzzWebhook(f *testing.F) {
 				t.Fatalf("202 %s, pushes %v", rec.Body, pushes)
 			}
 			checkPushes(t, "webhook", body, pushes, nil)
+			// Each credential opens its own source's payloads only: the
+			// token parameter Docker Hub's, a bearer token a distribution
+			// registry's (no registry named), a signature GitHub's.
+			for _, p := range pushes {
+				signed, bearer := req.Header.Get("X-Hub-Signature-256") != "", strings.HasPrefix(auth, "Bearer ")
+				if signed && p.Registry == "" || !signed && bearer && p.Registry != "" || !signed && !bearer && p.Registry != deploy.DockerHub {
+					t.Fatalf("push %+v taken with signature %v, bearer %v", p, signed, bearer)
+				}
+			}
 		default:
 			t.Fatalf("authorized webhook: status %d %s", rec.Code, rec.Body)
 		}
@@ -203,6 +213,37 @@ func FuzzAPIAuth(f *testing.F) {
 			t.Fatalf("POST %s with %q: refused, yet it acted", path, auth)
 		case !carries && (acted || rec.Code < 300):
 			t.Fatalf("POST %s with %q: %d, acted %v, without the token", path, auth, rec.Code, acted)
+		}
+	})
+}
+
+// FuzzParseDistribution: whatever the body, a distribution notification
+// gives at most maxEvents pushes, each once, or errTooMany exactly when
+// it carries more than maxEvents events.
+func FuzzParseDistribution(f *testing.F) {
+	for _, s := range []string{distributionPush, distributionBlobsOnly, distributionEvents(maxEvents), distributionEvents(maxEvents + 1),
+		`{"events":null}`, `{"events":[{"action":"push","target":{"repository":"a","tag":"b"}},{"action":"push","target":{"repository":"a","tag":"b"}}]}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		pushes, err := parseDistribution([]byte(body))
+		checkPushes(t, "distribution", body, pushes, err)
+		var env struct {
+			Events []json.RawMessage `json:"events"`
+		}
+		decoded := json.NewDecoder(strings.NewReader(body)).Decode(&env) == nil
+		if decoded && errors.Is(err, errTooMany) != (len(env.Events) > maxEvents) {
+			t.Fatalf("%d events: %v", len(env.Events), err)
+		}
+		if len(pushes) > maxEvents {
+			t.Fatalf("%d pushes from one payload", len(pushes))
+		}
+		seen := map[deploy.Push]bool{}
+		for _, p := range pushes {
+			if seen[p] {
+				t.Fatalf("push %v twice", p)
+			}
+			seen[p] = true
 		}
 	})
 }
