@@ -95,6 +95,26 @@ func healthz(t *testing.T, code int) string {
 	return port
 }
 
+// slackToken is a bot token as Slack writes them, which slackRejects'
+// Slack refuses.
+const slackToken = "xoxb-0000-rejected-by-the-test"
+
+// slackRejects is the setting of a Slack bot whose Web API, on 127.0.0.1,
+// answers auth.test as Slack does a revoked token.
+func slackRejects(t *testing.T) map[string]string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path != "/auth.test" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, `{"ok":false,"error":"invalid_auth"}`)
+	}))
+	t.Cleanup(srv.Close)
+	return map[string]string{"SLACK_TOKEN": slackToken, "SLACK_CHANNEL": "#deploys", "SLACK_API_URL": srv.URL + "/"}
+}
+
 // TestRunBeforeDocker covers every way out of run that must not need
 // Docker: usage errors, help, version, configuration errors, healthcheck.
 // DOCKER_HOST names a socket that counts connections; every case asserts
@@ -156,6 +176,12 @@ func TestRunBeforeDocker(t *testing.T) {
 			stderr: []string{`updater healthcheck: UPDATER_LISTEN=":0" names no port to ask`}},
 		{name: "healthcheck on every interface asks loopback", args: []string{"healthcheck"},
 			env: map[string]string{"UPDATER_LISTEN": ":" + healthz(t, http.StatusOK)}, code: 0},
+		// A token Slack refuses is a bad setting, found before Docker is
+		// asked anything: exit 2 for run and deploy alike.
+		{name: "run with a Slack token Slack rejects", args: []string{"run"}, env: slackRejects(t), code: 2,
+			stderr: []string{"updater: invalid configuration:\nSLACK_TOKEN: slack rejected the token: invalid_auth"}, absent: []string{slackToken}},
+		{name: "deploy with a Slack token Slack rejects", args: []string{"deploy", "web"}, env: slackRejects(t), code: 2,
+			stderr: []string{"updater: invalid configuration:\nSLACK_TOKEN: slack rejected the token: invalid_auth"}, absent: []string{slackToken}},
 		{name: "healthcheck answered 503", args: []string{"healthcheck"},
 			env: map[string]string{"UPDATER_LISTEN": "127.0.0.1:" + healthz(t, http.StatusServiceUnavailable)}, code: 1,
 			stderr: []string{"updater healthcheck: /healthz answered 503 Service Unavailable"}},
