@@ -241,6 +241,7 @@ func (a *App) Serve(ctx context.Context) error {
 			}
 		})
 		a.push("scheduled backups", a.backups.Stop)
+		p.Schedules = a.backups // each full cycle tells them what it watched
 	}
 	stopHTTP, err := a.surface.start(ctx, cfg, a.opts.Version, log)
 	if err != nil {
@@ -257,10 +258,10 @@ func (a *App) Cycle(ctx context.Context) {
 	plans, err := a.Pipeline.Cycle(ctx)
 	switch {
 	case errors.Is(err, deploy.ErrBusy):
-		// Routine while a deploy runs (one tick a second during a
-		// minutes-long rollout): counted in updater_cycles_total{result="busy"}
+		// The cycle before is still planning (deploys run beside cycles,
+		// never make one busy): counted in updater_cycles_total{result="busy"}
 		// by the pipeline's observer, so a debug line is enough.
-		log.Debug("tick skipped: a cycle or deploy is still running")
+		log.Debug("tick skipped: the previous cycle is still planning")
 	case errors.Is(err, deploy.ErrStandby):
 		log.Debug("cycle skipped: standing by") // the keeper logged the change
 	case err != nil:
@@ -269,22 +270,7 @@ func (a *App) Cycle(ctx context.Context) {
 		log.Debug("cycle failed", "err", err, "duration", time.Since(start))
 	default:
 		log.Debug("cycle done", "services", len(plans), "duration", time.Since(start))
-		a.followBackups(plans)
 	}
-}
-
-// followBackups points the scheduled backups at the services and labels
-// a full cycle just read: a service that gained, changed or lost its
-// updater.backup.schedule label, or went away, is followed from here.
-func (a *App) followBackups(plans []deploy.Plan) {
-	if a.backups == nil {
-		return
-	}
-	targets := make([]deploy.Target, len(plans))
-	for i, pl := range plans {
-		targets[i] = pl.Target
-	}
-	a.backups.Sync(targets)
 }
 
 // holder names this updater process in the lease: in a container the

@@ -66,6 +66,10 @@ type Pipeline struct {
 	// Pruning removes, after a successful deploy, the images it made
 	// unused on every node; its zero value prunes nothing.
 	Pruning Pruning
+	// Schedules, when set, is told after every full cycle which services
+	// are watched, with their labels: scheduled backups follow a service
+	// that gained, changed or lost its updater.backup.schedule, or went.
+	Schedules Schedules
 
 	running   sync.Mutex            // one cycle's planning at a time; runs go on without it
 	mu        sync.Mutex            // guards the fields below
@@ -196,6 +200,13 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		deploys += len(g)
 	}
 	p.held(plans)
+	if full && p.Schedules != nil {
+		targets := make([]Target, len(plans))
+		for i, pl := range plans {
+			targets[i] = pl.Target
+		}
+		p.Schedules.Sync(targets)
+	}
 	return plans, nil
 }
 

@@ -63,6 +63,12 @@ type Journal interface {
 	InFlight(ctx context.Context) ([]Release, error)
 }
 
+// Schedules runs the scheduled backups (updater.backup.schedule) of the
+// services it was last told of.
+type Schedules interface {
+	Sync(targets []Target)
+}
+
 // Reporter is told about every deploy event. It must not block: a slow
 // notifier is never a reason for a deploy to wait.
 type Reporter interface {

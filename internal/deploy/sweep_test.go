@@ -95,3 +95,32 @@ func TestCheckShowsDeployInFlightFromItsRecord(t *testing.T) {
 		t.Errorf("a check changed something: writes %d, records begun %d", len(w.updates), len(w.begun))
 	}
 }
+
+type syncs struct{ calls [][]string }
+
+func (s *syncs) Sync(targets []deploy.Target) {
+	var names []string
+	for _, t := range targets {
+		names = append(names, t.Name)
+	}
+	s.calls = append(s.calls, names)
+}
+
+// Scheduled backups follow what every full cycle watched; a push's cycle,
+// which lists only some services, tells them nothing.
+func TestSchedulesFollowEachFullCycle(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = oldD
+	s := &syncs{}
+	w.p.Schedules = s
+	if _, err := w.p.CycleFor(t.Context(), []deploy.Push{deploy.PushOf(ref)}); err != nil {
+		t.Fatal(err)
+	}
+	w.cycle(t.Context())
+	w.targets = nil // the service went
+	w.cycle(t.Context())
+	if len(s.calls) != 2 || !slices.Equal(s.calls[0], []string{"web"}) || len(s.calls[1]) != 0 {
+		t.Errorf("schedules told %q, want [web] then nothing, once per full cycle", s.calls)
+	}
+}
