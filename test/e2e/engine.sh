@@ -4,13 +4,14 @@
 # touching it.
 #
 #   fetch     the engine's docker.io and containerd .debs from a newer Debian
-#             suite, by package name with apt-get download, in a private apt
-#             state (its own sources entry, lists and cache: the machine's
-#             own package lists are untouched); unpacked with dpkg -x into
-#             $ENGINE_CACHE/<engine> and reused from there when present.
-#             The suite's runc needs a newer glibc than bookworm's (2.38 vs
-#             2.36), so it is removed: bookworm's runc on the PATH runs the
-#             containers. dockerd and containerd need glibc 2.34 at most.
+#             suite (28.5: sid, or testing; 26.1: trixie), by package name
+#             with apt-get download in a private apt state (its own sources
+#             entries, lists and cache: the machine's own package lists are
+#             untouched); unpacked with dpkg -x into $ENGINE_CACHE/<engine>
+#             and reused from there when present. runc is not fetched: the
+#             suites' needs glibc 2.38 (bookworm has 2.36), so bookworm's on
+#             the PATH runs the containers. dockerd and containerd need glibc
+#             2.34 at most.
 #   setup     fetch, then the node: faultnode.sh's private dockerd (its own
 #             network namespace, data and exec roots, socket, its own
 #             containerd), with this engine's binaries; swarm init.
@@ -28,8 +29,10 @@ set -euo pipefail
 
 ENGINE="${ENGINE:-28.5}"
 case "$ENGINE" in
-  28.5) SUITE=sid DOCKER_VER='28.5.*' CONTAINERD_VER='2.1.*' ;;
-  26.1) SUITE=trixie DOCKER_VER='26.1.*' CONTAINERD_VER='1.7.*' ;;
+  # sid first; testing too, where 28.5 stays a while after sid moves on.
+  # containerd: the 2.x sid pairs it with (2.1.9 when this was written).
+  28.5) SUITES="sid testing" DOCKER_VER='28.5.*' CONTAINERD_VER='2.*' ;;
+  26.1) SUITES="trixie" DOCKER_VER='26.1.*' CONTAINERD_VER='1.7.*' ;;
   *) echo "engine.sh: unknown ENGINE $ENGINE (28.5 or 26.1)" >&2; exit 2 ;;
 esac
 ENGINE_CACHE="${ENGINE_CACHE:-/var/cache/updater-e2e-engines}"
@@ -53,14 +56,15 @@ mirror() {
 }
 
 # pick NAME PATTERN: the newest version of NAME in the private lists that
-# matches the shell PATTERN.
+# matches the shell PATTERN (madison lists the newest first).
 pick() {
-  local v
-  v="$("${APT[@]}" -q madison "$1" 2>/dev/null | awk -F' [|] ' '{print $2}' | while read -r x; do
+  local all x
+  all="$("${APT[@]}" -q madison "$1" 2>/dev/null | awk -F' [|] ' '{print $2}')"
+  for x in $all; do
     # shellcheck disable=SC2053
-    [[ "$x" == $2 ]] && echo "$x"; done | head -1)"
-  [[ -n "$v" ]] || die "$SUITE has no $1 $2 (it has: $("${APT[@]}" -q madison "$1" 2>/dev/null | awk -F' [|] ' '{print $2}' | tr '\n' ' '))"
-  echo "$v"
+    [[ "$x" == $2 ]] && { echo "$x"; return 0; }
+  done
+  die "$SUITES: no $1 $2 (there is: $(echo $all))"
 }
 
 fetch() {
@@ -70,12 +74,15 @@ fetch() {
   fi
   command -v apt-get >/dev/null && command -v dpkg >/dev/null || die "apt-get and dpkg needed"
   local t0=$SECONDS apt uri dv cv
-  apt="$ENGINE_CACHE/apt-$SUITE"
+  apt="$ENGINE_CACHE/apt-$ENGINE"
   rm -rf "$apt" && mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs" "$apt/empty.d"
   # apt downloads as _apt where it can write.
   if id _apt >/dev/null 2>&1; then chown -R _apt "$apt/lists" "$apt/cache" "$apt/debs"; fi
   uri="$(mirror)"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $SUITE main" >"$apt/sources.list"
+  local suite
+  for suite in $SUITES; do
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main"
+  done >"$apt/sources.list"
   : >"$apt/status"
   # Only sources, lists, cache and the dpkg status are private: the rest
   # of the machine's apt configuration (how it reaches the archive) holds.
@@ -83,8 +90,8 @@ fetch() {
     -o Dir::Etc::Preferences=/dev/null -o "Dir::Etc::PreferencesParts=$apt/empty.d" -o "Dir::State=$apt" -o "Dir::State::Lists=$apt/lists" -o "Dir::State::status=$apt/status"
     -o "Dir::Cache=$apt/cache" -o Acquire::Languages=none -o APT::Get::List-Cleanup=0)
   APT=(apt-cache "${APT_OPTS[@]}")
-  log "apt-get update for $SUITE (private lists in $apt)"
-  apt-get "${APT_OPTS[@]}" -qq update >&2 || die "apt-get update of $SUITE failed"
+  log "apt-get update for $SUITES (private lists in $apt)"
+  apt-get "${APT_OPTS[@]}" -qq update >&2 || die "apt-get update of $SUITES failed"
   dv="$(pick docker.io "$DOCKER_VER")"
   cv="$(pick containerd "$CONTAINERD_VER")"
   log "apt-get download docker.io=$dv containerd=$cv"
@@ -95,7 +102,7 @@ fetch() {
   # runc is not fetched (the suite's needs glibc 2.38) and none may come
   # along: bookworm's, on the PATH, runs the containers.
   rm -f "$DIR.new/usr/sbin/runc" "$DIR.new/usr/bin/runc"
-  printf 'docker.io %s\ncontainerd %s\nsuite %s\n' "$dv" "$cv" "$SUITE" >"$DIR.new/VERSIONS"
+  printf 'docker.io %s\ncontainerd %s\n' "$dv" "$cv" >"$DIR.new/VERSIONS"
   rm -rf "$DIR" && mv "$DIR.new" "$DIR"
   rm -rf "$apt"
   log "unpacked into $DIR in $((SECONDS - t0))s: $(du -sh "$DIR" | cut -f1)"
