@@ -165,6 +165,11 @@ http:
 			if len(b) > 8000 {
 				b = b[len(b)-8000:]
 			}
+			// distribution logs each endpoint's headers at start, the
+			// webhook secret among them.
+			if o.bearer != "" {
+				b = bytes.ReplaceAll(b, []byte(o.bearer), []byte("[redacted]"))
+			}
 			t.Logf("docker-registry log (tail):\n%s", b)
 		}
 	})
