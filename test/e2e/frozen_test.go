@@ -18,7 +18,7 @@ import (
 // engine or a socket proxy that stops answering): it still accepts
 // connections, it answers nothing. Each Docker call fails at its bound
 // (UPDATER_DOCKER_TIMEOUT) as Docker being unreachable, /readyz turns
-// unready within the documented bound naming the call, nothing is
+// unready within the documented bound (the log naming the call), nothing is
 // reported while frozen; after SIGCONT the deploy carries on and is
 // reported once. The dockerd is the fault node's (faultnode.sh), never the
 // host's.
@@ -77,16 +77,20 @@ func TestDockerdFrozen(t *testing.T) {
 		t.Fatalf("the outcome was reported (%d events) before dockerd froze: too late to test anything", k)
 	}
 
-	// /readyz turns unready within its bound, naming the call that hangs.
+	// /readyz turns unready within its bound, in fixed words; the log
+	// names the call that hangs.
 	var unready reply
 	waitFor(t, readyBound+time.Second, "/readyz unready", func() bool {
 		unready = get(t, base+"/readyz")
 		return unready.status == http.StatusServiceUnavailable
 	})
 	tookUnready := time.Since(frozen)
-	if tookUnready > readyBound || !strings.Contains(unready.body, "no answer within "+bound.String()) {
-		t.Fatalf("/readyz unready %s after the freeze saying %q; want within %s, naming a call unanswered for %s",
-			tookUnready, unready.body, readyBound, bound)
+	if tookUnready > readyBound || !strings.Contains(unready.body, "docker calls got no answer within their bounds") {
+		t.Fatalf("/readyz unready %s after the freeze saying %q; want within %s, saying docker calls hang",
+			tookUnready, unready.body, readyBound)
+	}
+	if l := u.find("readiness"); l == nil || !strings.Contains(fmt.Sprint(l["err"]), "no answer within "+bound.String()) {
+		t.Fatalf("the readiness log line %v, want it naming a call unanswered for %s", l, bound)
 	}
 	// The rollout watch's call failed at its bound, as Docker unreachable.
 	u.waitLog(t, bound+2*time.Second, 1, "inspect rollout")
@@ -130,7 +134,7 @@ func TestDockerdFrozen(t *testing.T) {
 	t.Logf("frozen at %d/2 tasks on v2 for %s: /readyz unready after %s (%q), ready %s after SIGCONT; outcome %s; warnings: %s",
 		byDigest[v2], frozenFor.Round(100*time.Millisecond), tookUnready.Round(100*time.Millisecond), unready.body,
 		readyAgain.Round(100*time.Millisecond), verdict, fnSummary(fnComplaints(u, mark)))
-	o.set("calls failed at their %s bound as unavailable; /readyz 503 after %s (bound %s) naming the call, 200 again %s after SIGCONT; "+
+	o.set("calls failed at their %s bound as unavailable; /readyz 503 after %s (bound %s), the log naming the call, 200 again %s after SIGCONT; "+
 		"frozen %s, nothing reported meanwhile; one outcome: %s; no in-flight record left",
 		bound, tookUnready.Round(100*time.Millisecond), readyBound, readyAgain.Round(100*time.Millisecond),
 		frozenFor.Round(time.Second), verdict)

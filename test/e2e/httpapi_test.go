@@ -174,8 +174,10 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 	}
 	// Each refusal was answered after deciding: had one been taken, its
 	// check would be queued by now and counted.
+	// A credential names its source: the token parameter Docker Hub.
 	if n := metric(t, base, `updater_webhooks_total{result="unauthorized",source="distribution"}`) +
-		metric(t, base, `updater_webhooks_total{result="unauthorized",source="github"}`); n != 6 {
+		metric(t, base, `updater_webhooks_total{result="unauthorized",source="github"}`) +
+		metric(t, base, `updater_webhooks_total{result="unauthorized",source="dockerhub"}`); n != 6 {
 		t.Fatalf("%v webhooks counted unauthorized, want 6", n)
 	}
 	if n := u.count("registry push"); n != 0 {
@@ -201,7 +203,9 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 		wants = append(wants, want)
 		hdr, auth, payload := map[string]string(nil), "Bearer "+webhookSecret, distributionPush(repo)
 		if i%2 == 1 {
-			payload = githubPush(env.faulty, repo)
+			// Each delivery its own body, as GitHub's are (its version's
+			// ID differs): the same signed body again is a replay.
+			payload = strings.Replace(githubPush(env.faulty, repo), `"package_version":{`, fmt.Sprintf(`"package_version":{"id":%d,`, i), 1)
 			hdr, auth = map[string]string{"X-GitHub-Event": "package", "X-Hub-Signature-256": hubSignature(payload, webhookSecret)}, ""
 		}
 		posted := time.Now()

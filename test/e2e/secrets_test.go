@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+	"github.com/updater-dev/updater/internal/notify/fakeapi"
 )
 
 // Every secret the suite hands the updater (tokens, the webhook key,
@@ -267,5 +268,136 @@ func removeImagesOf(addr string) {
 		if left == 0 {
 			return
 		}
+	}
+}
+
+// updaterOutputs is everything of the updater's that leaves it, for a
+// test to search: its log, every Slack and Rollbar call (the access token
+// is where it belongs), the API's answers, and every record it keeps in
+// Swarm (labels and data). A record about the service is required, so a
+// scan never passes for want of looking.
+func updaterOutputs(t *testing.T, u *updater, sl *fakeapi.Slack, rb *fakeapi.Rollbar, base, serviceID string) map[string]string {
+	t.Helper()
+	out := map[string]string{"the updater log": u.log()}
+	for i, c := range sl.Calls() {
+		out[fmt.Sprintf("Slack call %d (%s)", i, c.Method)] = c.Content()
+	}
+	for i, c := range rb.Calls() {
+		delete(c.Params, "access_token")
+		out[fmt.Sprintf("Rollbar call %d (%s)", i, c.Route)] = fmt.Sprint(c.Params)
+	}
+	for _, path := range []string{"/api/v1/services", "/api/v1/deploys", "/readyz"} {
+		r := call(t, "GET", base+path, "Bearer "+apiToken, nil, "")
+		out["the API's answer to GET "+path] = r.body
+	}
+	ctx := t.Context()
+	res, err := env.docker.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("label", "io.updater.kind")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	about := 0
+	for _, c := range res.Items {
+		ins, err := env.docker.ConfigInspect(ctx, c.ID, client.ConfigInspectOptions{})
+		if err != nil {
+			continue // removed meanwhile
+		}
+		if ins.Config.Spec.Labels["io.updater.service"] == serviceID {
+			about++
+		}
+		out["the Swarm record "+c.Spec.Name] = fmt.Sprint(ins.Config.Spec.Labels) + "\n" + string(ins.Config.Spec.Data)
+	}
+	if about == 0 {
+		t.Fatalf("no Swarm record about service %s among %d of the updater's: nothing to scan", serviceID, len(res.Items))
+	}
+	return out
+}
+
+// A hook whose environment carries a secret prints it and fails: the
+// log tail (sent, since UPDATER_REPORT_HOOK_LOGS=true) and the failure
+// reason carry "<redacted>" in its place, in Slack, Rollbar, the API,
+// the Swarm records and the updater log alike.
+func TestSecretsHookOutputRedacted(t *testing.T) {
+	const stack, repo, svcName = "e2esecrethook", "e2e/secrethook", "e2esecrethook_app"
+	marker := fmt.Sprintf("e2e-hook-marker-%d", time.Now().UnixNano())
+	addSecret("hook env marker", marker)
+	sl, rb := fakeSlack(t), fakeRollbar(t)
+	hookImage := backupImage(t) // a shell
+	hookRepo, _, _ := strings.Cut(hookImage, ":latest@")
+
+	v1 := push(t, repo, "v1")
+	app := createService(t, svcName, repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{
+		"updater.backup.image":   hookImage,
+		"updater.backup.command": `sh -c 'echo "connecting with $HOOK_TOKEN"; exit 1'`,
+		"updater.backup.env":     "HOOK_TOKEN=" + marker,
+		"updater.hooks.timeout":  "60s",
+	}})
+	u := startUpdater(t, stack, append(append([]string{"UPDATER_HOOK_IMAGES=" + hookRepo, "UPDATER_REPORT_HOOK_LOGS=true"},
+		append(slackBotEnv(sl), rollbarEnv(rb)...)...), httpEnv()...)...)
+	base := u.base(t)
+	waitFor(t, 30*time.Second, "a first cycle", func() bool { return u.cycles() >= 1 })
+
+	v2 := push(t, repo, "v2")
+	u.waitLog(t, deployLimit, 1, "deploy failed", "service", svcName, "to_digest", v2)
+	if reason := fmt.Sprint(u.find("deploy failed", "service", svcName)["err"]); reason != "backup exited with code 1: connecting with <redacted>" {
+		t.Errorf("the failure reason is %q, want the job's last line with the secret redacted", reason)
+	}
+	waitFor(t, 30*time.Second, "Slack's reply with the job's last lines, and the Rollbar deploy closed", func() bool {
+		replied := false
+		for _, c := range sl.Accepted() {
+			replied = replied || strings.Contains(c.Content(), "Last lines of the backup job")
+		}
+		d := rb.Deploys()
+		return replied && len(d) == 1 && len(d[0].Statuses) == 2
+	})
+	sent := false
+	for where, out := range updaterOutputs(t, u, sl, rb, base, app) {
+		if strings.Contains(out, marker) {
+			t.Errorf("%s shows the hook's secret:\n%s", where, out)
+		}
+		sent = sent || strings.HasPrefix(where, "Slack") && strings.Contains(out, "connecting with <redacted>")
+	}
+	if !sent {
+		t.Error("no Slack message carries the redacted log tail: the tail was not reported at all")
+	}
+}
+
+// A bad env label whose value holds a password: the deploy is refused
+// naming the label and the bad entry, and the password appears nowhere
+// but in the label itself.
+func TestSecretsBadEnvLabelMasked(t *testing.T) {
+	const stack, repo, svcName = "e2esecretenv", "e2e/secretenv", "e2esecretenv_app"
+	password := fmt.Sprintf("e2e-label-password-%d", time.Now().UnixNano())
+	addSecret("env label password", password)
+	sl, rb := fakeSlack(t), fakeRollbar(t)
+
+	v1 := push(t, repo, "v1")
+	app := createService(t, svcName, repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{
+		"updater.backup.command": "/app health",
+		// A comma in the password splits it: the tail is an entry with no key.
+		"updater.backup.env": "PGUSER=app,PGPASSWORD=" + password + ",x" + password,
+	}})
+	u := startUpdater(t, stack, append(append(slackBotEnv(sl), rollbarEnv(rb)...), httpEnv()...)...)
+	base := u.base(t)
+	waitFor(t, 30*time.Second, "a first cycle", func() bool { return u.cycles() >= 1 })
+
+	v2 := push(t, repo, "v2")
+	u.waitLog(t, deployLimit, 1, "deploy failed", "service", svcName, "to_digest", v2)
+	reason := fmt.Sprint(u.find("deploy failed", "service", svcName)["err"])
+	for _, want := range []string{"updater.backup.env (value not shown", "entry 3 (***)"} {
+		if !strings.Contains(reason, want) {
+			t.Errorf("the refusal %q lacks %q", reason, want)
+		}
+	}
+	waitFor(t, 30*time.Second, "the Rollbar deploy closed", func() bool {
+		d := rb.Deploys()
+		return len(d) == 1 && len(d[0].Statuses) == 2
+	})
+	for where, out := range updaterOutputs(t, u, sl, rb, base, app) {
+		if strings.Contains(out, password) {
+			t.Errorf("%s shows the label's password:\n%s", where, out)
+		}
+	}
+	if !strings.Contains(inspect(t, app).Spec.Labels["updater.backup.env"], password) {
+		t.Fatal("the label lost the password: the scan looked for the wrong thing")
 	}
 }
