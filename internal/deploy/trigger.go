@@ -103,7 +103,8 @@ type Trigger struct {
 
 	mu      sync.Mutex // guards what is asked for
 	all     bool
-	pushes  []Push
+	pushes  []Push        // in the order asked
+	pending map[Push]bool // the same, to find one at once
 	deploys []string
 }
 
@@ -123,13 +124,29 @@ func NewTrigger(ctx context.Context, p *Pipeline) *Trigger {
 // context given to NewTrigger has ended and the work in hand is done.
 func (t *Trigger) Stop() { <-t.done; t.reqs.Wait() }
 
+// maxPending bounds the pushes waiting for a check: past it, they are
+// dropped for one full check, which covers every one of them.
+const maxPending = 1000
+
 // Push asks for a check of the services that track the pushed tags.
 func (t *Trigger) Push(pushes ...Push) {
 	t.mu.Lock()
 	for _, ps := range pushes {
-		if !slices.Contains(t.pushes, ps) {
-			t.pushes = append(t.pushes, ps)
+		if t.all {
+			break // a full check is asked for: it covers every push
 		}
+		if t.pending[ps] {
+			continue
+		}
+		if len(t.pushes) >= maxPending {
+			t.all, t.pushes, t.pending = true, nil, nil
+			break
+		}
+		if t.pending == nil {
+			t.pending = map[Push]bool{}
+		}
+		t.pending[ps] = true
+		t.pushes = append(t.pushes, ps)
 	}
 	t.mu.Unlock()
 	t.poke()
@@ -194,7 +211,7 @@ func (t *Trigger) take() (all bool, pushes []Push, deploys []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	all, pushes, deploys = t.all, t.pushes, t.deploys
-	t.all, t.pushes, t.deploys = false, nil, nil
+	t.all, t.pushes, t.pending, t.deploys = false, nil, nil, nil
 	return all, pushes, deploys
 }
 

@@ -381,3 +381,42 @@ func TestTagMovedDuringItsDeployIsCheckedWhenItEnds(t *testing.T) {
 		t.Errorf("writes %+v, begun %d: want the newer digest second, two deploys one after the other", w.updates, len(w.begun))
 	}
 }
+
+// Pushes waiting for a check are bounded: past 1,000, they become one full
+// check, which covers every one of them.
+func TestTriggerPushesBounded(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = oldD
+	obs := &cycles{ch: make(chan deploy.CycleStats, 4)}
+	w.p.Observer = obs
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := true
+	w.lister.ListFn = func(context.Context) ([]deploy.Target, error) {
+		if first {
+			first = false
+			close(entered)
+			<-release
+		}
+		return w.targets, nil
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	tr := deploy.NewTrigger(ctx, w.p)
+	defer func() { cancel(); tr.Stop() }()
+	tr.Push(deploy.PushOf(ref))
+	<-entered // the worker holds the pipeline, planning that push
+	for i := range 1500 {
+		tr.Push(deploy.Push{Registry: "127.0.0.1:5000", Repository: fmt.Sprintf("app%d", i), Tag: "1"})
+	}
+	close(release)
+	for want := range []bool{false, true} {
+		select {
+		case s := <-obs.ch:
+			if s.Full != (want == 1) {
+				t.Fatalf("cycle %d: full %v, want the first for the push, the next one full for 1,500 pending", want, s.Full)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cycle %d not observed", want)
+		}
+	}
+}
