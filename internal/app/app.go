@@ -159,6 +159,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 		Journal:           sw,
 		Jobs:              sw,
 		Migrations:        sw,
+		Sweeper:           sw,
 		Reporter:          reporter,
 		ImageLabels:       imageLabels,
 		Log:               log,

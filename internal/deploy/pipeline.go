@@ -66,6 +66,10 @@ type Pipeline struct {
 	// Pruning removes, after a successful deploy, the images it made
 	// unused on every node; its zero value prunes nothing.
 	Pruning Pruning
+	// Sweeper, when set, lets a full cycle remove every record (not only
+	// the failed digests) of services that no longer exist, at most once
+	// per SweepEvery.
+	Sweeper Sweeper
 	// Schedules, when set, is told after every full cycle which services
 	// are watched, with their labels: scheduled backups follow a service
 	// that gained, changed or lost its updater.backup.schedule, or went.
@@ -85,7 +89,8 @@ type Pipeline struct {
 	// would else look left behind, and be resumed a second time.
 	closing  sync.RWMutex
 	warned   map[string]bool
-	exists   map[string]bool // services with failed-digest records, found to exist though not watched
+	exists   map[string]bool // services with records, found to exist though not watched
+	swept    time.Time       // when Sweeper was last asked which services have records
 	unclosed map[string]bool // deploys over whose journal entry would not go
 	seen     seen            // what the last cycles saw, for Status
 

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Action is what a cycle does with one service.
@@ -65,13 +67,37 @@ func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, map[string]
 	return plans, failed, nil
 }
 
-// sweep removes, after a full cycle's plan, the failed-digest records of
-// services that no longer exist: nothing else would, and each is read
-// back every cycle. A service that exists but is not watched (its label
+// SweepEvery is how often a full cycle asks the Sweeper which services
+// have records (a Docker list call per kind), to remove those of services
+// gone: records are small, and a minute's delay costs nothing.
+const SweepEvery = 10 * time.Minute
+
+// sweep removes, after a full cycle's plan, the records of services that
+// no longer exist: nothing else would, and failed digests are read back
+// every cycle. A service that exists but is not watched (its label
 // removed, another stack) keeps its records, for when it is watched
-// again; it is looked up once per process, not every cycle.
+// again; it is looked up once per process, not every cycle. Without a
+// Sweeper only failed digests go.
 func (p *Pipeline) sweep(ctx context.Context, plans []Plan, failed map[string]map[string]bool) {
-	for id := range failed {
+	ids := slices.Collect(maps.Keys(failed))
+	p.mu.Lock()
+	due := p.Sweeper != nil && (p.swept.IsZero() || p.now().Sub(p.swept) >= SweepEvery)
+	if due {
+		p.swept = p.now()
+	}
+	p.mu.Unlock()
+	if due {
+		recorded, err := p.Sweeper.Recorded(ctx)
+		if err != nil {
+			p.Log.Warn("list the services the records name; swept next time", "err", err)
+		}
+		for _, id := range recorded {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	for _, id := range ids {
 		p.mu.Lock()
 		known := p.exists[id]
 		p.mu.Unlock()
@@ -81,11 +107,15 @@ func (p *Pipeline) sweep(ctx context.Context, plans []Plan, failed map[string]ma
 		_, err := p.Services.Rollout(ctx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			if err := p.Ledger.Forget(ctx, id); err != nil {
-				p.Log.Warn("remove the failed-digest records of a service that no longer exists; retried next cycle", "service_id", id, "err", err)
+			forget, what := p.Ledger.Forget, "failed-digest records"
+			if p.Sweeper != nil {
+				forget, what = p.Sweeper.ForgetService, "records"
+			}
+			if err := forget(ctx, id); err != nil {
+				p.Log.Warn("remove the "+what+" of a service that no longer exists; retried next cycle", "service_id", id, "err", err)
 				continue
 			}
-			p.Log.Info("removed the failed-digest records of a service that no longer exists", "service_id", id)
+			p.Log.Info("removed the "+what+" of a service that no longer exists", "service_id", id)
 		case err == nil:
 			p.mu.Lock()
 			if p.exists == nil {

@@ -63,6 +63,14 @@ type Journal interface {
 	InFlight(ctx context.Context) ([]Release, error)
 }
 
+// Sweeper finds and removes the records of services that are gone.
+type Sweeper interface {
+	// Recorded are the IDs of the services the records name.
+	Recorded(ctx context.Context) ([]string, error)
+	// ForgetService removes every record about the service.
+	ForgetService(ctx context.Context, serviceID string) error
+}
+
 // Schedules runs the scheduled backups (updater.backup.schedule) of the
 // services it was last told of.
 type Schedules interface {

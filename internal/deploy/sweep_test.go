@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
@@ -122,5 +123,57 @@ func TestSchedulesFollowEachFullCycle(t *testing.T) {
 	w.cycle(t.Context())
 	if len(s.calls) != 2 || !slices.Equal(s.calls[0], []string{"web"}) || len(s.calls[1]) != 0 {
 		t.Errorf("schedules told %q, want [web] then nothing, once per full cycle", s.calls)
+	}
+}
+
+type fakeSweeper struct {
+	recorded []string
+	asked    int
+	forgot   []string
+	onForget func(id string)
+}
+
+func (f *fakeSweeper) Recorded(context.Context) ([]string, error) { f.asked++; return f.recorded, nil }
+func (f *fakeSweeper) ForgetService(_ context.Context, id string) error {
+	f.forgot = append(f.forgot, id)
+	if f.onForget != nil {
+		f.onForget(id)
+	}
+	f.recorded = slices.DeleteFunc(f.recorded, func(r string) bool { return r == id })
+	return nil
+}
+
+// With a Sweeper, a service that is gone loses every record, not only its
+// failed digests, also one with no failed digest at all; the Sweeper is
+// asked at most once per SweepEvery.
+func TestCycleSweepsEveryRecordWithASweeper(t *testing.T) {
+	w := newWorld(t)
+	clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	w.p.Now = clock.Now
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = oldD
+	w.failed = map[string]map[string]bool{"failedOnly": {newD: true}}
+	sw := &fakeSweeper{recorded: []string{"svc1", "promotedOnly"}, onForget: func(id string) {
+		w.mu.Lock()
+		delete(w.failed, id) // as Swarm would: its failed digests went too
+		w.mu.Unlock()
+	}}
+	w.p.Sweeper = sw
+	w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
+		return deploy.Rollout{}, deploy.ErrNotFound // every service not watched is gone
+	}
+	w.cycle(t.Context())
+	w.cycle(t.Context())
+	slices.Sort(sw.forgot)
+	if !slices.Equal(sw.forgot, []string{"failedOnly", "promotedOnly"}) || len(w.forgets) != 0 {
+		t.Errorf("ForgetService %v, Ledger.Forget %v: want every record of both gone services, through the Sweeper", sw.forgot, w.forgets)
+	}
+	if sw.asked != 1 {
+		t.Errorf("Sweeper asked %d times in two cycles a second apart, want once per %s", sw.asked, deploy.SweepEvery)
+	}
+	clock.Advance(deploy.SweepEvery)
+	w.cycle(t.Context())
+	if sw.asked != 2 {
+		t.Errorf("Sweeper asked %d times after %s, want twice", sw.asked, deploy.SweepEvery)
 	}
 }

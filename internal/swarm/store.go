@@ -475,3 +475,41 @@ func (s *Swarm) SetPromoted(ctx context.Context, serviceID string, digests []str
 	}
 	return nil
 }
+
+// Recorded returns the IDs of the services that failed-digest and
+// promoted records are about: for the sweep of services that are gone.
+func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
+	st := s.store()
+	failed, err := st.list(ctx, kindFailed)
+	if err != nil {
+		return nil, err
+	}
+	promoted, err := st.list(ctx, kindPromoted, scopeLabel+"="+s.scope())
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, c := range append(failed, promoted...) {
+		if id := c.Spec.Labels[serviceLabel]; id != "" && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// ForgetService removes every record about the service: its failed
+// digests, its promoted digests and its migration record (a group's stays
+// with the group).
+func (s *Swarm) ForgetService(ctx context.Context, serviceID string) error {
+	st := s.store()
+	for _, r := range []struct{ kind, label string }{
+		{kindFailed, serviceLabel + "=" + serviceID},
+		{kindPromoted, serviceLabel + "=" + serviceID},
+		{kindMigrated, keyLabel + "=" + hashKey("service:"+serviceID)},
+	} {
+		if err := st.removeAll(ctx, r.kind, r.label); err != nil {
+			return fmt.Errorf("forget service %s: %w", serviceID, err)
+		}
+	}
+	return nil
+}

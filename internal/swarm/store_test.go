@@ -401,3 +401,45 @@ func promotedKey(digests ...string) string {
 	sum := sha256.Sum256([]byte(strings.Join(digests, "\n") + "\n"))
 	return hex.EncodeToString(sum[:])
 }
+
+// The records of a service that is gone: Recorded names it, ForgetService
+// removes its failed digests, promoted digests and migration record, and
+// leaves another service's and a group's alone.
+func TestForgetService(t *testing.T) {
+	e := newEngine(t)
+	s := e.client(t, Config{Stack: "shop"})
+	ctx := context.Background()
+	for _, id := range []string{"gone", "kept"} {
+		if err := s.MarkFailed(ctx, id, digest1, "bad"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetPromoted(ctx, id, []string{digest2}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.MarkMigrated(ctx, "service:"+id, digest2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.MarkMigrated(ctx, "group:shop/g", digest2); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := s.Recorded(ctx)
+	if slices.Sort(ids); err != nil || !slices.Equal(ids, []string{"gone", "kept"}) {
+		t.Fatalf("Recorded = %v, %v; want gone and kept", ids, err)
+	}
+	if err := s.ForgetService(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	failed, _ := s.Failed(ctx)
+	promoted, _ := s.Promoted(ctx, "gone")
+	migrated, _ := s.Migrated(ctx, "service:gone", digest2)
+	if len(failed["gone"]) != 0 || len(promoted) != 0 || migrated {
+		t.Errorf("after ForgetService: failed %v, promoted %v, migrated %v; want none", failed["gone"], promoted, migrated)
+	}
+	keptPromoted, _ := s.Promoted(ctx, "kept")
+	keptMigrated, _ := s.Migrated(ctx, "service:kept", digest2)
+	groupMigrated, _ := s.Migrated(ctx, "group:shop/g", digest2)
+	if !failed["kept"][digest1] || len(keptPromoted) != 1 || !keptMigrated || !groupMigrated {
+		t.Errorf("another service's or the group's records went too")
+	}
+}
