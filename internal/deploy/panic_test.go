@@ -69,6 +69,8 @@ func TestPanicInARequestedCheckKeepsTheTrigger(t *testing.T) {
 			t.Fatalf("check %d never listed the services: the trigger died with the panic", want)
 		}
 	}
+	cancel()
+	tr.Stop() // the log is read once nothing writes it
 	if lines := w.logLines("ERROR", "panic: a requested check stopped where it was"); len(lines) != 1 {
 		t.Errorf("ERROR lines %v, want one naming the check", lines)
 	}

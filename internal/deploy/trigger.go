@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Push is a registry's notice that a tag moved. It is a hint, not the
@@ -252,15 +253,30 @@ func (t *Trigger) run(ctx context.Context) {
 	}
 }
 
+// retryAfter is how long a requested check that failed (Docker gone, the
+// lease not held for a moment) waits before it is tried again.
+const retryAfter = 5 * time.Second
+
 // check runs one requested check; a panic in it is logged, and the
-// trigger goes on taking requests.
+// trigger goes on taking requests. One that fails is asked for again
+// after retryAfter, merged with what was asked meanwhile: a push is not
+// lost to a moment without Docker or without the lease.
 func (t *Trigger) check(ctx context.Context, all bool, pushes []Push) {
 	defer recovered(t.log, "a requested check")
 	plans, err := t.p.CycleFor(ctx, pushes)
 	if err != nil {
 		// The pipeline logs outages once; a failing check is only worth a
 		// debug line, like a failing tick.
-		t.log.Debug("requested check failed", "err", err)
+		t.log.Debug("requested check failed; asked again shortly", "err", err, "retry_in", retryAfter.String())
+		if ctx.Err() == nil {
+			time.AfterFunc(retryAfter, func() {
+				if all {
+					t.Check()
+				} else {
+					t.Push(pushes...)
+				}
+			})
+		}
 		return
 	}
 	t.log.Debug("requested check done", "services", len(plans), "full", all)

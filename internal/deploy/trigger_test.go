@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -418,5 +419,37 @@ func TestTriggerPushesBounded(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("cycle %d not observed", want)
 		}
+	}
+}
+
+// A pushed tag whose check fails (here: the lease not held for a moment,
+// as on an overloaded machine) is checked again shortly, not lost.
+func TestTriggerRetriesAFailedCheck(t *testing.T) {
+	w := newWorld(t)
+	w.targets = []deploy.Target{web(oldD)}
+	w.digests[ref] = newD
+	w.script = []deploy.Rollout{rollout("completed", newD, task(newD, "running"))}
+	// The lease is not held at the first look, held from then on.
+	var looks atomic.Int32
+	w.p.Acting = func() bool { return looks.Add(1) > 1 }
+	obs := &cycles{ch: make(chan deploy.CycleStats, 4)}
+	w.p.Observer = obs
+	ctx, cancel := context.WithCancel(t.Context())
+	tr := deploy.NewTrigger(ctx, w.p)
+	defer func() { cancel(); tr.Stop() }()
+
+	tr.Push(deploy.PushOf(ref))
+	// A check standing by is not observed: the first one seen is the retry.
+	select {
+	case s := <-obs.ch:
+		if s.Full || s.Err != nil || s.Deploys != 1 {
+			t.Fatalf("the retried check: %+v, want the push's cycle deploying web", s)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the failed check was not tried again")
+	}
+	w.p.Wait()
+	if len(w.updates) != 1 {
+		t.Errorf("%d spec writes, want web deployed once", len(w.updates))
 	}
 }
