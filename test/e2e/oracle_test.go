@@ -186,7 +186,7 @@ func leaseHolder(t testing.TB, stack string) string {
 	return res.Config.Spec.Labels["io.updater.holder"]
 }
 
-// holderOf is the name u takes the lease by: cmd/updater's holder(),
+// holderOf is the name u takes the lease by: internal/app's holder(),
 // hostname/pid.
 func holderOf(t testing.TB, u *updater) string {
 	t.Helper()
