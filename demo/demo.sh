@@ -86,7 +86,7 @@ v1=$(push updater-demo/app:v1 demo-app:latest)
 info "pushed demo-app:latest = v1 ($v1)"
 
 say "Deploying the demo stack (docker stack deploy -c demo/docker-stack.yml $STACK)"
-DEMO_REGISTRY=$REG POSTGRES_IMAGE=$POSTGRES_IMAGE UPDATER_IMAGE=$REG/updater:demo \
+DEMO_REGISTRY=$REG POSTGRES_IMAGE=$POSTGRES_IMAGE POSTGRES_REPO=${POSTGRES_IMAGE%:*} UPDATER_IMAGE=$REG/updater:demo \
   docker stack deploy --quiet -c demo/docker-stack.yml "$STACK" 2>&1 | grep -v "could not be accessed on a registry" || true
 wait_for "the app on v1" app_on "$v1"
 wait_for "the updater to start" logged "updater started" "schedule"

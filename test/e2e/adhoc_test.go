@@ -34,7 +34,9 @@ func TestAdhocDeployOfGroupMember(t *testing.T) {
 
 	cmd := exec.Command(env.bin, "deploy", stack+"_worker")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir(),
-		"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=90s", "UPDATER_LOG_FORMAT=json"}
+		"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=90s", "UPDATER_LOG_FORMAT=json",
+		// The hooks' image and backup directory, as startUpdater allows them.
+		"UPDATER_HOOK_IMAGES=" + env.faulty + "/e2e/pgdump", "UPDATER_HOOK_MOUNT_ROOTS=" + os.TempDir()}
 	if h := os.Getenv("DOCKER_HOST"); h != "" {
 		cmd.Env = append(cmd.Env, "DOCKER_HOST="+h)
 	}

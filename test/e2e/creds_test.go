@@ -129,7 +129,8 @@ func TestHookImageGetsItsOwnRegistrysCredentials(t *testing.T) {
 		"updater.hooks.timeout":  "60s",
 	}})
 	evs := recordEvents(t)
-	u := startUpdater(t, stack, "DOCKER_CONFIG="+cfgDir)
+	// The operator allows hook images from the second registry.
+	u := startUpdater(t, stack, "DOCKER_CONFIG="+cfgDir, "UPDATER_HOOK_IMAGES="+two.addr)
 	waitFor(t, 30*time.Second, "a first cycle", func() bool { return u.cycles() >= 1 })
 
 	v2d := push(t, repo, "v2")

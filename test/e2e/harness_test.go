@@ -546,6 +546,13 @@ func startUpdater(t testing.TB, stack string, extra ...string) *updater {
 		// Loopback and a free port: tests never listen on every interface,
 		// and updaters of runs side by side never fight over :8080.
 		"UPDATER_LISTEN=127.0.0.1:0",
+		// What this suite's operator allows hook labels beyond each
+		// service's own repository and stack volumes: the backup image
+		// with the host's pg_dump, and the backup directories the hook
+		// tests make under the temp dir. A test of the allow-list sets its
+		// own (later entries win).
+		"UPDATER_HOOK_IMAGES=" + env.faulty + "/e2e/pgdump",
+		"UPDATER_HOOK_MOUNT_ROOTS=" + os.TempDir(),
 	}, dockerHostEnv()...)
 	// After the suite's engine: a test's own DOCKER_HOST (a proxy) wins.
 	cmd.Env = append(cmd.Env, extra...)
