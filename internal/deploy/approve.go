@@ -262,13 +262,9 @@ func (p *Pipeline) gate(ctx context.Context, plans []Plan, full bool) []Plan {
 			}
 		}
 	}
+	// An approval that lets a deploy go stays approved until the deploy is
+	// recorded (deployed): a deploy that can't begin now uses nothing up.
 	holdGroups(plans)
-	// What still deploys with an approval has used it up.
-	for _, pl := range plans {
-		if a := b.open[pl.Target.ID]; pl.Action == ActDeploy && a != nil && a.State == ApprovalApproved {
-			b.close(pl.Target.ID, ApprovalDeployed, now, "")
-		}
-	}
 	b.mu.Unlock()
 
 	for _, a := range opened {
@@ -302,18 +298,19 @@ func (p *Pipeline) expire(ctx context.Context, a Approval, timeout time.Duration
 	}
 }
 
-// approved notes which deploy each used-up approval became.
-func (p *Pipeline) approved(events ...Event) {
+// deployed uses up the approvals of the releases just recorded: each
+// becomes the deploy it let go (DeployID). Until then it stays approved,
+// so a deploy that could not begin (Docker gone at its record, another run
+// in the way) is tried again without a second approval.
+func (p *Pipeline) deployed(rels ...Release) {
 	b := &p.approvals
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, e := range events {
-		for i := len(b.done) - 1; i >= 0; i-- {
-			a := &b.done[i]
-			if a.State == ApprovalDeployed && a.DeployID == "" && a.ServiceID == e.Release.ServiceID && a.To == e.Release.To {
-				a.DeployID = e.Release.ID
-				break
-			}
+	now := p.now()
+	for _, rel := range rels {
+		if a := b.open[rel.ServiceID]; a != nil && a.State == ApprovalApproved && a.To == rel.To {
+			b.close(rel.ServiceID, ApprovalDeployed, now, "")
+			b.done[len(b.done)-1].DeployID = rel.ID
 		}
 	}
 }

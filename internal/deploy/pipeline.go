@@ -227,9 +227,7 @@ func (p *Pipeline) start(ctx context.Context, g []Plan) (*flight, *flight) {
 	}
 	keys, refs := keysOf(targets)
 	return p.launch(ctx, keys, refs, want, from, nil, hookTimeout(targets), func(ctx context.Context) []Event {
-		evs := p.deployRelease(ctx, g)
-		p.approved(evs...)
-		return evs
+		return p.deployRelease(ctx, g)
 	})
 }
 
@@ -245,16 +243,12 @@ func hookTimeout(targets []Target) time.Duration {
 	return d
 }
 
-// wait marks the plans of g as waiting for the flight in the way, which,
-// once over, asks for a check of their tags.
+// wait marks the plans of g as waiting for the flight in the way (which,
+// launch saw to it, asks for a check of their tags once over).
 func (p *Pipeline) wait(plans []Plan, g []Plan, in *flight) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	in.stale = true
 	for _, pl := range g {
-		if r := pl.Target.Ref(); !slices.Contains(in.refs, r) {
-			in.refs = append(in.refs, r)
-		}
 		i := slices.IndexFunc(plans, func(q Plan) bool { return q.Target.ID == pl.Target.ID })
 		plans[i].Action, plans[i].Reason = ActDeploying, "waits for the deploy of "+strings.Join(in.keys, ", ")+" to end"
 		if in.pruning != "" {
@@ -355,10 +349,18 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error
 			p.Log.Info("requested deploy waits for the deploy running", "service", name, "running", strings.Join(in.keys, ", "))
 			select {
 			case <-in.done:
-				continue
 			case <-ctx.Done():
 				return Event{}, fmt.Errorf("deploy %s: waited for the deploy running: %w", name, ctx.Err())
 			}
+			// A deploy of the service found in flight that its run could not
+			// carry on (Docker not answering) is still in flight: waiting for
+			// it again at once would spin. The next cycle carries it on.
+			if in.resumed && !slices.ContainsFunc(in.out, func(e Event) bool { return e.Release.ServiceID == ev.Release.ServiceID && !e.waiting }) {
+				ev.Kind, ev.Phase = Failed, PhaseUpdate
+				ev.Reason = "no outcome yet: a deploy of the service found in flight could not be carried on (Docker not answering); the next cycle carries it on"
+				return ev, nil
+			}
+			continue
 		case f == nil:
 			return ev, nil
 		}
@@ -421,7 +423,7 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, i
 	in = p.claimedBy(keys)
 	p.mu.Unlock()
 	if in != nil {
-		return Event{}, nil, in, nil
+		return Event{Release: t.release("", "", time.Time{})}, nil, in, nil
 	}
 	digests := map[string]lookup{}
 	for _, m := range append([]Target{t}, members...) {
@@ -456,22 +458,9 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, i
 	return ev, f, nil, nil
 }
 
-// follow watches a started rollout to its end, rolls back what is not
-// healthy, and reports. When ctx ends first (the updater is stopping) it
-// returns without a report and leaves the journal entry, so the next run
-// resumes the deploy instead of forgetting it.
-func (p *Pipeline) follow(ctx context.Context, rel Release, resumed bool) Event {
-	ev, final := p.settle(ctx, rel, resumed)
-	if !final {
-		return ev
-	}
-	ev = p.finish(rel, ev, true)
-	p.prune(ctx, ev)
-	return ev
-}
-
-// settle is follow without the report: the outcome, and whether it is
-// final (false when the updater is stopping).
+// settle watches a written rollout to its end and rolls back what is not
+// healthy: the outcome, and whether it is final (false when the updater
+// is stopping or Docker stopped answering; the record then stays).
 func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event, bool) {
 	last := Step{Phase: PhaseRollout, Done: -1}
 	var seen Rollout // the last look: what held the rollout up, at the deadline
@@ -488,6 +477,9 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 	})
 	if ctx.Err() != nil {
 		return stopping(rel, PhaseRollout, resumed), false
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return dockerGone(rel, PhaseRollout, resumed, err), false
 	}
 	ev := Event{Kind: Failed, Phase: PhaseRollout, Reason: why, Resumed: resumed}
 	if err != nil {
@@ -513,7 +505,9 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 			if !p.confirm(ctx) {
 				return stopping(rel, PhaseRollback, resumed), false
 			}
-			if err := p.Services.Rollback(ctx, rel.ServiceID); err != nil {
+			if err := p.Services.Rollback(ctx, rel.ServiceID); errors.Is(err, ErrUnavailable) {
+				return dockerGone(rel, PhaseRollback, resumed, err), false
+			} else if err != nil {
 				ev.Phase, ev.Reason = PhaseRollback, ev.Reason+"; roll back: "+err.Error()
 				break
 			}
@@ -526,6 +520,9 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 		})
 		if ctx.Err() != nil {
 			return stopping(rel, PhaseRollback, resumed), false
+		}
+		if errors.Is(err, ErrUnavailable) {
+			return dockerGone(rel, PhaseRollback, resumed, err), false
 		}
 		switch {
 		case err != nil:
@@ -541,6 +538,15 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 		p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
 	}
 	return ev, true
+}
+
+// dockerGone is the unreported outcome of a rollout (or rollback) that
+// Docker stopped answering about until its deadline: no verdict on the
+// image. The record stays, and the next cycle that reaches Docker follows
+// the deploy on from what Swarm says.
+func dockerGone(rel Release, phase Phase, resumed bool, err error) Event {
+	return Event{Kind: Failed, Release: rel, Phase: phase, Resumed: resumed, waiting: true,
+		Reason: "no outcome yet: Docker did not answer about the rollout; the next cycle follows it on: " + err.Error()}
 }
 
 // watch inspects a rollout every WatchInterval until done says it is

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,7 @@ func (p *Pipeline) deployRelease(ctx context.Context, g []Plan) []Event {
 	if !r.record(ctx, ms) {
 		return r.events
 	}
+	p.deployed(releasesOf(ms)...) // their approvals, if any, are used up now
 	return r.carry(ctx, ms, nil)
 }
 
@@ -101,7 +103,9 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		switch {
 		case i < 0:
 			r.events = append(r.events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true))
+			r.failed = cmp.Or(r.failed, rel.ServiceName) // its group's members written are unwound
 		case m.t.Ref() != rel.Ref:
+			r.failed = cmp.Or(r.failed, rel.ServiceName)
 			// A record is input: one whose image is not what the service
 			// tracks (edited, or the service retargeted since) is never
 			// written to its spec.
@@ -112,15 +116,16 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		}
 	}
 	if len(unwritten) > 0 {
-		// The group's hooks are its lead's, whichever members are left.
-		key := groupKey(unwritten[0].t)
-		var group []Plan
-		for _, t := range targets {
-			if groupKey(t) == key {
-				group = append(group, Plan{Target: t})
+		// The hooks are those of the release's own members, as when it
+		// began (hookOwner over the members that moved): not a member's
+		// that stayed up to date.
+		var own []Plan
+		for _, m := range append(slices.Clone(unwritten), written...) {
+			if m.t.ID != "" {
+				own = append(own, Plan{Target: m.t})
 			}
 		}
-		r.lead = hookOwner(group)
+		r.lead = hookOwner(own)
 	}
 	return r.carry(ctx, unwritten, written)
 }
@@ -168,6 +173,11 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 // group half old, half new, its migration run under this member's old
 // code. Nothing was touched, and the next cycle tries the release again.
 func (r *run) record(ctx context.Context, ms []*member) bool {
+	// A run that waited for its slot may have lost the lease meanwhile:
+	// nothing is recorded or announced then (the holder plans it anew).
+	if !r.p.confirm(ctx) {
+		return false
+	}
 	for i, m := range ms {
 		rel, ev, ok := r.p.begin(ctx, m.t, m.want)
 		if ok {
@@ -249,7 +259,7 @@ func (r *run) prepare(ctx context.Context, ms []*member, hooks bool) bool {
 	// the backup again, not the migration, which has its own record.
 	for _, m := range ms {
 		m.prepared = true
-		if err := p.Journal.Reached(ctx, m.rel, StagePrepared); err != nil {
+		if err := p.Journal.Reached(context.WithoutCancel(ctx), m.rel, StagePrepared); err != nil {
 			p.Log.Warn("note in the deploy record that its hooks ran", "deploy_id", m.rel.ID, "service", m.rel.ServiceName, "err", err)
 		}
 	}
@@ -322,6 +332,9 @@ func (r *run) follow(ctx context.Context, written []*member) bool {
 	for _, m := range written {
 		ev, final := r.p.settle(ctx, m.rel, r.resumed)
 		if !final {
+			if ev.waiting {
+				r.events = append(r.events, ev) // Docker gone: counted, not reported
+			}
 			return false
 		}
 		m.ev = ev
@@ -344,7 +357,10 @@ func (r *run) close(ctx context.Context, written []*member) {
 			ev = p.unwind(ctx, m.rel, fmt.Sprintf("rolled back with its group: %s failed", r.failed))
 			ev.Resumed = r.resumed
 			if ctx.Err() != nil {
-				return // stopping, or the lease lost: the rest resume from their records
+				// Stopping, or the lease lost: the rest resume from their
+				// records; those closed already are outcomes.
+				r.events = append(r.events, closed...)
+				return
 			}
 		}
 		closed = append(closed, p.finish(m.rel, ev, true))

@@ -138,7 +138,11 @@ func (p *Pipeline) prepare(ctx context.Context, t Target, rels []Release, creds 
 		if ev, ok := p.hook(ctx, t, rels, PhaseMigrate, *h.Migrate, migrate, true, creds[migrate], resumed); !ok {
 			return ev, false
 		}
-		if err := p.Migrations.MarkMigrated(ctx, key, rel.To); err != nil {
+		// Recorded even when the updater is stopping or lost the lease
+		// as the job ended: it ran, and must not run again on resume.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := p.Migrations.MarkMigrated(mctx, key, rel.To); err != nil {
 			// The migration ran; carrying on is right. Only a restart before
 			// the update would run it again, and migrations must bear that.
 			p.Log.Error("record migration", "service", t.Name, "to_digest", rel.To, "err", err)

@@ -55,6 +55,8 @@ type flight struct {
 	done chan struct{} // closed when it has ended
 	out  []Event       // its outcomes, set before done is closed
 	lost bool          // it stopped because the lease was lost
+	// resumed is true for a run of records found in flight.
+	resumed bool
 }
 
 // runs is the book of flights; guarded by Pipeline.mu.
@@ -108,15 +110,23 @@ func (p *Pipeline) bound(hooks time.Duration) time.Duration {
 // flight (flightOf); the flight's out is what fn returned.
 func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from map[string]string, ids []string, hooks time.Duration, fn func(ctx context.Context) []Event) (*flight, *flight) {
 	p.mu.Lock()
-	if f := p.claimedBy(keys); f != nil {
-		p.mu.Unlock()
-		return nil, f
+	in := p.claimedBy(keys)
+	if in == nil {
+		in = p.pruningOf(refs)
 	}
-	if f := p.pruningOf(refs); f != nil {
+	if in != nil {
+		// Under the lock that found it: the flight in the way, once it
+		// lands, asks for a check of these tags too.
+		in.stale = true
+		for _, r := range refs {
+			if !slices.Contains(in.refs, r) {
+				in.refs = append(in.refs, r)
+			}
+		}
 		p.mu.Unlock()
-		return nil, f
+		return nil, in
 	}
-	f := &flight{keys: keys, refs: refs, want: want, from: from, ids: ids, slot: make(chan struct{}), done: make(chan struct{}),
+	f := &flight{keys: keys, refs: refs, want: want, from: from, ids: ids, resumed: ids != nil, slot: make(chan struct{}), done: make(chan struct{}),
 		started: p.now(), bound: p.bound(hooks)}
 	p.runs.live = append(p.runs.live, f)
 	p.runs.queued = append(p.runs.queued, f)
@@ -179,6 +189,7 @@ func (p *Pipeline) dispatch() {
 		f := p.runs.queued[0]
 		p.runs.queued = p.runs.queued[1:]
 		p.runs.active++
+		f.started = p.now() // its bound counts from here, not from the queue
 		close(f.slot)
 	}
 }
@@ -196,12 +207,12 @@ func (p *Pipeline) land(f *flight, out []Event) {
 	p.runs.live = slices.DeleteFunc(p.runs.live, func(l *flight) bool { return l == f })
 	p.dispatch()
 	f.out = out
-	stale, again := f.stale, p.again
+	stale, again, refs := f.stale, p.again, slices.Clone(f.refs)
 	p.mu.Unlock()
 	close(f.done)
 	if stale && again != nil {
-		pushes := make([]Push, 0, len(f.refs))
-		for _, r := range f.refs {
+		pushes := make([]Push, 0, len(refs))
+		for _, r := range refs {
 			pushes = append(pushes, PushOf(r))
 		}
 		again(pushes...)

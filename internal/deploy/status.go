@@ -39,10 +39,13 @@ type Running struct {
 	// plus a margin: a run older than that is stuck.
 	Started time.Time
 	Bound   time.Duration
+	// Queued is true while it waits for a slot (DeployConcurrency):
+	// Started is then when it was planned, and it is not stuck.
+	Queued bool
 }
 
 // Stuck reports whether r has run longer than its bounds allow at now.
-func (r Running) Stuck(now time.Time) bool { return now.Sub(r.Started) > r.Bound }
+func (r Running) Stuck(now time.Time) bool { return !r.Queued && now.Sub(r.Started) > r.Bound }
 
 // CycleStats is how one cycle went.
 type CycleStats struct {
@@ -78,7 +81,8 @@ func (p *Pipeline) Status() Status {
 	defer p.mu.Unlock()
 	s := Status{Listed: p.seen.listed, ListErr: p.seen.listErr, Checked: p.seen.checked, Busy: p.seen.busy}
 	for _, f := range p.runs.live {
-		s.Running = append(s.Running, Running{Services: slices.Clone(f.keys), Started: f.started, Bound: f.bound})
+		s.Running = append(s.Running, Running{Services: slices.Clone(f.keys), Started: f.started, Bound: f.bound,
+			Queued: slices.Contains(p.runs.queued, f)})
 	}
 	s.Services = make([]Plan, 0, len(p.seen.plans))
 	for _, pl := range p.seen.plans {
