@@ -250,6 +250,9 @@ func (p *Pipeline) begun(ctx context.Context, id string) {
 func (p *Pipeline) inFlight(plans []Plan, records map[string]Release) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if len(p.runs.live) == 0 && len(records) == 0 {
+		return // the idle cycle: nothing runs, nothing to mark
+	}
 	for i := range plans {
 		pl := &plans[i]
 		id := pl.Target.ID
