@@ -25,7 +25,7 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 	var ns []notify.Named
 	switch s := cfg.Slack; {
 	case s.Token != "":
-		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL, Memo: memo})
+		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL, Memo: memo, SourceHosts: cfg.SourceHosts})
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := bot.Check(cctx)
 		cancel()
@@ -37,7 +37,7 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 		}
 		ns = append(ns, notify.Named{Name: "slack", Notifier: bot})
 	case s.WebhookURL != "":
-		ns = append(ns, notify.Named{Name: "slack", Notifier: slack.NewWebhook(s.WebhookURL)})
+		ns = append(ns, notify.Named{Name: "slack", Notifier: slack.NewWebhook(s.WebhookURL, cfg.SourceHosts...)})
 	}
 	if cfg.Rollbar.Token != "" {
 		rc := a.rollbarConfig()

@@ -35,6 +35,7 @@ type Config struct {
 	DeployConcurrency   int           // UPDATER_DEPLOY_CONCURRENCY: deploys (runs) in flight at once; 1 deploys one after another
 	RegistryTimeout     time.Duration // UPDATER_REGISTRY_TIMEOUT: one digest lookup, retries included
 	InsecureRegistries  []string      // UPDATER_INSECURE_REGISTRIES: registries (lower-case host:port) also reached over plain HTTP; none by default
+	SourceHosts         []string      // UPDATER_SOURCE_HOSTS: hosts (lower-case host[:port]) besides github.com and gitlab.com whose repositories get commit links
 	WatchInterval       time.Duration // UPDATER_WATCH_INTERVAL: how often a rollout is inspected
 	DockerTimeout       time.Duration // UPDATER_DOCKER_TIMEOUT: how long one Docker call may go unanswered
 	LeaseTTL            time.Duration // UPDATER_LEASE_TTL: how long a dead updater's lease blocks another
@@ -211,6 +212,10 @@ func settings() []setting {
 			}
 			c.ReportHookLogs = b
 			return nil
+		}},
+		{"UPDATER_SOURCE_HOSTS", func(c *Config, v string) (err error) {
+			c.SourceHosts, err = parseSourceHosts(v)
+			return err
 		}},
 		{"UPDATER_INSECURE_REGISTRIES", func(c *Config, v string) (err error) {
 			c.InsecureRegistries, err = parseInsecureRegistries(v)
@@ -683,6 +688,36 @@ func parseInsecureRegistries(v string) ([]string, error) {
 	}
 	if len(out) == 0 {
 		return nil, errors.New("lists no registry: " + hint)
+	}
+	return out, nil
+}
+
+// parseSourceHosts reads the hosts whose repositories get commit links:
+// host or host:port, as a source label's URL names them.
+func parseSourceHosts(v string) ([]string, error) {
+	const hint = `use a comma-separated list of hosts, like "gitlab.example.com,git.corp.example:8443" (no scheme or path)`
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		item = strings.ToLower(strings.TrimSpace(item))
+		if item == "" {
+			continue
+		}
+		host := item
+		if h, port, err := net.SplitHostPort(item); err == nil {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return nil, fmt.Errorf("%q: the port is not a number from 1 to 65535: %s", item, hint)
+			}
+			host = h
+		}
+		if net.ParseIP(host) == nil && !hostname.MatchString(host) {
+			return nil, fmt.Errorf("%q is not a host name or IP address: %s", item, hint)
+		}
+		if !slices.Contains(out, item) {
+			out = append(out, item)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("lists no host: " + hint)
 	}
 	return out, nil
 }

@@ -290,6 +290,23 @@ func TestInsecureRegistries(t *testing.T) {
 	}
 }
 
+// UPDATER_SOURCE_HOSTS is a list of hosts, with a port where the source
+// URLs carry one; nothing else is taken.
+func TestSourceHosts(t *testing.T) {
+	got, err := env{"UPDATER_SOURCE_HOSTS": " GitLab.Example.com, git.corp.example:8443,,gitlab.example.com"}.load()
+	if err != nil || !slices.Equal(got.SourceHosts, []string{"gitlab.example.com", "git.corp.example:8443"}) {
+		t.Fatalf("got %q, %v", got.SourceHosts, err)
+	}
+	for _, v := range []string{"https://gitlab.example.com", "gitlab.example.com/group", "bad_host", "git.corp:0", ","} {
+		if _, err := (env{"UPDATER_SOURCE_HOSTS": v}).load(); err == nil || !strings.Contains(err.Error(), "UPDATER_SOURCE_HOSTS") {
+			t.Errorf("%q: %v, want an error naming UPDATER_SOURCE_HOSTS", v, err)
+		}
+	}
+	if c, err := (env{}).load(); err != nil || c.SourceHosts != nil {
+		t.Errorf("default: got %q, %v; want none", c.SourceHosts, err)
+	}
+}
+
 func TestErrorMessage(t *testing.T) {
 	_, err := env{"UPDATER_DEPLOY_TIMEOUT": "10 minutes"}.load()
 	want := `UPDATER_DEPLOY_TIMEOUT="10 minutes": not a duration: use a Go duration between 10s and 24h, like "10m" or "1h30m"`
@@ -383,8 +400,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 44 {
-		t.Errorf("got %d names, want 44: %v", len(names), names)
+	if len(names) != 45 {
+		t.Errorf("got %d names, want 45: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {

@@ -2,6 +2,7 @@ package notify
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/updater-dev/updater/internal/deploy"
@@ -15,10 +16,15 @@ const (
 )
 
 // CommitURL links the image's revision label to the commit, when the
-// source label is a GitHub or GitLab repository URL and the revision
-// looks like a commit hash; "" otherwise, since a guessed link that 404s
-// is worse than none.
-func CommitURL(labels map[string]string) string {
+// source label is a repository URL on github.com, gitlab.com or one of
+// hosts (UPDATER_SOURCE_HOSTS: a GitLab, GitHub Enterprise, Gitea…) and
+// the revision looks like a commit hash; "" otherwise. The host must be
+// one of those exactly: a label is written by whoever builds the image,
+// and a link in a deploy message is trusted by whoever reads it, so
+// "github.evil.example" gets none. A listed host whose name begins with
+// "gitlab." gets GitLab's /-/commit/ path, the others /commit/ (GitHub,
+// Gitea, Forgejo).
+func CommitURL(labels map[string]string, hosts []string) string {
 	rev, src := labels[LabelRevision], labels[LabelSource]
 	if !isHex(rev) || len(rev) < 7 || len(rev) > 64 || src == "" {
 		return ""
@@ -32,13 +38,18 @@ func CommitURL(labels map[string]string) string {
 		return "" // not owner/repo
 	}
 	base := u.Scheme + "://" + u.Host + path
-	switch host := strings.ToLower(u.Hostname()); {
-	case host == "github.com" || strings.HasPrefix(host, "github."):
+	host := strings.ToLower(u.Host)
+	switch {
+	case host == "github.com":
 		return base + "/commit/" + rev
-	case host == "gitlab.com" || strings.HasPrefix(host, "gitlab."):
+	case host == "gitlab.com":
+		return base + "/-/commit/" + rev
+	case !slices.Contains(hosts, host):
+		return ""
+	case strings.HasPrefix(host, "gitlab."):
 		return base + "/-/commit/" + rev
 	}
-	return ""
+	return base + "/commit/" + rev
 }
 
 // Revision is what a deploy is called in an error tracker: the image's

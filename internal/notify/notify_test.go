@@ -448,7 +448,12 @@ func TestCommitURL(t *testing.T) {
 		{"https://github.com/acme/app.git", rev, "https://github.com/acme/app/commit/" + rev},
 		{"https://github.com/acme/app/", rev, "https://github.com/acme/app/commit/" + rev},
 		{"https://gitlab.com/group/sub/app", rev, "https://gitlab.com/group/sub/app/-/commit/" + rev},
-		{"https://gitlab.example.com/g/app", "abc1234", "https://gitlab.example.com/g/app/-/commit/abc1234"},
+		{"https://gitlab.example.com/g/app", "abc1234", "https://gitlab.example.com/g/app/-/commit/abc1234"}, // listed
+		{"https://GIT.corp.example:8443/g/app", rev, "https://GIT.corp.example:8443/g/app/commit/" + rev},    // listed, with its port
+		{"https://git.corp.example/g/app", rev, ""},                                                          // not with another port
+		{"https://github.evil.example/acme/app", rev, ""},                                                    // looks like GitHub, not listed
+		{"https://gitlab.evil.example/acme/app", rev, ""},
+		{"https://github.com.evil.example/acme/app", rev, ""},
 		{"https://bitbucket.org/acme/app", rev, ""}, // not a host we know the commit URL of
 		{"git@github.com:acme/app.git", rev, ""},    // not a URL a browser opens
 		{"https://github.com/acme", rev, ""},        // no repository
@@ -456,7 +461,8 @@ func TestCommitURL(t *testing.T) {
 		{"https://github.com/acme/app", "abc12", ""}, // too short to be a commit
 		{"", rev, ""},
 	} {
-		got := notify.CommitURL(map[string]string{notify.LabelSource: tt.source, notify.LabelRevision: tt.rev})
+		got := notify.CommitURL(map[string]string{notify.LabelSource: tt.source, notify.LabelRevision: tt.rev},
+			[]string{"gitlab.example.com", "git.corp.example:8443"})
 		if got != tt.want {
 			t.Errorf("CommitURL(%q, %q) = %q, want %q", tt.source, tt.rev, got, tt.want)
 		}

@@ -27,6 +27,9 @@ type BotConfig struct {
 	APIURL string
 	// Memo keeps each deploy's message across updater restarts; nil: none.
 	Memo notify.Memo
+	// SourceHosts are the hosts besides github.com and gitlab.com whose
+	// repositories get commit links.
+	SourceHosts []string
 }
 
 // Bot posts one message per deploy with a bot token, edits it as the
@@ -37,6 +40,7 @@ type Bot struct {
 	redact  notify.Redactor
 	now     func() time.Time
 	memo    notify.Memo
+	hosts   []string
 
 	// Only the dispatcher's one worker calls Notify, so these maps need no
 	// lock (see notify.Notifier).
@@ -66,6 +70,7 @@ func NewBot(cfg BotConfig) *Bot {
 		redact:  notify.NewRedactor(cfg.Token),
 		now:     time.Now,
 		memo:    cfg.Memo,
+		hosts:   cfg.SourceHosts,
 		deploys: map[string]*thread{},
 		outages: map[string]time.Time{},
 	}
@@ -104,7 +109,7 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		// A deploy first seen after its start: resumed after a restart,
 		// whose message the memo may know, or one whose start was given up,
 		// which gets a message now.
-		th = &thread{}
+		th = &thread{story: story{hosts: b.hosts}}
 		if e.Resumed && b.memo != nil {
 			if v, ok, err := b.memo.Recall(ctx, e.Release.ID, memoKey); err == nil && ok {
 				th.channel, th.ts, _ = strings.Cut(v, " ")

@@ -43,6 +43,7 @@ const (
 // Applying the same event twice changes nothing, so a retried delivery
 // renders the same message.
 type story struct {
+	hosts []string // UPDATER_SOURCE_HOSTS, for commit links
 	rel   deploy.Release
 	steps []step
 	last  deploy.Event // the latest event applied
@@ -197,7 +198,7 @@ func (s *story) render() (string, []slackgo.Block) {
 	}
 	if rev := r.Labels[notify.LabelRevision]; rev != "" {
 		commit := "`" + esc(rev) + "`"
-		if u := notify.CommitURL(r.Labels); u != "" {
+		if u := notify.CommitURL(r.Labels, s.hosts); u != "" {
 			commit = fmt.Sprintf("<%s|%s>", u, esc(rev[:min(len(rev), 7)]))
 		}
 		fields = append(fields, mrkdwn("*Commit*\n"+commit))

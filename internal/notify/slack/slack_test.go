@@ -357,6 +357,36 @@ func TestWebhookStartAndEndOnly(t *testing.T) {
 	}
 }
 
+// A repository on a host listed in UPDATER_SOURCE_HOSTS gets its commit
+// link in both kinds of message; one on a host that only looks like
+// GitHub's gets none.
+func TestCommitLinkHosts(t *testing.T) {
+	rel := release()
+	rel.Labels[notify.LabelSource] = "https://git.corp.example/acme/shop"
+	fake := newSlack(t)
+	for _, n := range []notify.Notifier{
+		NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL, SourceHosts: []string{"git.corp.example"}}),
+		NewWebhook(fake.WebhookURL, "git.corp.example"),
+	} {
+		notifyAll(t, n, deploy.Event{Kind: deploy.Started, Release: rel})
+	}
+	calls := fake.Accepted()
+	if len(calls) != 2 {
+		t.Fatalf("%d posts, want 2", len(calls))
+	}
+	for _, c := range calls {
+		if !strings.Contains(c.Content(), "https://git.corp.example/acme/shop/commit/0123456789abcdef0123456789abcdef01234567|0123456") {
+			t.Errorf("no commit link to the listed host:\n%s", c.Content())
+		}
+	}
+	rel.Labels[notify.LabelSource] = "https://github.evil.example/acme/shop"
+	s := &story{hosts: []string{"git.corp.example"}}
+	s.apply(deploy.Event{Kind: deploy.Started, Release: rel})
+	if _, blocks := s.render(); strings.Contains(contentOf(t, blocks), "github.evil.example/acme/shop/commit") {
+		t.Error("a commit link to a host that only looks like GitHub's")
+	}
+}
+
 func TestWebhookErrors(t *testing.T) {
 	started := deploy.Event{Kind: deploy.Started, Release: release()}
 	fake := newSlack(t)

@@ -24,6 +24,7 @@ type Webhook struct {
 	client *http.Client
 	redact notify.Redactor
 	now    func() time.Time
+	hosts  []string // for commit links
 
 	// Only the dispatcher's one worker calls Notify: no lock needed.
 	outages map[string]time.Time
@@ -33,10 +34,11 @@ type Webhook struct {
 var _ notify.Notifier = (*Webhook)(nil)
 
 // NewWebhook returns a Webhook posting to url, which is a secret: it
-// never appears in an error.
-func NewWebhook(url string) *Webhook {
+// never appears in an error. sourceHosts are the hosts besides github.com
+// and gitlab.com whose repositories get commit links.
+func NewWebhook(url string, sourceHosts ...string) *Webhook {
 	return &Webhook{url: url, client: &http.Client{Timeout: 30 * time.Second}, redact: notify.NewRedactor(url),
-		now: time.Now, outages: map[string]time.Time{}, steps: map[string]*story{}}
+		now: time.Now, hosts: sourceHosts, outages: map[string]time.Time{}, steps: map[string]*story{}}
 }
 
 // Notify posts for the start and the end of a deploy and for outages.
@@ -85,7 +87,7 @@ func (w *Webhook) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 func (w *Webhook) story(e deploy.Event) *story {
 	s := w.steps[e.Release.ID]
 	if s == nil {
-		s = &story{}
+		s = &story{hosts: w.hosts}
 		w.steps[e.Release.ID] = s
 	}
 	return s
