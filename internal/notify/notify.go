@@ -6,8 +6,10 @@ package notify
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -205,6 +207,19 @@ func (w *worker) run(ctx context.Context) {
 	}
 }
 
+// notify is one attempt; a notifier that panics fails the attempt, with
+// an ERROR line (Rollbar's own client reports it), and the worker goes on
+// with the next event instead of taking the process down.
+func (w *worker) notify(ctx context.Context, e deploy.Event) (retry bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			w.log.Error("panic: a notification stopped", "deploy_id", e.Release.ID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			retry, err = false, fmt.Errorf("the notifier panicked: %v", v)
+		}
+	}()
+	return w.n.Notify(ctx, e)
+}
+
 // deliver tries e until it is delivered or given up. It returns false
 // only when shutdown cut it short.
 func (w *worker) deliver(ctx context.Context, e deploy.Event) bool {
@@ -215,7 +230,7 @@ func (w *worker) deliver(ctx context.Context, e deploy.Event) bool {
 	start := time.Now()
 	for i := 1; ; i++ {
 		actx, cancel := context.WithTimeout(ctx, w.policy.Timeout)
-		retry, err := w.n.Notify(actx, e)
+		retry, err := w.notify(actx, e)
 		cancel()
 		if errors.Is(err, ErrSkipped) {
 			return true

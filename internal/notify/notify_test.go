@@ -479,3 +479,30 @@ func TestRevision(t *testing.T) {
 		t.Errorf("with a label: %q", got)
 	}
 }
+
+type panicky struct{ calls int }
+
+func (p *panicky) Notify(context.Context, deploy.Event) (bool, error) {
+	p.calls++
+	if p.calls == 1 {
+		panic("injected")
+	}
+	return false, nil
+}
+
+// A notifier that panics fails that attempt, logged at ERROR; the worker
+// goes on with the next event, and the process with it.
+func TestDispatcherSurvivesAPanickingNotifier(t *testing.T) {
+	var buf bytes.Buffer // written by the one worker, read after Close
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	n := &panicky{}
+	d := notify.NewDispatcher(log, notify.Policy{Attempts: 1}, notify.Named{Name: "p", Notifier: n})
+	d.Report(deploy.Event{Kind: deploy.Started, Release: deploy.Release{ID: "a"}})
+	d.Report(deploy.Event{Kind: deploy.Started, Release: deploy.Release{ID: "b"}})
+	if err := d.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n.calls != 2 || !strings.Contains(buf.String(), `"msg":"panic: a notification stopped"`) {
+		t.Errorf("calls %d, log %s: want both events tried, the panic logged", n.calls, buf.String())
+	}
+}
