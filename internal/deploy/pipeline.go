@@ -166,8 +166,14 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 				dockerErr = p.runErr
 			}
 			p.runErr = nil
+			running := len(p.runs.live) > 0
 			p.mu.Unlock()
-			p.track("docker", "", dockerErr)
+			// A cycle that saw no failure does not clear the count while
+			// runs are in flight: one of them (this cycle's own, perhaps)
+			// may yet fail its write, and is counted with the next cycle.
+			if dockerErr != nil || !running {
+				p.track("docker", "", dockerErr)
+			}
 		}
 	}()
 	var records map[string]Release
