@@ -404,8 +404,9 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, i
 	}()
 	p.setBusy(p.now())
 	defer p.setBusy(time.Time{})
+	var left []Release // records no run owned: resumed now, or waiting
 	if !p.DryRun {
-		if _, err := p.resume(ctx, base); err != nil {
+		if _, left, err = p.resumeAll(ctx, base); err != nil {
 			return Event{}, nil, nil, err
 		}
 	}
@@ -430,6 +431,17 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, i
 	p.mu.Unlock()
 	if in != nil {
 		return Event{Release: t.release("", "", time.Time{})}, nil, in, nil
+	}
+	// A record in flight of the service or its group that no run carries
+	// on now (its resume could not, and has ended): deploying beside it
+	// would make two deploys of one service. The next cycle carries it on.
+	for _, m := range members {
+		if i := slices.IndexFunc(left, func(r Release) bool { return r.ServiceID == m.ID }); i >= 0 {
+			rec := left[i]
+			ev := Event{Kind: Failed, Release: t.release("", "", time.Time{}), Phase: PhaseUpdate,
+				Reason: fmt.Sprintf("no outcome yet: deploy %s of %s is in flight (recorded in Swarm) and could not be carried on now (Docker not answering); the next cycle carries it on", rec.ID, m.Name)}
+			return ev, nil, nil, nil
+		}
 	}
 	digests := map[string]lookup{}
 	for _, m := range append([]Target{t}, members...) {
@@ -633,14 +645,21 @@ func (p *Pipeline) end(rel Release) {
 // It returns every record in flight, by service ID, for the plans to show
 // those services as deploying. Runs live on base.
 func (p *Pipeline) resume(ctx, base context.Context) (map[string]Release, error) {
-	records, left, err := p.leftBehind(ctx)
+	records, _, err := p.resumeAll(ctx, base)
+	return records, err
+}
+
+// resumeAll is resume, also returning the records no run owned when read
+// (those it started runs for, or left for a run in their way).
+func (p *Pipeline) resumeAll(ctx, base context.Context) (records map[string]Release, left []Release, err error) {
+	records, left, err = p.leftBehind(ctx)
 	if err != nil || len(left) == 0 {
-		return records, err
+		return records, left, err
 	}
 	if err := p.resumeLeft(ctx, base, left); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return records, nil
+	return records, left, nil
 }
 
 // leftBehind reads the records in flight: all of them by service ID, and
