@@ -38,7 +38,7 @@ E2E_LOGS ?= bin/e2e-logs
 # The multi-arch image's check is its own run after the suite, so its
 # three cross-compiles don't compete with the suite's timed waits.
 e2e: ## end-to-end tests: real dockerd in swarm mode, real registry; then the multi-arch image pulled by dockerd
-	test/e2e/matrix.sh log $(E2E_LOGS)/host.log env E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 20m -v -skip MultiNode ./test/e2e/
+	test/e2e/matrix.sh log $(E2E_LOGS)/host.log env E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 35m -v -skip MultiNode ./test/e2e/
 	E2E_REQUIRED=1 $(GO) test -tags e2e -count=1 -timeout 10m -v -run TestRealImage ./scripts/multiarch/
 
 # Its own go test run, after e2e: making the 2-node swarm re-initialises
