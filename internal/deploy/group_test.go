@@ -273,17 +273,7 @@ func TestResumeGroupAsOneRelease(t *testing.T) {
 			w.targets[0].Image = pinned(newD) // web's write landed before the updater died
 			// Swarm's answer follows each spec; the worker's new version
 			// never turns healthy when it fails.
-			w.services.UpdateFn = func(_ context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				w.updates = append(w.updates, update{image, c})
-				for i := range w.targets {
-					if w.targets[i].ID == tg.ID {
-						w.targets[i].Image = image
-					}
-				}
-				return nil
-			}
+			w.writesLand()
 			w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
 				w.mu.Lock()
 				defer w.mu.Unlock()

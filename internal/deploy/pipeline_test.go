@@ -1103,3 +1103,19 @@ func TestCycleDockerWriteOutageCountsCycles(t *testing.T) {
 		t.Fatalf("updates %v without a record", w.updates)
 	}
 }
+
+// writesLand makes a spec write take effect: the target's image is what
+// was written, as Swarm's spec would be.
+func (w *world) writesLand() {
+	w.services.UpdateFn = func(_ context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.updates = append(w.updates, update{image, c})
+		for i := range w.targets {
+			if w.targets[i].ID == tg.ID {
+				w.targets[i].Image = image
+			}
+		}
+		return nil
+	}
+}

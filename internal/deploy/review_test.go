@@ -150,17 +150,7 @@ func TestReviewApprovalUsedUpByAPruneBegunDuringGate(t *testing.T) {
 	w.digests[ref] = newD
 	w.digests["127.0.0.1:5000/app:2"] = newD
 	w.digests["127.0.0.1:5000/other:1"] = oldD
-	w.services.UpdateFn = func(_ context.Context, tg deploy.Target, image string, _ deploy.Credentials) error {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		w.updates = append(w.updates, update{image: image})
-		for i := range w.targets {
-			if w.targets[i].ID == tg.ID {
-				w.targets[i].Image = image
-			}
-		}
-		return nil
-	}
+	w.writesLand()
 	w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
 		w.mu.Lock()
 		defer w.mu.Unlock()
