@@ -25,6 +25,9 @@ type Release struct {
 	// Stage is how far the deploy got, as its record says: read back with
 	// it, noted by Journal.Reached.
 	Stage Stage `json:"-"`
+	// StageAt is when the record last noted its stage, on the managers'
+	// clock; zero when unknown.
+	StageAt time.Time `json:"-"`
 }
 
 // Stage is how far a deploy in flight got, kept in its record so that a
@@ -35,6 +38,9 @@ type Stage string
 const (
 	StageRecorded Stage = ""         // recorded and announced; nothing else done
 	StagePrepared Stage = "prepared" // its hooks (backup, migration) ran: not again
+	// StageBaking: the rollout was judged healthy (and probed) and the
+	// bake began at Release.StageAt: a resumed run bakes what is left.
+	StageBaking Stage = "baking"
 )
 
 // Kind is what happened to a deploy.
@@ -67,6 +73,8 @@ const (
 	PhaseMigrate  Phase = "migrate"  // the migration hook, in the new image
 	PhaseUpdate   Phase = "update"   // the spec write itself
 	PhaseRollout  Phase = "rollout"  // Swarm replacing tasks
+	PhaseProbe    Phase = "probe"    // the new tasks probed (updater.probe.*)
+	PhaseBake     Phase = "bake"     // watched for updater.bake after the rollout
 	PhaseRollback Phase = "rollback" // returning to the previous version
 )
 

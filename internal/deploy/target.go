@@ -27,7 +27,13 @@ type Target struct {
 	Healthcheck bool
 	// Hooks are read from the service's labels; HooksErr says why they
 	// could not be, and then the service is not deployed.
-	Hooks    Hooks
+	Hooks Hooks
+	// Probe and Bake are what the rollout must also pass once Swarm says
+	// it is done (verify.go): nil and 0 when not labelled.
+	Probe *Probe
+	Bake  time.Duration
+	// HooksErr says why its labels (hooks, probe, bake) could not be
+	// read; the service is then not deployed.
 	HooksErr error
 }
 

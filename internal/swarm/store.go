@@ -300,6 +300,7 @@ func (s *Swarm) InFlight(ctx context.Context) ([]deploy.Release, error) {
 		}
 		r.Recorded = c.CreatedAt
 		r.Stage = deploy.Stage(c.Spec.Labels[stageLabel])
+		r.StageAt = c.UpdatedAt // a record changes only when Reached notes a stage
 		out = append(out, r)
 	}
 	s.setAside(aside)
