@@ -60,6 +60,10 @@ type Config struct {
 	// _DISTRIBUTION, or their _FILE twins): each overrides WebhookSecret for
 	// its source, so whoever sees one registry's secret can't pose as another.
 	WebhookSecretGitHub, WebhookSecretDockerHub, WebhookSecretDistribution string
+	// URL (UPDATER_URL), when set, makes the CLI's check, deploy, approve
+	// and reject ask the running updater's API there, with APIToken,
+	// instead of acting on Docker themselves. A base URL, ending in "/".
+	URL string
 
 	Prune Prune // UPDATER_PRUNE*: removing the images deploys made unused, on every node
 
@@ -239,6 +243,10 @@ func settings() []setting {
 		}},
 		{"UPDATER_LISTEN", func(c *Config, v string) (err error) {
 			c.Listen, err = parseListen(v)
+			return err
+		}},
+		{"UPDATER_URL", func(c *Config, v string) (err error) {
+			c.URL, err = parseURL(v, true, `the running updater's address, like "http://127.0.0.1:8080"`)
 			return err
 		}},
 		{"UPDATER_API_TOKEN", func(c *Config, v string) (err error) {
@@ -471,6 +479,9 @@ func (c Config) check(given map[string]bool) []error {
 					"since the registry that holds the webhook secret must not get to approve or start deploys"})
 			}
 		}
+	}
+	if c.URL != "" && c.APIToken == "" {
+		errs = append(errs, &Error{Var: "UPDATER_URL", Value: c.URL, Reason: "is set without UPDATER_API_TOKEN: the running updater's API takes its token (set UPDATER_API_TOKEN or UPDATER_API_TOKEN_FILE)"})
 	}
 	switch {
 	case c.APIReadToken != "" && c.APIToken == "":

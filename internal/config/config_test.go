@@ -327,7 +327,7 @@ func TestUnknown(t *testing.T) {
 		// The environment is case-sensitive, so this one would otherwise be ignored.
 		{"updater_dry_run", "updater_dry_run is not a known setting; did you mean UPDATER_DRY_RUN?"},
 		{"UPDATER_PASSWORD", "UPDATER_PASSWORD is not a known setting; known settings: " + strings.Join(Names(), ", ")},
-		{"UPDATER_", "UPDATER_ is not a known setting; known settings: " + strings.Join(Names(), ", ")},
+		{"UPDATER_", "UPDATER_ is not a known setting; did you mean UPDATER_URL?"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -400,8 +400,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 45 {
-		t.Errorf("got %d names, want 45: %v", len(names), names)
+	if len(names) != 46 {
+		t.Errorf("got %d names, want 46: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
@@ -615,6 +615,11 @@ func TestHTTPSettings(t *testing.T) {
 			return c.APIReadToken == "read-token-0123456789" && c.WebhookSecretGitHub == "github-secret-0123456789" &&
 				c.WebhookSecretDockerHub == "hub-secret-0123456789" && c.WebhookSecretDistribution == "dist-secret-0123456789" && c.WebhookSecret == ""
 		}},
+		{"the running updater's URL", env{"UPDATER_URL": "http://127.0.0.1:8080", "UPDATER_API_TOKEN": apiToken}, func(c Config) bool {
+			return c.URL == "http://127.0.0.1:8080/" && c.APIToken == apiToken
+		}},
+		{"the running updater's URL under a path", env{"UPDATER_URL": "https://ops.example.com/updater/", "UPDATER_API_TOKEN": apiToken},
+			func(c Config) bool { return c.URL == "https://ops.example.com/updater/" }},
 		{"approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "72h"}, func(c Config) bool { return c.ApprovalTimeout == 72*time.Hour }},
 		{"shortest approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "1m"}, func(c Config) bool { return c.ApprovalTimeout == time.Minute }},
 		{"longest approval timeout", env{"UPDATER_APPROVAL_TIMEOUT": "720h"}, func(c Config) bool { return c.ApprovalTimeout == 720*time.Hour }},
@@ -669,6 +674,10 @@ func TestHTTPSettingsInvalid(t *testing.T) {
 			`UPDATER_APPROVAL_TIMEOUT="30s": out of range: use a Go duration between 1m and 720h, like "24h" or "72h"`},
 		{"approval timeout in days", env{"UPDATER_APPROVAL_TIMEOUT": "2d"}, "UPDATER_APPROVAL_TIMEOUT",
 			`UPDATER_APPROVAL_TIMEOUT="2d": not a duration: use a Go duration between 1m and 720h, like "24h" or "72h"`},
+		{"URL without the API token", env{"UPDATER_URL": "http://127.0.0.1:8080"}, "UPDATER_URL",
+			`UPDATER_URL="http://127.0.0.1:8080/": is set without UPDATER_API_TOKEN: the running updater's API takes its token (set UPDATER_API_TOKEN or UPDATER_API_TOKEN_FILE)`},
+		{"URL without a scheme", env{"UPDATER_URL": "127.0.0.1:8080", "UPDATER_API_TOKEN": apiToken}, "UPDATER_URL",
+			`UPDATER_URL="127.0.0.1:8080": not an http(s) URL: use the running updater's address, like "http://127.0.0.1:8080"`},
 		{"typo", env{"UPDATER_API_TOKN": apiToken}, "UPDATER_API_TOKN",
 			"UPDATER_API_TOKN is not a known setting; did you mean UPDATER_API_TOKEN?"},
 	}
