@@ -47,12 +47,65 @@ type pageData struct {
 	ReadyText string
 	Checked   string
 	Services  []Service
-	Pending   []deploy.Approval
+	Pending   []pendingApproval
 	Decided   []deploy.Approval
 	Deploys   []Deploy
 	Message   string
 	// CanDecide is false for the read-only token: no buttons.
 	CanDecide bool
+	// Rendered is when the server rendered the page: the script's
+	// staleness line counts from the last page it got.
+	Rendered time.Time
+	Script   template.JS
+}
+
+// pendingApproval is an approval waiting for a person, with what the
+// updater saw of its digest elsewhere: the same tag in one stack is often
+// on several services, and a digest that one of them just rolled back is
+// something to know before pressing Approve on another.
+type pendingApproval struct {
+	deploy.Approval
+	Warning string
+}
+
+// approvalWarning says whether the digest a waits for failed or was
+// rolled back on another service of its stack since the updater started,
+// the newest such deploy first: which service, when it ended, and the
+// first line of its reason. "" when none did.
+func approvalWarning(a deploy.Approval, deploys []Deploy) string {
+	if a.Stack == "" {
+		return ""
+	}
+	for _, d := range deploys { // newest first
+		if d.ServiceID == a.ServiceID || d.Stack != a.Stack || d.To != a.To {
+			continue
+		}
+		var what string
+		switch d.State {
+		case string(deploy.OutcomeRolledBack):
+			what = "was rolled back on"
+		case string(deploy.OutcomeFailed):
+			what = "failed on"
+		default:
+			continue
+		}
+		w := fmt.Sprintf("This digest %s %s, another service of stack %s, at %s", what, d.ServiceName, d.Stack,
+			d.Started.Add(d.Duration).UTC().Format("2006-01-02 15:04:05Z"))
+		if line, _, _ := strings.Cut(strings.TrimSpace(d.Reason), "\n"); line != "" {
+			w += ": " + truncate(line, 200)
+		}
+		return w + "."
+	}
+	return ""
+}
+
+// truncate cuts s to at most n runes, marking the cut.
+func truncate(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n]) + "…"
 }
 
 // page wraps a status page handler. A browser is asked for the API token
@@ -64,7 +117,10 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Nobody may frame the page: a framed approve button could be
 		// clicked by someone who thinks they click something else.
-		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+		// The one script that may run is the page's own refresh (by its
+		// hash), and it may only fetch the page again.
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src "+pageScriptSource()+
+			"; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		w.Header().Set("X-Frame-Options", "DENY")
 		w.Header().Set("Cache-Control", "no-store")
 		if s.cfg.APIToken == "" {
@@ -106,16 +162,17 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	}
 	d := pageData{Version: s.cfg.Version, Ready: ready, ReadyText: why, Services: s.services(),
 		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: outcomeMessage(r.URL.Query()),
-		CanDecide: sameSecret(token(r), s.cfg.APIToken)}
+		CanDecide: sameSecret(token(r), s.cfg.APIToken), Rendered: s.cfg.Now(), Script: pageScriptJS}
+	all := s.recent()
 	for _, a := range s.cfg.Pipeline.Approvals() {
 		switch {
 		case a.State == deploy.ApprovalPending:
-			d.Pending = append(d.Pending, a)
+			d.Pending = append(d.Pending, pendingApproval{Approval: a, Warning: approvalWarning(a, all)})
 		case len(d.Decided) < statusPageLimit:
 			d.Decided = append(d.Decided, a)
 		}
 	}
-	d.Deploys = s.recent()
+	d.Deploys = all
 	if len(d.Deploys) > statusPageLimit {
 		d.Deploys = d.Deploys[:statusPageLimit]
 	}

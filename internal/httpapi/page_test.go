@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"net/http"
 	"net/http/httptest"
@@ -59,7 +60,7 @@ func TestStatusPageRenders(t *testing.T) {
 			t.Errorf("page lacks %q", want)
 		}
 	}
-	if strings.Contains(body, "<script>") {
+	if strings.Contains(body, "<script>alert") || strings.Count(body, "<script") != 1 {
 		t.Error("the page shows a reason unescaped")
 	}
 	for _, h := range []string{"Content-Security-Policy", "X-Frame-Options"} {
@@ -160,5 +161,79 @@ func TestStatusPageButtons(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "approve 0a1b2c,reject 0a1b2c" {
 		t.Fatalf("decisions %v: the cross-site posts must not reach them", got)
+	}
+}
+
+// The page's one script, its refresh, is allowed by its hash: the browser
+// runs it (the hash matches what the page carries byte for byte) and would
+// run no other. The refreshed part and the staleness line are there.
+func TestStatusPageScriptAllowedByHash(t *testing.T) {
+	r := newRig(t)
+	rec := r.do(browser("GET", "/"))
+	body := rec.Body.String()
+	_, script, ok := strings.Cut(body, "<script>")
+	script, _, ok2 := strings.Cut(script, "</script>")
+	if !ok || !ok2 || script == "" {
+		t.Fatal("the page has no script")
+	}
+	sum := sha256.Sum256([]byte(script))
+	src := "script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "';"
+	if csp := rec.Header().Get("Content-Security-Policy"); !strings.Contains(csp, src) || strings.Contains(csp, "unsafe-inline'; connect") ||
+		!strings.Contains(csp, "connect-src 'self'") {
+		t.Fatalf("CSP %q does not allow the page's script by its hash (%s) alone", csp, src)
+	}
+	for _, want := range []string{`<p id="stale" role="status" hidden></p>`, `<div id="live">`, `<noscript><meta http-equiv="refresh"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
+
+// A pending approval of a digest that failed or was rolled back on another
+// service of the same stack says so next to its buttons: which service,
+// when, the reason's first line, escaped. A success, another stack, another
+// digest or the service itself say nothing.
+func TestStatusPageApprovalWarning(t *testing.T) {
+	r := newRig(t)
+	pending := deploy.Approval{ID: "0a1b2c", ServiceID: "svc1", ServiceName: "web", Stack: "site", Ref: "r.example/web:1",
+		From: oldD, To: newD, State: deploy.ApprovalPending, Requested: r.now, Expires: r.now.Add(time.Hour)}
+	quiet := deploy.Approval{ID: "3d4e5f", ServiceID: "svc3", ServiceName: "api", Stack: "other", Ref: "r.example/web:1",
+		From: oldD, To: newD, State: deploy.ApprovalPending, Requested: r.now, Expires: r.now.Add(time.Hour)}
+	r.pipeline.ApprovalsFn = func() []deploy.Approval { return []deploy.Approval{pending, quiet} }
+	report := func(id, svcID, name, stack, to string, ev deploy.Event) {
+		rel := deploy.Release{ID: id, ServiceID: svcID, ServiceName: name, Stack: stack, To: to, Started: r.now.Add(-time.Minute)}
+		r.history.Report(deploy.Event{Kind: deploy.Started, Release: rel})
+		ev.Release = rel
+		r.history.Report(ev)
+	}
+	// What must not warn: the other stack's failure, another digest's,
+	// the service's own, a success on a sibling.
+	report("e1", "svc9", "worker", "elsewhere", newD, deploy.Event{Kind: deploy.Failed, RolledBack: true, Reason: "other stack"})
+	report("e2", "svc2", "worker", "site", oldD, deploy.Event{Kind: deploy.Failed, Reason: "other digest"})
+	report("e3", "svc1", "web", "site", newD, deploy.Event{Kind: deploy.Failed, Reason: "its own"})
+	report("e4", "svc4", "cron", "site", newD, deploy.Event{Kind: deploy.Succeeded})
+	body := r.do(browser("GET", "/")).Body.String()
+	if strings.Contains(body, `class="warn"`) {
+		t.Fatalf("a warning without a sibling's failure:\n%s", body)
+	}
+
+	report("e5", "svc2", "worker<b>", "site", newD, deploy.Event{Kind: deploy.Failed, RolledBack: true, Duration: 30 * time.Second,
+		Reason: "task failed its health check: <exit 1>\nsecond line stays out"})
+	body = r.do(browser("GET", "/")).Body.String()
+	card, _, _ := strings.Cut(body[strings.Index(body, `id="approval-0a1b2c"`):], "</div>")
+	want := `<p class="warn" role="alert">This digest was rolled back on worker&lt;b&gt;, another service of stack site, at ` +
+		r.now.Add(-30*time.Second).UTC().Format("2006-01-02 15:04:05Z") + `: task failed its health check: &lt;exit 1&gt;.</p>`
+	if !strings.Contains(card, want) {
+		t.Fatalf("the approval card lacks\n%s\n%s", want, card)
+	}
+	if strings.Index(card, want) > strings.Index(card, `action="/ui/deploys/0a1b2c/approve"`) {
+		t.Error("the warning comes after the Approve button")
+	}
+	if strings.Contains(card, "second line") {
+		t.Error("the warning shows more than the reason's first line")
+	}
+	other, _, _ := strings.Cut(body[strings.Index(body, `id="approval-3d4e5f"`):], "</div>")
+	if strings.Contains(other, `class="warn"`) {
+		t.Error("another stack's approval warns of this stack's rollback")
 	}
 }
