@@ -20,7 +20,7 @@ import (
 	"time"
 )
 
-// endpoint is one row of the README's socket proxy table.
+// endpoint is one row of docs/socket-proxy.md's endpoint table.
 type endpoint struct {
 	methods []string
 	path    string // with {id} and {name} placeholders
@@ -29,11 +29,12 @@ type endpoint struct {
 
 func (e endpoint) String() string { return strings.Join(e.methods, ",") + " " + e.path }
 
-// readmeEndpoints reads the allowlist from the README, so the documented
-// list and the tested one cannot drift apart.
+// readmeEndpoints reads the allowlist from docs/socket-proxy.md (the
+// README links it), so the documented list and the tested one cannot
+// drift apart.
 func readmeEndpoints(t testing.TB) []endpoint {
 	t.Helper()
-	f, err := os.Open(repoRoot(t) + "/README.md")
+	f, err := os.Open(repoRoot(t) + "/docs/socket-proxy.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func readmeEndpoints(t testing.TB) []endpoint {
 	for sc.Scan() {
 		line := sc.Text()
 		if strings.HasPrefix(line, "## ") {
-			in = strings.HasPrefix(line, "## Least privilege")
+			in = strings.HasPrefix(line, "## The endpoints")
 			continue
 		}
 		m := row.FindStringSubmatch(line)
@@ -62,7 +63,7 @@ func readmeEndpoints(t testing.TB) []endpoint {
 		out = append(out, e)
 	}
 	if len(out) < 10 {
-		t.Fatalf("found %d endpoint rows in the README's least-privilege table: the section or its format changed", len(out))
+		t.Fatalf("found %d endpoint rows in docs/socket-proxy.md's endpoint table: the section or its format changed", len(out))
 	}
 	return out
 }
@@ -100,7 +101,7 @@ func newAllowProxy(t testing.TB, allow []endpoint) *allowProxy {
 		if i < 0 {
 			p.refused = append(p.refused, r.Method+" "+r.URL.Path)
 			p.mu.Unlock()
-			http.Error(w, `{"message":"refused by the e2e socket proxy: not in the README's allowlist"}`, http.StatusForbidden)
+			http.Error(w, `{"message":"refused by the e2e socket proxy: not in docs/socket-proxy.md's allowlist"}`, http.StatusForbidden)
 			return
 		}
 		p.used[p.allow[i].String()]++
@@ -127,7 +128,7 @@ func (p *allowProxy) cutWrites(serviceID string) { p.mu.Lock(); p.cut = serviceI
 func (p *allowProxy) cutCount() int { p.mu.Lock(); defer p.mu.Unlock(); return p.cuts }
 
 // The updater does all its work through a socket proxy that allows only
-// the README's endpoints: a deploy with hooks, a rollback, a restart in
+// docs/socket-proxy.md's endpoints: a deploy with hooks, a rollback, a restart in
 // the middle of a deploy, and a connection cut at the spec write.
 func TestSocketProxyAllowlist(t *testing.T) {
 	const stack, repo = "e2esock", "e2e/sock"
@@ -217,7 +218,7 @@ func TestSocketProxyAllowlist(t *testing.T) {
 	proxy.mu.Lock()
 	defer proxy.mu.Unlock()
 	if len(proxy.refused) > 0 {
-		t.Errorf("the updater needed endpoints the README does not list: %v", proxy.refused)
+		t.Errorf("the updater needed endpoints docs/socket-proxy.md does not list: %v", proxy.refused)
 	}
 	var unused, used []string
 	for _, e := range allow {
@@ -230,6 +231,6 @@ func TestSocketProxyAllowlist(t *testing.T) {
 	sort.Strings(used)
 	t.Logf("endpoints used: %s", strings.Join(used, "; "))
 	if len(unused) > 0 {
-		t.Errorf("the README lists endpoints the updater did not use: %v", unused)
+		t.Errorf("docs/socket-proxy.md lists endpoints the updater did not use: %v", unused)
 	}
 }
