@@ -65,6 +65,7 @@ type Keeper struct {
 	seenAt  time.Time // when that version was first read
 	known   bool      // whether a first answer has been logged
 	logged  bool      // the answer logged last: acting or standing by
+	other   string    // while standing by, the holder named in the log
 }
 
 func (k *Keeper) now() time.Time {
@@ -126,7 +127,7 @@ func (k *Keeper) Acquire(ctx context.Context) {
 		return
 	}
 	if st.Version != "" && st.Holder != k.Holder && !k.unrenewed(st) {
-		k.settle(false)
+		k.settle(false, st.Holder)
 		return
 	}
 	sent := k.now()
@@ -136,12 +137,17 @@ func (k *Keeper) Acquire(ctx context.Context) {
 		k.Log.Debug("renew lease", "err", err)
 		return
 	}
+	other := ""
 	if ok {
 		k.mu.Lock()
 		k.renewed = sent
 		k.mu.Unlock()
+	} else if now, err := k.Lease.ReadLease(ctx); err == nil {
+		// Another updater wrote between the read and the write: the log
+		// names it, not the holder read before (or none).
+		other = now.Holder
 	}
-	k.settle(ok)
+	k.settle(ok, other)
 }
 
 // unrenewed reports whether st, another holder's lease, has gone
@@ -158,14 +164,18 @@ func (k *Keeper) unrenewed(st LeaseState) bool {
 }
 
 // settle records whether the lease is this updater's after an attempt and
-// logs a change.
-func (k *Keeper) settle(ok bool) {
+// logs a change: taken, lost, or held by another holder than the one
+// named last. Both lines name the holder, so an operator looking at a
+// standby's log finds which updater acts ("" when it could not be read).
+func (k *Keeper) settle(ok bool, other string) {
 	k.mu.Lock()
 	if !ok {
 		k.renewed = time.Time{} // another holder's now: no margin left to wait out
+	} else {
+		other = ""
 	}
-	changed := !k.known || k.logged != ok
-	k.known, k.logged = true, ok
+	changed := !k.known || k.logged != ok || other != k.other
+	k.known, k.logged, k.other = true, ok, other
 	k.mu.Unlock()
 	if !changed {
 		return
@@ -173,7 +183,7 @@ func (k *Keeper) settle(ok bool) {
 	if ok {
 		k.Log.Info("lease taken: this updater acts", "holder", k.Holder)
 	} else {
-		k.Log.Warn("lease held by another updater: standing by", "holder", k.Holder)
+		k.Log.Warn("lease held by another updater: standing by", "holder", other, "self", k.Holder)
 	}
 }
 

@@ -407,3 +407,61 @@ func startRun(t *testing.T, w *world, ctx context.Context) {
 	}
 	w.p.Wait()
 }
+
+// standbyLines are the standby lines a keeper logged, each as the holder
+// it names.
+type standbyLines struct {
+	mu      sync.Mutex
+	holders []string
+}
+
+func (s *standbyLines) Enabled(context.Context, slog.Level) bool { return true }
+func (s *standbyLines) WithAttrs([]slog.Attr) slog.Handler       { return s }
+func (s *standbyLines) WithGroup(string) slog.Handler            { return s }
+func (s *standbyLines) Handle(_ context.Context, r slog.Record) error {
+	if !strings.Contains(r.Message, "standing by") {
+		return nil
+	}
+	holder, self := "<none>", ""
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "holder":
+			holder = a.Value.String()
+		case "self":
+			self = a.Value.String()
+		}
+		return true
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holders = append(s.holders, holder+" (self "+self+")")
+	return nil
+}
+
+// The standby line names the updater that holds the lease, once per
+// holder: not again at each renewal, again when another one takes it,
+// and the one that won a race for the write, not the one read before it.
+func TestKeeperStandbyNamesHolder(t *testing.T) {
+	lease := &fakeLease{}
+	clock := &fakeClock{t: time.Unix(1_000_000, 0)}
+	lines := &standbyLines{}
+	a, c := keeper(lease, "a", time.Minute, clock), keeper(lease, "c", time.Minute, clock)
+	b := keeper(lease, "b", time.Minute, clock)
+	b.Log = slog.New(lines)
+	a.Acquire(t.Context())
+	b.Acquire(t.Context())
+	b.Acquire(t.Context())
+	// a goes, and while b writes over the released lease c's write lands first.
+	if err := lease.Release(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	lease.during = func() { lease.during = nil; c.Acquire(t.Context()) }
+	b.Acquire(t.Context())
+	b.Acquire(t.Context())
+	if b.Held() || !c.Held() {
+		t.Fatalf("held: b=%v c=%v, want c", b.Held(), c.Held())
+	}
+	if want := []string{"a (self b)", "c (self b)"}; !slices.Equal(lines.holders, want) {
+		t.Errorf("standby lines name %q, want %q", lines.holders, want)
+	}
+}
