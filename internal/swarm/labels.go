@@ -13,6 +13,7 @@ import (
 	"unicode"
 
 	"github.com/kballard/go-shellquote"
+	"github.com/moby/moby/api/types/swarm"
 
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/imageref"
@@ -58,7 +59,9 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	known := map[string]bool{optIn: true}
 	for _, l := range []string{labelBackupImage, labelBackupCommand, labelBackupMounts, labelBackupEnv, labelBackupSchedule,
-		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelApprove} {
+		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelApprove,
+		deploy.LabelProbeURL, deploy.LabelProbeNetwork, deploy.LabelProbeExpect, deploy.LabelProbeCount,
+		deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake} {
 		known[l] = true
 	}
 	var unknown []string
@@ -69,7 +72,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group or updater.approve", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header} or updater.bake", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}
@@ -374,4 +377,41 @@ func hooks(labels map[string]string, optIn, stack, image string, a Authority) (d
 		return deploy.Hooks{Approve: h.Approve}, fmt.Errorf("hook labels ask for more than the operator allows: %w", err)
 	}
 	return h, nil
+}
+
+// verification reads a service's probe and bake labels (deploy parses
+// them, verify.go). nets are the networks the service's tasks are attached
+// to: a probe reaches the tasks on one of them, so a service on none can't
+// be probed, and that is a label error found now, before anything runs.
+// Which network updater.probe.network names is checked by probeNetwork,
+// only for the services that set it.
+func verification(labels map[string]string, nets []swarm.NetworkAttachmentConfig) (*deploy.Probe, time.Duration, error) {
+	var errs []error
+	p, err := deploy.ParseProbe(labels)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if p != nil && len(nets) == 0 {
+		errs = append(errs, fmt.Errorf("label %s=%q: the service is attached to no network, and its tasks are probed on one: attach it to a network (networks: in the stack file) or remove the probe labels",
+			deploy.LabelProbeURL, labels[deploy.LabelProbeURL]))
+	}
+	bake, err := deploy.ParseBake(labels[deploy.LabelBake])
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, 0, fmt.Errorf("invalid probe or bake labels: %w", err)
+	}
+	return p, bake, nil
+}
+
+// withVerification is t with its probe and bake read from spec's labels;
+// a bad one joins t's label errors, and a service with any label error
+// gets neither: it is not deployed.
+func withVerification(t deploy.Target, spec swarm.ServiceSpec) deploy.Target {
+	p, bake, err := verification(spec.Labels, spec.TaskTemplate.Networks)
+	if t.HooksErr = errors.Join(t.HooksErr, err); t.HooksErr == nil {
+		t.Probe, t.Bake = p, bake
+	}
+	return t
 }

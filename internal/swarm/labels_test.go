@@ -3,11 +3,14 @@ package swarm
 import (
 	"encoding/json"
 	"fmt"
+	neturl "net/url"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moby/moby/api/types/swarm"
 
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/imageref"
@@ -589,7 +592,7 @@ func checkHooks(t *testing.T, labels map[string]string, h deploy.Hooks) {
 		t.Fatalf("accepted "+format+": %s from %q", append(args, dump(h), labels)...)
 	}
 	for l := range labels {
-		if strings.HasPrefix(l, "updater.") && !slices.Contains(hookLabels, l) {
+		if strings.HasPrefix(l, "updater.") && !slices.Contains(hookLabels, l) && !slices.Contains(verifyLabels, l) {
 			fail("the unknown label %q", l)
 		}
 	}
@@ -708,4 +711,152 @@ func FuzzParseMounts(f *testing.F) {
 func validSchedule(spec string) bool {
 	_, err := schedule.Parse(spec)
 	return err == nil
+}
+
+// verifyLabels are the probe and bake labels: parseHooks knows them,
+// verification reads them.
+var verifyLabels = []string{deploy.LabelProbeURL, deploy.LabelProbeNetwork, deploy.LabelProbeExpect, deploy.LabelProbeCount,
+	deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake}
+
+var oneNet = []swarm.NetworkAttachmentConfig{{Target: "net1"}}
+
+func TestVerificationLabels(t *testing.T) {
+	url := map[string]string{deploy.LabelProbeURL: "http://{task}:8080/orders?limit=1"}
+	with := func(extra ...string) map[string]string {
+		out := map[string]string{optIn: "true"}
+		for k, v := range url {
+			out[k] = v
+		}
+		for i := 0; i+1 < len(extra); i += 2 {
+			out[extra[i]] = extra[i+1]
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		nets   []swarm.NetworkAttachmentConfig
+		want   []string // substrings of the error; none: valid
+	}{
+		{"no probe, no bake", map[string]string{optIn: "true"}, nil, nil},
+		{"defaults", with(), oneNet, nil},
+		{"bake only, no network needed", map[string]string{deploy.LabelBake: "5m"}, nil, nil},
+		{"every label", with(deploy.LabelProbeNetwork, "backend", deploy.LabelProbeExpect, "200,204 body~=ok", deploy.LabelProbeCount, "5",
+			deploy.LabelProbeInterval, "1s", deploy.LabelProbeTimeout, "3s", deploy.LabelProbeHeader, "Host: shop.example.com",
+			deploy.LabelBake, "40s"), oneNet, nil},
+		{"no network at all", with(), nil, []string{`updater.probe.url="http://{task}:8080/orders?limit=1"`, "attached to no network", "networks:"}},
+		{"unknown placeholder", map[string]string{deploy.LabelProbeURL: "http://{host}:8080/"}, oneNet,
+			[]string{`updater.probe.url="http://{host}:8080/"`, "unknown placeholder {host}", "{task}, {service} and {digest}"}},
+		{"no task placeholder", map[string]string{deploy.LabelProbeURL: "http://shop:8080/"}, oneNet,
+			[]string{`updater.probe.url="http://shop:8080/"`, "names no {task}"}},
+		{"not http", map[string]string{deploy.LabelProbeURL: "tcp://{task}:5432"}, oneNet, []string{"want an http:// or https:// URL"}},
+		{"another host", map[string]string{deploy.LabelProbeURL: "http://x{task}:80/"}, oneNet, []string{"the host must be {task}"}},
+		{"expect matches nothing", with(deploy.LabelProbeExpect, "body~=x"), oneNet,
+			[]string{`updater.probe.expect="body~=x"`, "no status", "200, 2xx or 200,204"}},
+		{"expect not a status", with(deploy.LabelProbeExpect, "ok"), oneNet, []string{`updater.probe.expect="ok"`, "not an HTTP status"}},
+		{"expect 600", with(deploy.LabelProbeExpect, "600"), oneNet, []string{`"600" is not an HTTP status`}},
+		{"count 0", with(deploy.LabelProbeCount, "0"), oneNet, []string{`updater.probe.count="0"`, "1 to 100"}},
+		{"count huge", with(deploy.LabelProbeCount, "1000"), oneNet, []string{`updater.probe.count="1000"`}},
+		{"interval not a duration", with(deploy.LabelProbeInterval, "2"), oneNet, []string{`updater.probe.interval="2"`, "e.g. 2s"}},
+		{"timeout too long", with(deploy.LabelProbeTimeout, "2m"), oneNet, []string{`updater.probe.timeout="2m"`, "100ms to 1m0s"}},
+		{"header without colon", with(deploy.LabelProbeHeader, "Host shop"), oneNet, []string{`updater.probe.header="Host shop"`, "Name: value"}},
+		{"probe label without the URL", map[string]string{deploy.LabelProbeCount: "3"}, oneNet,
+			[]string{"updater.probe.count is set without updater.probe.url"}},
+		{"bake too short", map[string]string{deploy.LabelBake: "5s"}, nil, []string{`updater.bake="5s"`, "from 10s to 24h0m0s", "e.g. 5m"}},
+		{"bake too long", map[string]string{deploy.LabelBake: "25h"}, nil, []string{`updater.bake="25h"`}},
+		{"bake not a duration", map[string]string{deploy.LabelBake: "forever"}, nil, []string{`updater.bake="forever"`}},
+		{"both bad, both named", with(deploy.LabelProbeCount, "x", deploy.LabelBake, "1s"), oneNet,
+			[]string{`updater.probe.count="x"`, `updater.bake="1s"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := withVerification(deploy.Target{}, swarm.ServiceSpec{Annotations: swarm.Annotations{Labels: tc.labels},
+				TaskTemplate: swarm.TaskSpec{Networks: tc.nets}})
+			if len(tc.want) == 0 {
+				if tg.HooksErr != nil {
+					t.Fatalf("refused: %v", tg.HooksErr)
+				}
+				if _, set := tc.labels[deploy.LabelProbeURL]; set != (tg.Probe != nil) {
+					t.Errorf("probe %+v from %q", tg.Probe, tc.labels)
+				}
+				if want, _ := deploy.ParseBake(tc.labels[deploy.LabelBake]); tg.Bake != want {
+					t.Errorf("bake %s, want %s", tg.Bake, want)
+				}
+				// Hooks know these labels: none is refused as unknown.
+				if _, err := parseHooks(tc.labels, optIn); err != nil {
+					t.Errorf("parseHooks refuses the probe labels: %v", err)
+				}
+				return
+			}
+			if tg.HooksErr == nil || tg.Probe != nil || tg.Bake != 0 {
+				t.Fatalf("target %+v: want it refused with no probe and no bake", tg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(tg.HooksErr.Error(), w) {
+					t.Errorf("error %q does not say %q", tg.HooksErr, w)
+				}
+			}
+		})
+	}
+}
+
+// A bad hook label and a good probe: no probe either (not deployed).
+func TestVerificationWithHookError(t *testing.T) {
+	tg := withVerification(deploy.Target{HooksErr: fmt.Errorf("invalid hook labels: x")}, swarm.ServiceSpec{
+		Annotations:  swarm.Annotations{Labels: map[string]string{deploy.LabelProbeURL: "http://{task}/", deploy.LabelBake: "1m"}},
+		TaskTemplate: swarm.TaskSpec{Networks: oneNet}})
+	if tg.HooksErr == nil || tg.Probe != nil || tg.Bake != 0 {
+		t.Errorf("%+v", tg)
+	}
+}
+
+// FuzzVerification: whatever the probe and bake labels, a service gets a
+// probe within every documented bound and a URL template that makes an
+// http(s) URL at the task's address, or it is refused, naming a label.
+func FuzzVerification(f *testing.F) {
+	f.Add("http://{task}:8080/", "", "", "", "", "", "")
+	f.Add("https://{task}/x?token={digest}&s={service}", "2xx,304 body~=ok", "100", "100ms", "1m", "Host: a.example", "24h")
+	f.Add("http://{task}:{port}/", "200", "0", "1", "x", "Host", "9s")
+	f.Add("http://[{task}]:80/", "5xx", "-1", "-1s", "0", ": v", "10s")
+	f.Add("http://user:pw@{task}/", " body~=", "3 ", "2s\n", "5s", "X: a\r\nY: b", "1h")
+	f.Fuzz(func(t *testing.T, url, expect, count, interval, timeout, header, bake string) {
+		labels := map[string]string{deploy.LabelProbeURL: url}
+		for k, v := range map[string]string{deploy.LabelProbeExpect: expect, deploy.LabelProbeCount: count,
+			deploy.LabelProbeInterval: interval, deploy.LabelProbeTimeout: timeout, deploy.LabelProbeHeader: header, deploy.LabelBake: bake} {
+			if v != "" {
+				labels[k] = strings.ToValidUTF8(v, "\uFFFD")
+			}
+		}
+		tg := withVerification(deploy.Target{}, swarm.ServiceSpec{Annotations: swarm.Annotations{Labels: labels},
+			TaskTemplate: swarm.TaskSpec{Networks: oneNet}})
+		if tg.HooksErr != nil {
+			if tg.Probe != nil || tg.Bake != 0 || !strings.Contains(tg.HooksErr.Error(), "label updater.") {
+				t.Fatalf("refused with %+v, %v", tg, tg.HooksErr)
+			}
+			return
+		}
+		p := tg.Probe
+		if p == nil {
+			t.Fatalf("no probe from %q", labels)
+		}
+		if p.Count < 1 || p.Count > deploy.MaxProbeCount || p.Interval < 100*time.Millisecond || p.Interval > time.Minute ||
+			p.Timeout < 100*time.Millisecond || p.Timeout > time.Minute || len(p.Expect.Statuses) == 0 {
+			t.Fatalf("accepted %+v from %q", p, labels)
+		}
+		if tg.Bake != 0 && (tg.Bake < deploy.MinBake || tg.Bake > deploy.MaxBake) {
+			t.Fatalf("bake %s from %q", tg.Bake, bake)
+		}
+		if strings.ContainsAny(p.Header, "\r\n") {
+			t.Fatalf("header %q could split a request", p.Header)
+		}
+		for _, addr := range []string{"10.0.1.7", "fd00::7"} {
+			u, err := neturl.Parse(p.For(addr, "shop_web", "sha256:abc"))
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() != addr {
+				t.Fatalf("template %q at %s makes %v, %v", p.URL, addr, u, err)
+			}
+		}
+		// The updater probe job takes what the probe says back.
+		if again, err := deploy.ParseExpect(p.Expect.String()); err != nil || !reflect.DeepEqual(again, p.Expect) {
+			t.Fatalf("expect %q written as %q reads back as %+v, %v", expect, p.Expect.String(), again, err)
+		}
+	})
 }

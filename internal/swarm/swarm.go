@@ -123,7 +123,7 @@ func (s *Swarm) List(ctx context.Context) ([]deploy.Target, error) {
 		if svc.Spec.TaskTemplate.ContainerSpec == nil {
 			continue // plugin services have no image to follow
 		}
-		out = append(out, target(svc, s.cfg.Label, s.cfg.Authority))
+		out = append(out, s.probeNetwork(ctx, target(svc, s.cfg.Label, s.cfg.Authority)))
 	}
 	return out, nil
 }
@@ -137,6 +137,7 @@ func target(svc swarm.Service, label string, a Authority) deploy.Target {
 		Healthcheck: hasHealthcheck(svc.Spec.TaskTemplate.ContainerSpec),
 	}
 	t.Hooks, t.HooksErr = hooks(svc.Spec.Labels, label, t.Stack, t.Image, a)
+	t = withVerification(t, svc.Spec)
 	if uc := svc.Spec.UpdateConfig; uc != nil {
 		t.StartFirst = uc.Order == swarm.UpdateOrderStartFirst
 		t.RollbackOnFailure = uc.FailureAction == swarm.UpdateFailureActionRollback
