@@ -66,9 +66,21 @@ type Config struct {
 	URL string
 
 	Prune Prune // UPDATER_PRUNE*: removing the images deploys made unused, on every node
+	// ProbeImage (UPDATER_PROBE_IMAGE) is the image the probe job of a
+	// service with updater.probe.url runs on that service's network; "" is
+	// the updater's own.
+	ProbeImage string
 
 	Slack   Slack   // SLACK_*: deploy messages, off unless a token or webhook is set
 	Rollbar Rollbar // ROLLBAR_*: deploy tracking and the updater's own errors, off unless a token is set
+	Notify  Notify  // UPDATER_NOTIFY_*: a webhook of the team's own, and URL-style notifiers
+}
+
+// Notify is where deploy events go besides Slack and Rollbar.
+type Notify struct {
+	WebhookURL    string   // UPDATER_NOTIFY_WEBHOOK_URL or _FILE: each event posted as JSON (schema updater.event/v1)
+	WebhookSecret string   // UPDATER_NOTIFY_WEBHOOK_SECRET or _FILE: signs each post (HMAC-SHA256)
+	URLs          []string // UPDATER_NOTIFY_URLS or _FILE: shoutrrr URLs (discord://, teams://, ntfy://, gotify://, smtp://…)
 }
 
 // Slack is where deploy messages go: a bot token and a channel (one
@@ -126,7 +138,8 @@ type setting struct {
 func secret(name string) bool {
 	switch name {
 	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET",
-		"UPDATER_API_READ_TOKEN", "UPDATER_WEBHOOK_SECRET_GITHUB", "UPDATER_WEBHOOK_SECRET_DOCKERHUB", "UPDATER_WEBHOOK_SECRET_DISTRIBUTION":
+		"UPDATER_API_READ_TOKEN", "UPDATER_WEBHOOK_SECRET_GITHUB", "UPDATER_WEBHOOK_SECRET_DOCKERHUB", "UPDATER_WEBHOOK_SECRET_DISTRIBUTION",
+		"UPDATER_NOTIFY_WEBHOOK_URL", "UPDATER_NOTIFY_WEBHOOK_SECRET", "UPDATER_NOTIFY_URLS":
 		return true
 	}
 	return false
@@ -295,6 +308,13 @@ func settings() []setting {
 			c.Prune.Image = v
 			return nil
 		}},
+		{"UPDATER_PROBE_IMAGE", func(c *Config, v string) error {
+			if _, err := imageref.Parse(v); err != nil {
+				return errors.New("not an image reference: use the updater's image as the nodes pull it, like ghcr.io/you/updater:1.4@sha256:…, or leave unset for the image the updater runs in")
+			}
+			c.ProbeImage = v
+			return nil
+		}},
 		{"SLACK_TOKEN", func(c *Config, v string) error {
 			switch {
 			case strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://"):
@@ -342,6 +362,24 @@ func settings() []setting {
 		}},
 		{"ROLLBAR_ENDPOINT", func(c *Config, v string) (err error) {
 			c.Rollbar.Endpoint, err = parseURL(v, true, `the Rollbar API base, like "https://api.rollbar.com/api/1/"`)
+			return err
+		}},
+		{"UPDATER_NOTIFY_WEBHOOK_URL", func(c *Config, v string) (err error) {
+			c.Notify.WebhookURL, err = parseURL(v, false, "the URL of the endpoint that takes the posts, like https://hooks.example.com/updater")
+			if err != nil {
+				return errors.New("is " + err.Error()) // read after the bare name: the value is not shown
+			}
+			return nil
+		}},
+		{"UPDATER_NOTIFY_WEBHOOK_SECRET", func(c *Config, v string) error {
+			if len(v) < 16 {
+				return errors.New("is shorter than 16 characters: use a random secret, like the output of `openssl rand -hex 32`")
+			}
+			c.Notify.WebhookSecret = v
+			return nil
+		}},
+		{"UPDATER_NOTIFY_URLS", func(c *Config, v string) (err error) {
+			c.Notify.URLs, err = parseNotifyURLs(v)
 			return err
 		}},
 	}
@@ -499,6 +537,9 @@ func (c Config) check(given map[string]bool) []error {
 			errs = append(errs, &Error{Var: name, Reason: "is set without ROLLBAR_TOKEN: set ROLLBAR_TOKEN (or ROLLBAR_TOKEN_FILE) to turn Rollbar on"})
 		}
 	}
+	if given["UPDATER_NOTIFY_WEBHOOK_SECRET"] && !given["UPDATER_NOTIFY_WEBHOOK_URL"] {
+		errs = append(errs, &Error{Var: "UPDATER_NOTIFY_WEBHOOK_SECRET", Reason: "is set without UPDATER_NOTIFY_WEBHOOK_URL: it signs the posts to that URL; set the URL (or UPDATER_NOTIFY_WEBHOOK_URL_FILE) or unset the secret"})
+	}
 	return errs
 }
 
@@ -635,6 +676,25 @@ func parseURL(v string, base bool, hint string) (string, error) {
 		v += "/"
 	}
 	return v, nil
+}
+
+// parseNotifyURLs reads shoutrrr URLs, separated by commas, spaces or
+// newlines (a secret file may hold one a line). Which services exist is
+// the notifier's to say; here each must be a URL with a scheme. No URL is
+// quoted: they carry tokens.
+func parseNotifyURLs(v string) ([]string, error) {
+	const hint = `use shoutrrr URLs separated by commas or spaces, like "discord://token@id ntfy://ntfy.sh/topic"`
+	fields := strings.FieldsFunc(v, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
+	for i, f := range fields {
+		u, err := url.Parse(f)
+		if err != nil || u.Scheme == "" || !strings.HasPrefix(f, u.Scheme+"://") {
+			return nil, fmt.Errorf("has an entry (number %d) that is not a URL with a scheme: %s", i+1, hint)
+		}
+	}
+	if len(fields) == 0 {
+		return nil, errors.New("holds no URL: " + hint)
+	}
+	return fields, nil
 }
 
 func parseInt(v string, lo, hi int, example string) (int, error) {

@@ -205,6 +205,7 @@ func render(t *testing.T, c Config) env {
 	put("UPDATER_PRUNE", c.Prune.AfterDeploy != d.Prune.AfterDeploy, "after-deploy")
 	put("UPDATER_PRUNE_KEEP", c.Prune.Keep != d.Prune.Keep, strconv.Itoa(c.Prune.Keep))
 	put("UPDATER_PRUNE_IMAGE", c.Prune.Image != d.Prune.Image, c.Prune.Image)
+	put("UPDATER_PROBE_IMAGE", c.ProbeImage != d.ProbeImage, c.ProbeImage)
 	put("SLACK_TOKEN", c.Slack.Token != d.Slack.Token, c.Slack.Token)
 	put("SLACK_CHANNEL", c.Slack.Channel != d.Slack.Channel, c.Slack.Channel)
 	put("SLACK_WEBHOOK_URL", c.Slack.WebhookURL != d.Slack.WebhookURL, c.Slack.WebhookURL)
