@@ -400,8 +400,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 47 {
-		t.Errorf("got %d names, want 47: %v", len(names), names)
+	if len(names) != 53 {
+		t.Errorf("got %d names, want 53: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
@@ -721,5 +721,54 @@ func TestLongestInterval(t *testing.T) {
 		if got := c.LongestInterval(monday); got != tt.want {
 			t.Errorf("%q: %s, want %s", tt.schedule, got, tt.want)
 		}
+	}
+}
+
+// The webhook and URL-style notifiers: each secret from its variable or
+// its _FILE twin; URLs split on commas, spaces and newlines; no bad value
+// shown in an error, since each carries a token.
+func TestOutgoingNotifySettings(t *testing.T) {
+	const hook = "https://hooks.example.com/updater/t0k3n-s3cr3t"
+	const sig = "0123456789abcdef-notify-s3cr3t"
+	urls := "discord://t0k3n@123456 teams://g@t/a/o?host=x.webhook.office.com,\nntfy://ntfy.example.com/topic"
+	c, err := env{"UPDATER_NOTIFY_WEBHOOK_URL": hook, "UPDATER_NOTIFY_WEBHOOK_SECRET_FILE": secretFile(t, sig+"\n"),
+		"UPDATER_NOTIFY_URLS_FILE": secretFile(t, urls+"\n")}.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Notify{WebhookURL: hook, WebhookSecret: sig,
+		URLs: []string{"discord://t0k3n@123456", "teams://g@t/a/o?host=x.webhook.office.com", "ntfy://ntfy.example.com/topic"}}
+	if !reflect.DeepEqual(c.Notify, want) {
+		t.Errorf("got %+v\nwant %+v", c.Notify, want)
+	}
+	if c, err := (env{"UPDATER_NOTIFY_WEBHOOK_URL_FILE": secretFile(t, hook+"\n")}).load(); err != nil || c.Notify.WebhookURL != hook {
+		t.Errorf("URL from a file: %+v, %v", c.Notify, err)
+	}
+
+	for _, tt := range []struct {
+		name string
+		env  env
+		want string
+	}{
+		{"secret without URL", env{"UPDATER_NOTIFY_WEBHOOK_SECRET": sig},
+			"UPDATER_NOTIFY_WEBHOOK_SECRET is set without UPDATER_NOTIFY_WEBHOOK_URL: it signs the posts to that URL; set the URL (or UPDATER_NOTIFY_WEBHOOK_URL_FILE) or unset the secret"},
+		{"short secret", env{"UPDATER_NOTIFY_WEBHOOK_URL": hook, "UPDATER_NOTIFY_WEBHOOK_SECRET": "s3cr3t"},
+			"UPDATER_NOTIFY_WEBHOOK_SECRET is shorter than 16 characters: use a random secret, like the output of `openssl rand -hex 32`"},
+		{"URL not http", env{"UPDATER_NOTIFY_WEBHOOK_URL": "ftp://t0k3n-s3cr3t@example.com/x"},
+			"UPDATER_NOTIFY_WEBHOOK_URL is not an http(s) URL: use the URL of the endpoint that takes the posts, like https://hooks.example.com/updater"},
+		{"notify URL without a scheme", env{"UPDATER_NOTIFY_URLS": "ntfy://ntfy.sh/a t0k3n-s3cr3t@discord"},
+			`UPDATER_NOTIFY_URLS has an entry (number 2) that is not a URL with a scheme: use shoutrrr URLs separated by commas or spaces, like "discord://token@id ntfy://ntfy.sh/topic"`},
+		{"only separators", env{"UPDATER_NOTIFY_URLS": ", ,"},
+			`UPDATER_NOTIFY_URLS holds no URL: use shoutrrr URLs separated by commas or spaces, like "discord://token@id ntfy://ntfy.sh/topic"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.env.load()
+			if errs := errorsOf(t, err); len(errs) != 1 || err.Error() != tt.want {
+				t.Errorf("got  %v\nwant %s", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "s3cr3t") {
+				t.Errorf("message shows a secret: %s", err)
+			}
+		})
 	}
 }
