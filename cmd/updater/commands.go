@@ -2,16 +2,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 
 	"github.com/updater-dev/updater/internal/app"
+	"github.com/updater-dev/updater/internal/client"
 	"github.com/updater-dev/updater/internal/config"
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify/slack"
 	"github.com/updater-dev/updater/internal/schedule"
+	"github.com/updater-dev/updater/internal/swarm"
 )
 
 // withApp builds the parts mode needs, runs cmd with them, and takes them
@@ -70,20 +74,83 @@ func deployOne(ctx context.Context, a *app.App, service string, out io.Writer) i
 	return 0
 }
 
-// check is `updater check`: what each watched service would do, as a table.
-func check(ctx context.Context, a *app.App, out io.Writer) int {
+// check is `updater check`, locally: one dry-run cycle, and the services
+// that look meant to be watched but are not.
+func check(ctx context.Context, a *app.App, format string, out io.Writer) int {
 	plans, err := a.Pipeline.Check(ctx)
 	if err != nil {
 		a.Log.Error("check", "err", err)
 		return 1
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SERVICE\tTAG\tRUNNING\tREGISTRY\tACTION\tREASON")
+	cfg := a.Config()
+	r := report{Checked: time.Now().UTC(), Services: make([]client.Service, 0, len(plans)), Unwatched: []swarm.Unwatched{}}
 	for _, pl := range plans {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", pl.Target.Name, pl.Target.Ref(),
-			orNone(deploy.Short(pl.Target.Digest())), orNone(deploy.Short(pl.Want)), pl.Action, pl.Reason)
+		t := pl.Target
+		s := client.Service{Name: t.Name, ID: t.ID, Stack: t.Stack, Ref: t.Ref(), RunningDigest: t.Digest(),
+			RegistryDigest: pl.Want, State: string(pl.Action), Reason: pl.Reason, Approval: "auto"}
+		if t.Hooks.Approve {
+			s.Approval = "manual"
+		}
+		r.Services = append(r.Services, s)
 	}
-	if err := w.Flush(); err != nil {
+	// Only check reads every service: a cycle's cost stays one filtered list.
+	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout})
+	if err == nil {
+		defer sw.Close()
+		r.Unwatched, err = sw.Unwatched(ctx)
+	}
+	if err != nil {
+		a.Log.Error("check: list the services not watched", "err", err)
+		return 1
+	}
+	return r.print(out, format, fmt.Sprintf("no service is watched: give one the label %s=true under `deploy.labels:`%s", cfg.Label, inStack(cfg.Stack)))
+}
+
+func inStack(stack string) string {
+	if stack == "" {
+		return ""
+	}
+	return fmt.Sprintf(", in stack %s (UPDATER_STACK)", stack)
+}
+
+// report is what `updater check` prints; with --format json, as is (its
+// fields are documented in docs/cli.md: keep them).
+type report struct {
+	// Checked is when the plans were made: now for a local check, the
+	// running updater's last full check through UPDATER_URL.
+	Checked  time.Time        `json:"checked"`
+	Services []client.Service `json:"services"`
+	// Unwatched are the services with updater labels that are not
+	// watched, and why; null through UPDATER_URL (the API has no list).
+	Unwatched []swarm.Unwatched `json:"unwatched"`
+}
+
+func (r report) print(out io.Writer, format, none string) int {
+	if format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if enc.Encode(r) != nil {
+			return 1
+		}
+		return 0
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if len(r.Services) == 0 {
+		fmt.Fprintln(w, none)
+	} else {
+		fmt.Fprintln(w, "SERVICE\tTAG\tRUNNING\tREGISTRY\tACTION\tREASON")
+	}
+	for _, s := range r.Services {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Ref,
+			orNone(deploy.Short(s.RunningDigest)), orNone(deploy.Short(s.RegistryDigest)), s.State, s.Reason)
+	}
+	if len(r.Unwatched) > 0 {
+		fmt.Fprintln(w, "\nnot watched:")
+	}
+	for _, u := range r.Unwatched {
+		fmt.Fprintf(w, "  %s: %s\n", u.Service, u.Reason)
+	}
+	if w.Flush() != nil {
 		return 1
 	}
 	return 0

@@ -1,7 +1,8 @@
 // Command updater keeps the services of a Docker Swarm stack on the newest
 // image their tag points to, promoting only what is healthy. This package
-// is the command line: which command, with which settings; internal/app
-// builds the parts and takes them down.
+// is the command line: which command, with which flags and settings;
+// internal/app builds the parts and takes them down, internal/client asks
+// a running updater instead (UPDATER_URL).
 package main
 
 import (
@@ -10,85 +11,65 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 	_ "time/tzdata" // CRON_TZ schedules in a FROM scratch image
 
-	"github.com/updater-dev/updater/internal/app"
 	"github.com/updater-dev/updater/internal/config"
-	"github.com/updater-dev/updater/internal/nodeprune"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
-const usage = `usage: updater [command]
-
-commands:
-  run             watch and deploy on the schedule (the default)
-  check           one dry-run cycle: print what each watched service would do
-  deploy SERVICE  deploy what SERVICE's tag points to now, wait, exit 1 on failure
-  healthcheck     ask the running updater's /healthz (UPDATER_LISTEN): exit 0 if it answers, 1 if not
-  prune ...       remove a repository's unused images on this node (what the prune job runs)
-  version         print the version
-
-Configuration comes from the environment; see the README.`
-
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run is the whole command line; it returns the exit code: 2 for a bad
-// command or setting, 1 for a failure.
+// command, flag or setting (a token the running updater refuses too), 1
+// for a failure.
 func run(args []string, stdout, stderr io.Writer) int {
-	cmd := "run"
+	name := "run"
 	if len(args) > 0 {
-		cmd, args = args[0], args[1:]
+		name, args = args[0], args[1:]
 	}
-	known := cmd == "run" || cmd == "check" || cmd == "deploy" || cmd == "healthcheck"
-	switch {
-	case cmd == "version" || cmd == "--version":
-		fmt.Fprintln(stdout, "updater", version)
-		return 0
-	// `deploy --help` is a question, not a service named "--help": it is
-	// answered before the configuration, the lease or Docker.
-	case cmd == "help" || cmd == "-h" || cmd == "--help" || known && slices.ContainsFunc(args, isHelp):
-		fmt.Fprintln(stdout, usage)
-		return 0
-	case cmd == "prune":
-		return nodeprune.Main(args, stdout, stderr) // the prune job's command on every node
-	case cmd == "deploy" && len(args) != 1:
-		fmt.Fprintln(stderr, "updater deploy: name exactly one service\n\n"+usage)
-		return 2
-	case !known:
-		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s\n", cmd, usage)
-		return 2
-	case cmd != "deploy" && len(args) > 0:
-		fmt.Fprintf(stderr, "updater %s: takes no arguments, got %q\n\n%s\n", cmd, strings.Join(args, " "), usage)
+	switch name {
+	case "-version", "--version":
+		name = "version"
+	case "-h", "-help", "--help":
+		name = "help"
+	}
+	cmd, ok := lookup(name)
+	if !ok {
+		fmt.Fprintf(stderr, "updater: unknown command %q\n\n%s", name, usage())
 		return 2
 	}
-
-	// Nothing is touched before the whole configuration is valid.
-	cfg, err := config.Load(os.LookupEnv, os.Environ())
-	if err != nil {
-		fmt.Fprintf(stderr, "updater: invalid configuration:\n%v\n", err)
-		if cmd == "healthcheck" {
-			return 1 // Docker reserves 2; an updater with this configuration is not running
-		}
-		return 2
-	}
-	if cmd == "healthcheck" {
-		return healthcheck(cfg.Listen, stderr)
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop() // after the parts are down: a second signal meanwhile does not kill them half-way
-	switch cmd {
-	case "check":
-		return withApp(ctx, cfg, app.Check, stderr, func(a *app.App) int { return check(ctx, a, stdout) })
-	case "deploy":
-		return withApp(ctx, cfg, app.Deploy, stderr, func(a *app.App) int { return deployOne(ctx, a, args[0], stdout) })
-	}
-	return withApp(ctx, cfg, app.Run, stderr, func(a *app.App) int { return serve(ctx, a) })
+	return cmd.main(ctx, streams{stdout, stderr}, args)
 }
 
-func isHelp(arg string) bool { return arg == "-h" || arg == "--help" }
+// usage is the top-level help: the commands that are not hidden.
+func usage() string {
+	var b strings.Builder
+	b.WriteString("usage: updater [command] [flags] [arguments]\n\ncommands:\n")
+	for _, c := range commands() {
+		if !c.hidden {
+			fmt.Fprintf(&b, "  %-16s%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+		}
+	}
+	b.WriteString("\n`updater COMMAND --help` shows a command's flags. Settings come from the environment (see the README);\n" +
+		"with UPDATER_URL and UPDATER_API_TOKEN set, check, deploy, approve and reject ask that running updater's API.\n")
+	return b.String()
+}
+
+// settings loads the configuration, or says what is wrong with it and
+// returns the exit code: nothing is touched before the whole of it is
+// valid. bad is the code for a bad setting (healthcheck's is 1, since
+// Docker reserves 2 in a HEALTHCHECK).
+func settings(io streams, bad int) (config.Config, int) {
+	cfg, err := config.Load(os.LookupEnv, os.Environ())
+	if err != nil {
+		fmt.Fprintf(io.err, "updater: invalid configuration:\n%v\n", err)
+		return config.Config{}, bad
+	}
+	return cfg, 0
+}

@@ -132,25 +132,47 @@ func TestRunBeforeDocker(t *testing.T) {
 	}
 	cases := []tc{
 		{name: "unknown command", args: []string{"bogus"}, code: 2,
-			stderr: []string{`updater: unknown command "bogus"` + "\n", "usage: updater [command]"}, absent: []string{"[]"}},
+			stderr: []string{`updater: unknown command "bogus"` + "\n", "usage: updater [command]", "deploy SERVICE", "approve ID", "reject ID"},
+			absent: []string{"[]", "probe"}},
 		{name: "known command with an argument", args: []string{"check", "extra"}, code: 2,
-			stderr: []string{`updater check: takes no arguments, got "extra"`, "usage: updater [command]"}},
+			stderr: []string{`updater check: takes no arguments, got "extra"`, "usage: updater check [flags]\n", "-format"}},
 		{name: "deploy without a service", args: []string{"deploy"}, code: 2,
-			stderr: []string{"updater deploy: name exactly one service", "deploy SERVICE"}},
+			stderr: []string{"updater deploy: name exactly one service\n", "usage: updater deploy [flags] SERVICE"}},
 		{name: "deploy with two services", args: []string{"deploy", "web", "db"}, code: 2,
-			stderr: []string{"updater deploy: name exactly one service"}},
-		{name: "help", args: []string{"help"}, code: 0, stdout: []string{"usage: updater [command]", "deploy SERVICE", "healthcheck"}},
+			stderr: []string{`updater deploy: name exactly one service, got "web db"`}},
+		{name: "approve without an ID", args: []string{"approve"}, code: 2,
+			stderr: []string{"updater approve: name exactly one id", "usage: updater approve ID"}},
+		{name: "check with an unknown flag", args: []string{"check", "--bogus"}, code: 2,
+			stderr: []string{"updater check: flag provided but not defined: -bogus", "usage: updater check [flags]"}},
+		{name: "check in an unknown format", args: []string{"check", "--format", "xml"}, env: map[string]string{"UPDATER_LOG_LEVEL": "loud"}, code: 2,
+			stderr: []string{`updater check: --format "xml": use "table" or "json"`}, absent: []string{"UPDATER_LOG_LEVEL"}},
+		{name: "deploy waiting less than nothing", args: []string{"deploy", "--wait", "-1s", "web"}, code: 2,
+			stderr: []string{"updater deploy: --wait -1s: use a duration of 0 or more"}},
+		{name: "deploy with a flag after the service", args: []string{"deploy", "web", "--wait=soon"}, code: 2,
+			stderr: []string{`updater deploy: invalid value "soon" for flag -wait`}},
+		// Approvals live in the running updater's memory: a local approve
+		// has nothing to decide.
+		{name: "approve without UPDATER_URL", args: []string{"approve", "d1"}, code: 2,
+			stderr: []string{"updater approve: needs UPDATER_URL (and UPDATER_API_TOKEN)"}},
+		{name: "reject without UPDATER_URL", args: []string{"reject", "d1"}, code: 2,
+			stderr: []string{"updater reject: needs UPDATER_URL (and UPDATER_API_TOKEN)"}},
+		{name: "UPDATER_URL without the token", args: []string{"deploy", "web"}, env: map[string]string{"UPDATER_URL": "http://127.0.0.1:1"}, code: 2,
+			stderr: []string{"updater: invalid configuration:", "UPDATER_URL=\"http://127.0.0.1:1/\": is set without UPDATER_API_TOKEN"}},
+		{name: "help", args: []string{"help"}, code: 0, stdout: []string{"usage: updater [command]", "deploy SERVICE", "healthcheck", "approve ID"},
+			absent: []string{"probe"}},
 		{name: "--help", args: []string{"--help"}, code: 0, stdout: []string{"usage: updater [command]"}},
 		{name: "-h", args: []string{"-h"}, code: 0, stdout: []string{"usage: updater [command]"}},
+		{name: "help deploy", args: []string{"help", "deploy"}, code: 0, stdout: []string{"usage: updater deploy [flags] SERVICE", "-wait"}},
+		{name: "help of an unknown command", args: []string{"help", "bogus"}, code: 2, stderr: []string{`updater help: unknown command "bogus"`}},
 		{name: "version", args: []string{"version"}, code: 0, stdout: []string{"updater " + version + "\n"}},
 		{name: "--version", args: []string{"--version"}, code: 0, stdout: []string{"updater " + version + "\n"}},
 		// A subcommand's --help is a question: not a service named "--help",
 		// and no configuration, lease or Docker before the answer.
-		{name: "deploy --help", args: []string{"deploy", "--help"}, code: 0, stdout: []string{"usage: updater [command]"}},
-		{name: "deploy SERVICE -h", args: []string{"deploy", "web", "-h"}, code: 0, stdout: []string{"usage: updater [command]"}},
-		{name: "check --help", args: []string{"check", "--help"}, code: 0, stdout: []string{"usage: updater [command]"}},
+		{name: "deploy --help", args: []string{"deploy", "--help"}, code: 0, stdout: []string{"usage: updater deploy [flags] SERVICE\n", "-wait duration"}},
+		{name: "deploy SERVICE -h", args: []string{"deploy", "web", "-h"}, code: 0, stdout: []string{"usage: updater deploy [flags] SERVICE"}},
+		{name: "check --help", args: []string{"check", "--help"}, code: 0, stdout: []string{"usage: updater check [flags]\n", "-format string", "-now"}},
 		{name: "healthcheck --help with a bad configuration", args: []string{"healthcheck", "--help"},
-			env: map[string]string{"UPDATER_LOG_LEVEL": "loud"}, code: 0, stdout: []string{"usage: updater [command]"}},
+			env: map[string]string{"UPDATER_LOG_LEVEL": "loud"}, code: 0, stdout: []string{"usage: updater healthcheck\n"}},
 		{name: "prune --help", args: []string{"prune", "--help"}, code: 0, stderr: []string{"-repo", "-keep"}},
 		{name: "an unknown command's --help", args: []string{"bogus", "--help"}, code: 2, stderr: []string{`updater: unknown command "bogus"`}},
 		{name: "prune without a repository", args: []string{"prune"}, code: 2,
@@ -288,6 +310,9 @@ func TestPruneDockerAbsent(t *testing.T) {
 type fakeEngine struct {
 	free bool
 	log  io.Writer
+	// all is the answer to a service list without filters (check's look
+	// for services not watched); "": none.
+	all string
 
 	mu    sync.Mutex
 	reqs  []string
@@ -316,6 +341,8 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/_ping":
 		fmt.Fprint(w, "OK")
+	case r.Method == http.MethodGet && path == "/services" && r.URL.Query().Get("filters") == "" && f.all != "":
+		fmt.Fprint(w, f.all)
 	case r.Method == http.MethodGet && (path == "/services" || path == "/configs"):
 		fmt.Fprint(w, "[]") // no service is watched, no record kept
 	case r.Method == http.MethodGet && path == "/info":
@@ -384,15 +411,19 @@ func writes(reqs []string) []string {
 }
 
 // TestCheckNothingWatched: check is a dry run; with no watched service it
-// prints only the table's header, writes nothing and takes no lease.
+// says so, names the services labelled where the updater does not look
+// (their containers), writes nothing and takes no lease.
 func TestCheckNothingWatched(t *testing.T) {
-	engine := serveEngine(t, &fakeEngine{})
+	engine := serveEngine(t, &fakeEngine{all: `[{"ID":"s2","Spec":{"Name":"shop_api","Labels":{"com.docker.stack.namespace":"shop"},` +
+		`"TaskTemplate":{"ContainerSpec":{"Image":"r.example/api:1","Labels":{"updater.enable":"true"}}}}}]`})
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"check"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("check = %d, want 0\nstderr: %s", code, &stderr)
 	}
-	if got := strings.Fields(stdout.String()); fmt.Sprint(got) != "[SERVICE TAG RUNNING REGISTRY ACTION REASON]" {
-		t.Errorf("stdout %q, want the header alone", &stdout)
+	want := "no service is watched: give one the label updater.enable=true under `deploy.labels:`\n\nnot watched:\n" +
+		"  shop_api: updater.enable is a label of its containers (compose `labels:`), not of the service: put it under `deploy.labels:`\n"
+	if stdout.String() != want {
+		t.Errorf("stdout\n%s\nwant\n%s", &stdout, want)
 	}
 	reqs := engine.requests()
 	if w := writes(reqs); len(w) > 0 {
@@ -402,6 +433,25 @@ func TestCheckNothingWatched(t *testing.T) {
 		if strings.Contains(r, "updater-lease-") {
 			t.Errorf("check, a dry run, asked for the lease: %s", r)
 		}
+	}
+
+	stdout.Reset()
+	if code := run([]string{"check", "--format", "json"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("check --format json = %d, want 0\nstderr: %s", code, &stderr)
+	}
+	var r struct {
+		Checked   time.Time         `json:"checked"`
+		Services  []json.RawMessage `json:"services"`
+		Unwatched []struct {
+			Service, Stack, Reason string
+		} `json:"unwatched"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, &stdout)
+	}
+	if r.Services == nil || len(r.Services) != 0 || len(r.Unwatched) != 1 || r.Unwatched[0].Service != "shop_api" ||
+		r.Unwatched[0].Stack != "shop" || !strings.Contains(r.Unwatched[0].Reason, "containers") || time.Since(r.Checked) > time.Minute {
+		t.Errorf("check --format json:\n%s", &stdout)
 	}
 }
 
