@@ -6,7 +6,11 @@
 //	go build -ldflags "-X main.version=v2 -X main.schema=2"
 //
 // Version "broken" fails its /health endpoint, so its HEALTHCHECK never
-// passes and a start-first update to it fails and rolls back.
+// passes and a start-first update to it fails and rolls back. Two more
+// pass their health check and fail later, what only a probe or a bake
+// catches (docs/probes.md): "probe500" answers 500 on every route but
+// /health; "crashlate" exits (status 3) $CRASH_AFTER (default 20s) after
+// it started.
 //
 //	app          serve $LISTEN (default :8080): / prints the version, /health is the probe
 //	app health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
@@ -85,7 +89,24 @@ func main() {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, version) })
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if version == "probe500" {
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprintln(w, "probe500: relation \"orders\" does not exist")
+			return
+		}
+		fmt.Fprintln(w, version)
+	})
+	if version == "crashlate" {
+		after, err := time.ParseDuration(os.Getenv("CRASH_AFTER"))
+		if err != nil {
+			after = 20 * time.Second
+		}
+		time.AfterFunc(after, func() {
+			fmt.Fprintln(os.Stderr, "crashlate: exiting", after, "after start")
+			os.Exit(3)
+		})
+	}
 	l, err := net.Listen("tcp", listen)
 	if err == nil && strings.HasSuffix(listen, ":0") {
 		err = writeAddr(l.Addr().String())

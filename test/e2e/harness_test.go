@@ -124,7 +124,10 @@ func buildBinaries(dir string) error {
 	// Versions and the database schema each one migrates to; badmig's
 	// migration fails halfway. v3 has a migration of its own, so a deploy
 	// of it after v2's has one to run (and not to run twice).
-	for v, schema := range map[string]string{"v1": "1", "v2": "2", "v3": "3", "v4": "3", "broken": "3", "badmig": "99"} {
+	// probe500 and crashlate pass their health check and then fail (a
+	// route answering 500, an exit after CRASH_AFTER): probe_test.go.
+	for v, schema := range map[string]string{"v1": "1", "v2": "2", "v3": "3", "v4": "3", "broken": "3", "badmig": "99",
+		"probe500": "1", "crashlate": "1"} {
 		out := filepath.Join(dir, "app-"+v)
 		if msg, err := goBuild(root, out, "-X main.version="+v+" -X main.schema="+schema, "./demo/app"); err != nil {
 			return fmt.Errorf("build test app %s: %v\n%s", v, err, msg)
