@@ -50,6 +50,7 @@ import (
 type dist struct {
 	addr    string // the proxy: services, the updater and every push use it
 	proxyL  net.Listener
+	proxy   http.Handler // the proxy's handler, for a listener elsewhere (a worker's netns)
 	dir     string
 	logPath string
 	mu      sync.Mutex
@@ -181,7 +182,7 @@ http:
 		// keep the proxy's, so every request of a push comes through here.
 		r.Out.Host = r.In.Host
 	}}
-	s := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	d.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		proxy.ServeHTTP(rec, r)
 		if r.Context().Err() != nil {
@@ -193,7 +194,8 @@ http:
 		d.hits = append(d.hits, hit{at: time.Now(), who: sender(r.UserAgent()), method: r.Method, kind: kindOf(r.URL.Path),
 			path: r.URL.Path, status: rec.status, auth: r.Header.Get("Authorization")})
 		d.mu.Unlock()
-	})}
+	})
+	s := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: d.proxy}
 	go s.Serve(d.proxyL)
 	t.Cleanup(func() { s.Close() })
 
@@ -415,6 +417,12 @@ type tokenRealm struct {
 	users                        map[string]string // user: password
 	pushers                      map[string]bool   // users who may push
 	ttl                          time.Duration
+	// backdate moves each token's exp claim this much earlier than ttl
+	// (expires_in stays ttl). distribution accepts a token up to 60 s past
+	// its exp (token.Leeway, for clock skew), so a 5 s token backdated by
+	// that much is refused at the registry 5 s after it was issued, as a
+	// registry without that leeway refuses it.
+	backdate time.Duration
 
 	mu     sync.Mutex
 	issued []tokenReq
@@ -548,7 +556,7 @@ func (r *tokenRealm) sign(sub string, granted []access) (string, error) {
 	header, _ := json.Marshal(map[string]any{"typ": "JWT", "alg": "ES256", "x5c": []string{base64.StdEncoding.EncodeToString(r.cert)}})
 	claims, _ := json.Marshal(map[string]any{
 		"iss": r.issuer, "sub": sub, "aud": r.service,
-		"exp": now.Add(r.ttl).Unix(), "nbf": now.Add(-time.Second).Unix(), "iat": now.Unix(),
+		"exp": now.Add(r.ttl - r.backdate).Unix(), "nbf": now.Add(-time.Second).Unix(), "iat": now.Unix(),
 		"jti": hex.EncodeToString(jti), "access": granted,
 	})
 	enc := base64.RawURLEncoding
@@ -856,4 +864,81 @@ func TestDistributionNotifications(t *testing.T) {
 	t.Logf("webhooks from the registry: %v accepted, %v ignored (blob pushes)",
 		metric(t, base, `updater_webhooks_total{result="accepted",source="distribution"}`),
 		metric(t, base, `updater_webhooks_total{result="ignored",source="distribution"}`))
+}
+
+// Token expiry: the realm issues tokens that the registry refuses 5 s
+// after they were issued (backdated past distribution's leeway), so one
+// expires between cycles again and again. Each time, the updater's HEAD
+// is refused once, it fetches one new token through the challenge, the
+// HEAD answers, and nothing is logged as a failure: one token request per
+// expiry, never one per HEAD, and none while the last token still worked.
+func TestDistributionTokenExpiry(t *testing.T) {
+	const stack, repo = "e2edisttokexp", "e2e/dist-token-expiry"
+	const pusher, pusherPass = "e2e-pusher", "e2e-token-pusher-password-2718"
+	const reader, readerPass = "e2e-reader", "e2e-token-reader-password-3141"
+	addSecret("token realm pusher password", pusherPass)
+	addSecret("token realm reader password", readerPass)
+	realm := startTokenRealm(t, map[string]string{pusher: pusherPass, reader: readerPass}, pusher)
+	// Set before the registry starts, so before any token is asked for.
+	realm.ttl, realm.backdate = 5*time.Second, 60*time.Second
+	d := newDist(t)
+	d.start(t, distOpts{token: realm})
+	v1d := d.pushTo(t, repo, "v1", pusher, pusherPass)
+	d.createWithAuth(t, stack+"_app", repo, v1d, pusher, pusherPass, svcOpts{stack: stack, optIn: true})
+
+	u := startUpdater(t, stack, "DOCKER_CONFIG="+authConfigDir(t, d.addr, reader, readerPass))
+	waitFor(t, 30*time.Second, "a first cycle", func() bool { return u.cycles() >= 1 })
+	from, c0 := time.Now(), u.cycles()
+	// 25 cycles of 1 s: four or five expiries of a 5 s token.
+	const n = 25
+	waitFor(t, n*5*time.Second, fmt.Sprintf("%d more cycles", n), func() bool { return u.cycles() >= c0+n })
+	u.stop(syscall.SIGTERM)
+	elapsed, cycles := time.Since(from), u.cycles()-c0
+	hits, all := d.since(from, "updater"), realm.tokens(time.Time{}, "updater")
+	toks := realm.tokens(from, "updater")
+
+	for _, tr := range all {
+		if tr.status != http.StatusOK || tr.user != reader || len(tr.granted) != 1 || tr.granted[0].Name != repo {
+			t.Fatalf("a token request of the updater's was not the reader's, granted pulling %s: %v", repo, tr)
+		}
+	}
+	// Fetched again after each expiry: 25 s over tokens of 4-5 s (exp is in
+	// whole seconds) and a cycle's wait at most after each.
+	maxTokens := int(elapsed/(realm.ttl-time.Second)) + 1
+	if len(toks) < 3 || len(toks) > maxTokens {
+		t.Fatalf("%d token requests in %s (%d cycles), want one per expiry of a %s token: 3 to %d (all: %v)",
+			len(toks), elapsed.Round(100*time.Millisecond), cycles, realm.ttl, maxTokens, all)
+	}
+	// Never while the last one still worked, and at the first cycle after.
+	for i := 1; i < len(all); i++ {
+		gap := all[i].at.Sub(all[i-1].at)
+		if gap < realm.ttl-time.Second-200*time.Millisecond || gap > realm.ttl+3*time.Second {
+			t.Fatalf("token %d came %s after the one before, want from %s (it expired) to %s (the next cycle after)",
+				i, gap.Round(10*time.Millisecond), realm.ttl-time.Second, realm.ttl+3*time.Second)
+		}
+	}
+	// At the registry: each expiry cost one refused HEAD; the HEAD after the
+	// new token answered, once a cycle; no ping, no GET.
+	got := tally(hits)
+	if got["HEAD manifest 401"] != len(toks) {
+		t.Fatalf("%d refused HEADs for %d token requests, want one each (the updater's requests: %v)", got["HEAD manifest 401"], len(toks), got)
+	}
+	within(t, fmt.Sprintf("answered HEADs in %d cycles", cycles), got["HEAD manifest"], cycles)
+	if len(got) != 2 {
+		t.Fatalf("the updater's requests %v, want only manifest HEADs, answered or refused for an expired token", got)
+	}
+	// Nothing the operator would read as a failure.
+	u.mu.Lock()
+	lines := slices.Clone(u.lines)
+	u.mu.Unlock()
+	for _, l := range lines {
+		msg, lvl := fmt.Sprint(l["msg"]), fmt.Sprint(l["level"])
+		// The one warning this service earns: advice about its spec.
+		advice := strings.HasPrefix(msg, "no health check in the service spec")
+		if (lvl == "WARN" && !advice) || lvl == "ERROR" || strings.Contains(msg, "fail") || l["err"] != nil {
+			t.Fatalf("the updater logged %v", l)
+		}
+	}
+	t.Logf("%s, %d cycles: %d token requests (tokens of %s), the updater's requests %v",
+		elapsed.Round(100*time.Millisecond), cycles, len(toks), realm.ttl, got)
 }
