@@ -11,11 +11,14 @@ import (
 	"github.com/updater-dev/updater/internal/notify"
 	"github.com/updater-dev/updater/internal/notify/rollbar"
 	"github.com/updater-dev/updater/internal/notify/slack"
+	"github.com/updater-dev/updater/internal/notify/urls"
+	"github.com/updater-dev/updater/internal/notify/webhook"
 	"github.com/updater-dev/updater/internal/swarm"
 )
 
-// notifiers starts a dispatcher for each configured notifier; nil when
-// none is. A Slack token that Slack rejects is a configuration error
+// notifiers starts a dispatcher for the configured notifiers (Slack,
+// Rollbar, the webhook, each URL of UPDATER_NOTIFY_URLS); nil when none
+// is. A URL shoutrrr does not take is a configuration error. A Slack token that Slack rejects is a configuration error
 // (ErrRejected); Slack being unreachable at start is not, since the
 // dispatcher retries and deploys never wait on it.
 // The Swarm keeps each deploy's Slack message and Rollbar deploy (their
@@ -44,13 +47,27 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 		rc.Memo = memo
 		ns = append(ns, notify.Named{Name: "rollbar", Notifier: rollbar.NewDeploys(rc)})
 	}
+	if n := cfg.Notify; n.WebhookURL != "" {
+		ns = append(ns, notify.Named{Name: "webhook", Notifier: webhook.New(webhook.Config{URL: n.WebhookURL, Secret: n.WebhookSecret})})
+	}
+	for i, raw := range cfg.Notify.URLs {
+		// One notifier (and queue) per URL: a retry for one service must
+		// not post twice to another that took the message.
+		u, err := urls.New(raw)
+		if err != nil {
+			return nil, fmt.Errorf("UPDATER_NOTIFY_URLS entry %d: %w", i+1, err)
+		}
+		ns = append(ns, notify.Named{Name: u.Name(), Notifier: u})
+	}
 	if len(ns) == 0 {
 		return nil, nil
 	}
-	// Slack and Rollbar leave the host: hook output goes only when asked
+	// The notifiers leave the host: hook output goes only when asked
 	// for, and no secret of the updater's goes at all.
-	red := notify.NewRedactor(cfg.Slack.Token, cfg.Slack.WebhookURL, cfg.Rollbar.Token, cfg.APIToken, cfg.APIReadToken,
-		cfg.WebhookSecret, cfg.WebhookSecretGitHub, cfg.WebhookSecretDockerHub, cfg.WebhookSecretDistribution)
+	secrets := append([]string{cfg.Slack.Token, cfg.Slack.WebhookURL, cfg.Rollbar.Token, cfg.APIToken, cfg.APIReadToken,
+		cfg.WebhookSecret, cfg.WebhookSecretGitHub, cfg.WebhookSecretDockerHub, cfg.WebhookSecretDistribution,
+		cfg.Notify.WebhookURL, cfg.Notify.WebhookSecret}, cfg.Notify.URLs...)
+	red := notify.NewRedactor(secrets...)
 	for i := range ns {
 		ns[i].Notifier = notify.HookLogs{Notifier: ns[i].Notifier, Report: cfg.ReportHookLogs, Redactor: red}
 	}
