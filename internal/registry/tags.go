@@ -15,8 +15,8 @@ import (
 // maxTagPages bounds one listing. go-containerregistry follows a
 // registry's Link header for as long as it is sent, so a registry that
 // links a page to itself would keep us until the deadline. It asks for
-// 1000 tags a page (n=1000); registries that cap pages lower (Docker Hub:
-// 100) still fit 100,000 tags in a thousand pages.
+// 1000 tags a page (n=1000); a registry that caps its pages at 100 still
+// fits 100,000 tags in a thousand of them.
 const maxTagPages = 1000
 
 // Tags lists the tags of repo ("[registry[:port]/]repository"; a tag or

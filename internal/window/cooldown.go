@@ -45,5 +45,17 @@ func CooldownEligible(firstSeen time.Time, cooldown time.Duration, at time.Time)
 		return true, at, ""
 	}
 	return false, next, fmt.Sprintf("held until %s: cooldown %s since the digest was first seen on the tag (%s)",
-		when(next, at, time.UTC), cooldown, when(firstSeen, firstSeen, time.UTC))
+		when(next, at, time.UTC), short(cooldown), when(firstSeen, firstSeen, time.UTC))
+}
+
+// short writes 24h for 24h0m0s and 1h30m for 1h30m0s.
+func short(d time.Duration) string {
+	s := d.String()
+	if t, ok := strings.CutSuffix(s, "m0s"); ok {
+		s = t + "m"
+	}
+	if t, ok := strings.CutSuffix(s, "h0m"); ok {
+		s = t + "h"
+	}
+	return s
 }

@@ -51,11 +51,14 @@ func TestCooldownEligible(t *testing.T) {
 		if ok != c.ok || !next.Equal(utc(c.next)) {
 			t.Errorf("CooldownEligible(at %s) = %v, %s; want %v, %s", c.at, ok, next, c.ok, c.next)
 		}
-		if wantWhy := "held until Tue 10:00 UTC: cooldown 24h0m0s since the digest was first seen on the tag (Mon 10:00 UTC)"; !ok && why != wantWhy {
+		if wantWhy := "held until Tue 10:00 UTC: cooldown 24h since the digest was first seen on the tag (Mon 10:00 UTC)"; !ok && why != wantWhy {
 			t.Errorf("why = %q, want %q", why, wantWhy)
 		} else if ok && why != "" {
 			t.Errorf("eligible, yet why = %q", why)
 		}
+	}
+	if _, _, why := CooldownEligible(seen, 90*time.Minute, seen); !strings.Contains(why, "cooldown 1h30m since") {
+		t.Errorf("why = %q, want the cooldown written 1h30m", why)
 	}
 	if ok, _, _ := CooldownEligible(seen, 0, seen); !ok {
 		t.Error("no cooldown held a digest")

@@ -190,6 +190,12 @@ func TestDSTFallBack(t *testing.T) {
 		{at: "2026-10-25T02:29:59Z", ok: true},
 		{at: "2026-10-25T02:30:00Z", next: "2026-10-26T01:30:00Z", why: "held until Mon 02:30 CET"},
 	})
+	// A start in the repeated hour counts once: 02:00 CEST opens, 02:00 CET
+	// does not.
+	run(t, policy(t, "CRON_TZ=Europe/Paris 0 * * * * 10m", ""), []check{
+		{at: "2026-10-25T00:05:00Z", ok: true},                                                      // 02:05 CEST
+		{at: "2026-10-25T01:05:00Z", next: "2026-10-25T02:00:00Z", why: "held until Sun 03:00 CET"}, // 02:05 CET
+	})
 }
 
 // A yearly window is found a year ahead; a freeze longer than the horizon
