@@ -262,8 +262,8 @@ func (w Window) nextStart(t time.Time) time.Time {
 // long window on a frequent schedule ("* * * * * 30d").
 func (w Window) cover(t time.Time) (bool, time.Time) {
 	lo := t.Add(-w.d)
-	s := w.nextStart(lo)
-	if s.IsZero() || s.After(t) {
+	s, in := w.inside(t)
+	if !in {
 		return false, time.Time{}
 	}
 	// nextStart(lo) <= t and no start lies in (hi, t]: the latest start
@@ -279,6 +279,13 @@ func (w Window) cover(t time.Time) (bool, time.Time) {
 		}
 	}
 	return true, s.Add(w.d)
+}
+
+// inside reports whether t is inside w, and the first start of the
+// windows that hold it.
+func (w Window) inside(t time.Time) (time.Time, bool) {
+	s := w.nextStart(t.Add(-w.d))
+	return s, !s.IsZero() && !s.After(t)
 }
 
 // Policy is what decides when a digest may be deployed: allow windows
@@ -369,7 +376,7 @@ func (p Policy) frozen(t time.Time) (Window, time.Time, bool) {
 func (p Policy) open(t time.Time) (time.Time, bool) {
 	var next time.Time
 	for _, w := range p.Windows {
-		if in, _ := w.cover(t); in {
+		if _, in := w.inside(t); in { // its end does not matter: no bisection
 			return time.Time{}, true
 		}
 		if n := w.nextStart(t); !n.IsZero() && (next.IsZero() || n.Before(next)) {

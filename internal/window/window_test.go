@@ -290,3 +290,19 @@ func TestCoverEndsWithTheLatestWindow(t *testing.T) {
 		t.Errorf("cover(12:30) = %v, %s; want true, %s (the 12:00 window's end)", in, end, want)
 	}
 }
+
+// What a cycle pays per held service: a weekday window and a holiday
+// freeze, asked on a Saturday (held until Monday), and inside the window.
+func BenchmarkEligible(b *testing.B) {
+	w, _ := ParseWindows("UPDATER_WINDOWS", "CRON_TZ=Europe/Paris 0 22 * * 1-5 2h")
+	f, _ := ParseFreezes("UPDATER_FREEZE", "2026-12-20..2027-01-04; CRON_TZ=Europe/Paris 0 18 * * 5 63h")
+	p := Policy{Windows: w, Freezes: f}
+	for _, c := range []struct{ name, at string }{{"held", "2026-12-05T12:00:00Z"}, {"open", "2026-12-01T21:30:00Z"}} {
+		at := utc(c.at)
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				p.Eligible(at)
+			}
+		})
+	}
+}
