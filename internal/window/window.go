@@ -51,7 +51,7 @@ const (
 	windowForm = `want CRON DURATION, optionally after CRON_TZ=Zone, several separated by ";" ` +
 		`(CRON: 5 fields or @daily/@weekly/@monthly/@yearly/@hourly; DURATION: 1m to 366d, like 2h, 90m or 3d), ` +
 		`for example "CRON_TZ=Europe/Paris 0 22 * * 1-5 2h"`
-	freezeForm = `want CRON DURATION or a date range FROM..TO (inclusive days, YYYY-MM-DD), optionally after ` +
+	freezeForm = `want CRON DURATION or a date range FROM..TO (inclusive days, YYYY-MM-DD, at most 366 of them), optionally after ` +
 		`CRON_TZ=Zone, several separated by ";", for example "2026-12-20..2027-01-04; CRON_TZ=Europe/Paris 0 18 * * 5 63h"`
 )
 
@@ -176,6 +176,11 @@ func (w Window) dates(from, to string) (Window, error) {
 	// last day, on the zone's clock.
 	w.from = onClock(first, w.loc)
 	w.d = onClock(last.AddDate(0, 0, 1), w.loc).Sub(w.from)
+	if w.d > MaxDuration {
+		// As for a DURATION: past a year it is more likely a typo in the
+		// year, and Eligible does not look further anyway.
+		return Window{}, fmt.Errorf("the range %s..%s is longer than 366 days", from, to)
+	}
 	return w, nil
 }
 

@@ -204,8 +204,11 @@ func TestHorizon(t *testing.T) {
 	run(t, policy(t, "@yearly 1h", ""), []check{
 		{at: "2026-01-01T01:00:00Z", next: "2027-01-01T00:00:00Z", why: "held until Fri 1 Jan 2027 00:00 UTC"},
 	})
-	run(t, policy(t, "", "2026-01-01..2027-06-30"), []check{
-		{at: "2026-01-01T01:00:00Z", next: "", why: "held: no moment inside a window and outside every freeze up to Sat 2 Jan 2027 01:00 UTC"},
+	// Two freezes end to end are crossed one after the other.
+	run(t, policy(t, "", "2026-01-01..2026-12-31; 2027-01-01..2027-06-30"), []check{
+		{at: "2026-01-01T01:00:00Z", next: "", why: "held: no moment inside a window and outside every freeze up to Sat 2 Jan 2027 01:00 UTC " +
+			"(the search stops 366 days ahead at most): inside the freeze 2026-01-01..2026-12-31, then inside the freeze 2027-01-01..2027-06-30"},
+		{at: "2026-07-01T00:00:00Z", next: "2027-07-01T00:00:00Z", why: "inside the freeze 2026-01-01..2026-12-31, then inside the freeze 2027-01-01..2027-06-30"},
 	})
 }
 
@@ -244,6 +247,8 @@ func TestParseErrors(t *testing.T) {
 		{false, "2026-12-20..2027-01-04", "a date range is a freeze"},
 		{true, "2027-01-04..2026-12-20", "ends (2026-12-20) before it starts (2027-01-04)"},
 		{true, "2026-02-30", "not a date: 2026-02-30"},
+		{true, "2026-01-01..2027-01-02", "longer than 366 days"},
+		{true, "0000-01-01..9999-12-31", "longer than 366 days"},
 	} {
 		name, parse, form := "updater.window", ParseWindows, "want CRON DURATION"
 		if c.freeze {
