@@ -165,17 +165,21 @@ func TestTagsStopsAtPageLimit(t *testing.T) {
 func TestTagsOfInMemoryRegistry(t *testing.T) {
 	t.Parallel()
 	f := newFakeRegistry(t)
-	f.pushImage(t, "app:1.2.3")
+	d := f.pushImage(t, "app:1.2.3")
 	f.pushImage(t, "app:2.0.0")
 	c := New(Config{Keychain: anonymous()})
-	got, err := c.Tags(context.Background(), f.host+"/app")
-	if err != nil || !slices.Equal(got, []string{"1.2.3", "2.0.0"}) {
-		t.Fatalf("Tags = %q, %v; want [1.2.3 2.0.0]", got, err)
+	// A service spec's image, pinned, names the repository as well.
+	for _, repo := range []string{f.host + "/app", f.ref("app:1.2.3@" + d)} {
+		f.reset()
+		got, err := c.Tags(context.Background(), repo)
+		if err != nil || !slices.Equal(got, []string{"1.2.3", "2.0.0"}) {
+			t.Fatalf("Tags(%s) = %q, %v; want [1.2.3 2.0.0]", repo, got, err)
+		}
+		if n := f.count("GET other"); n != 1 {
+			t.Errorf("Tags(%s): %d list requests, want 1", repo, n)
+		}
 	}
-	if n := f.count("GET other"); n != 1 {
-		t.Errorf("%d list requests, want 1", n)
-	}
-	_, err = c.Tags(context.Background(), f.host+"/nothing-here")
+	_, err := c.Tags(context.Background(), f.host+"/nothing-here")
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "list tags of "+f.host+"/nothing-here") {
 		t.Errorf("Tags of a missing repository: %v, want ErrNotFound naming it", err)
 	}
