@@ -175,6 +175,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 	if mode == Run {
 		// Metrics and the deploy history watch the pipeline they serve.
 		a.surface = newOperating(p, sw, sw)
+		a.surface.metrics.SetVersion(a.opts.Version)
 		regCfg.Transport = a.surface.metrics.Transport(remote.DefaultTransport)
 		p.Observer = a.surface.metrics
 		p.Reporter = notify.Reporters{reporter, a.surface.metrics, a.surface.history}
@@ -289,12 +290,4 @@ func flush(what string, log *slog.Logger, close func(context.Context) error) {
 	if err := close(ctx); err != nil {
 		log.Warn("flush "+what+" at shutdown", "err", err)
 	}
-}
-
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }

@@ -7,6 +7,7 @@ package metrics
 import (
 	"errors"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,10 @@ type Metrics struct {
 	webhooks         *prometheus.CounterVec
 	apiRefused       *prometheus.CounterVec
 	hookSteps        *prometheus.CounterVec
+	buildInfo        *prometheus.GaugeVec
+	lastCheck        prometheus.Gauge
+	lastCycle        prometheus.Gauge
+	src              Source
 }
 
 var (
@@ -53,6 +58,7 @@ func New(src Source, now func() time.Time) *Metrics {
 	}
 	started := now()
 	m := &Metrics{
+		src: src,
 		reg: prometheus.NewRegistry(),
 		cycles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_cycles_total",
@@ -67,8 +73,8 @@ func New(src Source, now func() time.Time) *Metrics {
 		}, []string{"scope"}),
 		registryRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_registry_requests_total",
-			Help: "HTTP requests to registries, every retry counted, by method and result (the status code, or error when no answer came).",
-		}, []string{"method", "result"}),
+			Help: "HTTP requests to registries, every retry counted, by method and code (the status code, or error when no answer came); result is the same value under its old name, deprecated, removed in the next release.",
+		}, []string{"method", "code", "result"}),
 		rateLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "updater_registry_ratelimit_limit",
 			Help: "Pulls the registry allows per window, from its last RateLimit-Limit header (Docker Hub sends one), by registry host.",
@@ -98,12 +104,28 @@ func New(src Source, now func() time.Time) *Metrics {
 			Name: "updater_hook_steps_total",
 			Help: "Hook steps, of deploys and scheduled backups, by phase (backup, migrate) and state (started, succeeded, failed, skipped: a scheduled backup due during a deploy of its service, or a migration already done).",
 		}, []string{"phase", "state"}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "updater_build_info",
+			Help: "Always 1, labelled with the updater's version and the Go version it was built with.",
+		}, []string{"version", "goversion"}),
+		// Timestamps, not ages: an alert is then time() minus the gauge,
+		// and a scrape that failed does not look like a fresh value.
+		lastCheck: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "updater_last_check_timestamp_seconds",
+			Help: "When (Unix time) the last full cycle ended in which Docker listed the services and every registry lookup answered with a digest; 0 until one has. Alert on time() minus it: it stops moving when a registry or its credentials fail.",
+		}),
+		lastCycle: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "updater_last_cycle_timestamp_seconds",
+			Help: "When (Unix time) the last full cycle ended, whatever it found (Docker or a registry failing included); 0 until one has. It stops moving when the schedule does.",
+		}),
 	}
+	m.SetVersion("unknown")
 	m.reg.MustRegister(m.cycles, m.cycleDuration, m.registryRequests, m.rateLimit, m.rateRemaining, m.deploys, m.deployDuration, m.webhooks, m.apiRefused, m.hookSteps,
+		m.buildInfo, m.lastCheck, m.lastCycle, serviceStates{src: src},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "updater_last_successful_cycle_age_seconds",
-			Help: "Seconds since the last full cycle listed the services and looked up every tag (registry errors included); since the start until there is one.",
+			Help: "Deprecated, removed in the next release: use updater_last_check_timestamp_seconds. Seconds since the last full cycle listed the services and looked up every tag (registry errors included); since the start until there is one.",
 		}, func() float64 {
 			last := src.Status().Checked
 			if last.IsZero() {
@@ -136,7 +158,14 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// ObserveCycle counts a cycle.
+// SetVersion labels updater_build_info with the updater's version; call
+// it once, at start.
+func (m *Metrics) SetVersion(version string) {
+	m.buildInfo.Reset()
+	m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+}
+
+// ObserveCycle counts a cycle, and moves the timestamps of a full one.
 func (m *Metrics) ObserveCycle(s deploy.CycleStats) {
 	scope := "all"
 	if !s.Full {
@@ -152,6 +181,55 @@ func (m *Metrics) ObserveCycle(s deploy.CycleStats) {
 	}
 	m.cycles.WithLabelValues(scope, result).Inc()
 	m.cycleDuration.WithLabelValues(scope).Observe(s.Duration.Seconds())
+	if !s.Full || errors.Is(s.Err, deploy.ErrStandby) {
+		return // a push checks a few tags; a standby's cycle did not run
+	}
+	end := unix(s.Started.Add(s.Duration))
+	m.lastCycle.Set(end)
+	if s.Err == nil && m.answered() {
+		m.lastCheck.Set(end)
+	}
+}
+
+// answered reports whether every lookup of the cycle just observed got a
+// digest. The pipeline observes a cycle before the next one may plan, so
+// the plans its Status holds are that cycle's: a full cycle replaces
+// them all.
+func (m *Metrics) answered() bool {
+	for _, pl := range m.src.Status().Services {
+		if pl.Action == deploy.ActError {
+			return false
+		}
+	}
+	return true
+}
+
+func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+// serviceStates exports updater_service_state: one series per watched
+// service, made at each scrape from what the last cycles decided, so a
+// service no longer watched has none and the count of series is the
+// count of services.
+type serviceStates struct{ src Source }
+
+var serviceStateDesc = prometheus.NewDesc("updater_service_state",
+	"Always 1, one series per watched service, labelled with its state as the API says it (up-to-date, deploy, deploying, awaiting-approval, skip-failed, skip-untagged, registry-error).",
+	[]string{"service", "state"}, nil)
+
+func (serviceStates) Describe(ch chan<- *prometheus.Desc) { ch <- serviceStateDesc }
+
+func (c serviceStates) Collect(ch chan<- prometheus.Metric) {
+	seen := map[string]bool{}
+	for _, pl := range c.src.Status().Services {
+		// Names are unique in a swarm, but a service removed and made
+		// again under its name is remembered twice until the next full
+		// cycle; two series with one label set would fail the scrape.
+		if seen[pl.Target.Name] {
+			continue
+		}
+		seen[pl.Target.Name] = true
+		ch <- prometheus.MustNewConstMetric(serviceStateDesc, prometheus.GaugeValue, 1, pl.Target.Name, string(pl.Action))
+	}
 }
 
 // Report counts the deploys that ended.
@@ -210,7 +288,7 @@ func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 			c.limit.WithLabelValues(r.URL.Host).Set(n)
 		}
 	}
-	c.requests.WithLabelValues(r.Method, result).Inc()
+	c.requests.WithLabelValues(r.Method, result, result).Inc()
 	return resp, err
 }
 

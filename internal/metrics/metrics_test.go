@@ -8,6 +8,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/registry"
@@ -63,6 +65,7 @@ func TestRegistered(t *testing.T) {
 	for _, name := range []string{
 		"updater_cycles_total", "updater_cycle_duration_seconds", "updater_deploys_total",
 		"updater_deploy_duration_seconds", "updater_webhooks_total", "updater_api_refused_total", "updater_hook_steps_total", "updater_last_successful_cycle_age_seconds",
+		"updater_last_check_timestamp_seconds", "updater_last_cycle_timestamp_seconds", "updater_build_info",
 		"updater_watched_services", "updater_approvals_pending", "go_goroutines", "process_start_time_seconds",
 	} {
 		if !strings.Contains(body, "# TYPE "+name+" ") {
@@ -145,9 +148,9 @@ func TestTransport(t *testing.T) {
 		t.Fatal("want an error from a closed server")
 	}
 	has(t, scrape(t, m),
-		`updater_registry_requests_total{method="HEAD",result="200"} 2`,
-		`updater_registry_requests_total{method="GET",result="404"} 1`,
-		`updater_registry_requests_total{method="GET",result="error"} 1`,
+		`updater_registry_requests_total{code="200",method="HEAD",result="200"} 2`,
+		`updater_registry_requests_total{code="404",method="GET",result="404"} 1`,
+		`updater_registry_requests_total{code="error",method="GET",result="error"} 1`,
 	)
 }
 
@@ -223,7 +226,7 @@ func TestRegistryRateLimit(t *testing.T) {
 	}
 	has(t, scrape(t, m),
 		`updater_registry_ratelimit_remaining{registry="`+host+`"} 0`,
-		`updater_registry_requests_total{method="HEAD",result="429"} 1`,
+		`updater_registry_requests_total{code="429",method="HEAD",result="429"} 1`,
 	)
 }
 
@@ -237,5 +240,108 @@ func TestRateValue(t *testing.T) {
 		if _, ok := rateValue(h); ok {
 			t.Errorf("rateValue(%q) accepted", h)
 		}
+	}
+}
+
+// The check's timestamp moves only with a full cycle in which Docker
+// listed the services and every registry lookup got a digest: a cycle
+// whose lookups failed (a registry or its credentials down) moves the
+// cycle's timestamp and not the check's, so an alert on the check fires.
+func TestCheckTimestamps(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	ok := deploy.Plan{Target: deploy.Target{Name: "web"}, Action: deploy.ActNone}
+	bad := deploy.Plan{Target: deploy.Target{Name: "api"}, Action: deploy.ActError}
+	src := &fakeSource{}
+	m := New(src, nil)
+	check := func(want float64) {
+		t.Helper()
+		if got := testutil.ToFloat64(m.lastCheck); got != want {
+			t.Errorf("updater_last_check_timestamp_seconds = %v, want %v", got, want)
+		}
+	}
+	cycle := func(want float64) {
+		t.Helper()
+		if got := testutil.ToFloat64(m.lastCycle); got != want {
+			t.Errorf("updater_last_cycle_timestamp_seconds = %v, want %v", got, want)
+		}
+	}
+	check(0)
+	cycle(0)
+
+	src.status.Services = []deploy.Plan{ok}
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0, Duration: 1500 * time.Millisecond})
+	check(unix(t0) + 1.5)
+	cycle(unix(t0) + 1.5)
+
+	// Every lookup failed: the cycle ran, the check did not.
+	src.status.Services = []deploy.Plan{bad, {Target: deploy.Target{Name: "db"}, Action: deploy.ActError}}
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0.Add(time.Minute)})
+	check(unix(t0) + 1.5)
+	cycle(unix(t0.Add(time.Minute)))
+
+	// One of two failed: not a check either.
+	src.status.Services = []deploy.Plan{ok, bad}
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0.Add(2 * time.Minute)})
+	check(unix(t0) + 1.5)
+
+	// Docker did not list: neither a check nor (being full) unseen.
+	src.status.Services = []deploy.Plan{ok}
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0.Add(3 * time.Minute), Err: errors.New("list services: docker down")})
+	check(unix(t0) + 1.5)
+	cycle(unix(t0.Add(3 * time.Minute)))
+
+	// A push's cycle, a busy tick and a standby's move nothing.
+	m.ObserveCycle(deploy.CycleStats{Full: false, Started: t0.Add(4 * time.Minute)})
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0.Add(5 * time.Minute), Err: deploy.ErrBusy})
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0.Add(6 * time.Minute), Err: deploy.ErrStandby})
+	check(unix(t0) + 1.5)
+	cycle(unix(t0.Add(3 * time.Minute)))
+
+	// Answers again: both move.
+	m.ObserveCycle(deploy.CycleStats{Full: true, Started: t0.Add(7 * time.Minute)})
+	check(unix(t0.Add(7 * time.Minute)))
+	cycle(unix(t0.Add(7 * time.Minute)))
+}
+
+// One updater_service_state series per watched service, with the word the
+// API uses for its state; a service no longer watched loses its series,
+// and one remembered twice under its name (removed and made again) is not
+// a duplicate series, which would fail the whole scrape.
+func TestServiceState(t *testing.T) {
+	src := &fakeSource{}
+	m := New(src, nil)
+	plan := func(id, name string, a deploy.Action) deploy.Plan {
+		return deploy.Plan{Target: deploy.Target{ID: id, Name: name}, Action: a}
+	}
+	src.status.Services = []deploy.Plan{plan("1", "api", deploy.ActDeploying), plan("2", "web", deploy.ActNone), plan("3", "worker", deploy.ActAwait)}
+	want := `
+# HELP updater_service_state Always 1, one series per watched service, labelled with its state as the API says it (up-to-date, deploy, deploying, awaiting-approval, skip-failed, skip-untagged, registry-error).
+# TYPE updater_service_state gauge
+updater_service_state{service="api",state="deploying"} 1
+updater_service_state{service="web",state="up-to-date"} 1
+updater_service_state{service="worker",state="awaiting-approval"} 1
+`
+	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(want), "updater_service_state"); err != nil {
+		t.Error(err)
+	}
+	src.status.Services = []deploy.Plan{plan("2", "web", deploy.ActError), plan("4", "web", deploy.ActNone)}
+	if n, err := testutil.GatherAndCount(m.reg, "updater_service_state"); err != nil || n != 1 {
+		t.Errorf("after api and worker went, a web made again: %d series (%v), want 1", n, err)
+	}
+	if got := scrape(t, m); strings.Contains(got, `service="api"`) || strings.Contains(got, `service="worker"`) {
+		t.Errorf("services gone still have series:\n%s", got)
+	}
+}
+
+func TestBuildInfo(t *testing.T) {
+	m := New(&fakeSource{}, nil)
+	m.SetVersion("v1.2.3")
+	want := fmt.Sprintf(`
+# HELP updater_build_info Always 1, labelled with the updater's version and the Go version it was built with.
+# TYPE updater_build_info gauge
+updater_build_info{goversion=%q,version="v1.2.3"} 1
+`, runtime.Version())
+	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(want), "updater_build_info"); err != nil {
+		t.Error(err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -137,6 +138,7 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 	ev := recordEvents(t)
 	v1 := push(t, repo, "v1")
 	app := createService(t, "e2ewebhook_app", repo, v1, svcOpts{stack: stack, optIn: true})
+	begin := time.Now()
 	u := startUpdater(t, stack, httpEnv("UPDATER_SCHEDULE=@every 1h")...)
 	base := u.base(t)
 	waitFor(t, 30*time.Second, "the first cycle", func() bool { return u.cycles() >= 1 })
@@ -268,11 +270,25 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 	if n := metric(t, base, `updater_cycles_total{result="ok",scope="push"}`); n < 5 {
 		t.Errorf("%v push cycles, want at least 5", n)
 	}
-	if n := metric(t, base, `updater_registry_requests_total{method="HEAD",result="200"}`); n < 6 {
+	if n := metric(t, base, `updater_registry_requests_total{code="200",method="HEAD",result="200"}`); n < 6 {
 		t.Errorf("%v registry HEADs counted, want one per cycle at least (6)", n)
 	}
 	if age := metric(t, base, "updater_last_successful_cycle_age_seconds"); age < 0 || age > 3600 {
 		t.Errorf("last successful cycle age %v", age)
+	}
+	// The one scheduled cycle answered every lookup: both timestamps are
+	// its end, between the updater's start and now.
+	now := float64(time.Now().UnixNano()) / 1e9
+	for _, name := range []string{"updater_last_check_timestamp_seconds", "updater_last_cycle_timestamp_seconds"} {
+		if ts := metric(t, base, name); ts < float64(begin.UnixNano())/1e9 || ts > now {
+			t.Errorf("%s = %v, want between the start (%v) and now (%v)", name, ts, float64(begin.UnixNano())/1e9, now)
+		}
+	}
+	if n := metric(t, base, `updater_build_info{goversion="`+runtime.Version()+`",version="e2e"}`); n != 1 {
+		t.Errorf("updater_build_info for version e2e and %s = %v, want 1", runtime.Version(), n)
+	}
+	if n := metric(t, base, `updater_service_state{service="e2ewebhook_app",state="up-to-date"}`); n != 1 {
+		t.Errorf("updater_service_state of e2ewebhook_app up-to-date = %v, want 1", n)
 	}
 }
 
