@@ -1,0 +1,149 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The CLI as a client of the running updater (UPDATER_URL): `updater
+// deploy` asks the updater that holds the lease, on the real swarm, and
+// the service moves (read from Docker); `check --now --format json` shows
+// the updater's view of it; a wrong token is refused with exit 2 and
+// changes nothing; an approval nobody opened is a 404, exit 1. The CLI's
+// DOCKER_HOST is a socket that counts connections: it sees none.
+func TestCLIClient(t *testing.T) {
+	const stack, repo = "e2ecli", "e2e/cli"
+	v1 := push(t, repo, "v1")
+	app := createService(t, stack+"_app", repo, v1, svcOpts{stack: stack, optIn: true})
+	// Polling an hour away: only the CLI's requests deploy.
+	u := startUpdater(t, stack, httpEnv("UPDATER_SCHEDULE=@every 1h")...)
+	base := u.base(t)
+	waitFor(t, 30*time.Second, "the first cycle", func() bool { return u.cycles() >= 1 })
+	v2 := push(t, repo, "v2")
+
+	sock, conns := countingSocket(t)
+	cli := func(token string, args ...string) (code int, stdout, stderr string) {
+		t.Helper()
+		cmd := exec.Command(env.bin, args...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "UPDATER_URL=" + base, "UPDATER_API_TOKEN=" + token,
+			"DOCKER_HOST=unix://" + sock}
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+		var exit *exec.ExitError
+		switch {
+		case errors.As(err, &exit):
+			code = exit.ExitCode()
+		case err != nil:
+			t.Fatalf("updater %q: %v", args, err)
+		}
+		return code, out.String(), errb.String()
+	}
+
+	// A wrong token first: refused, exit 2, the service untouched.
+	const wrong = "wrong-token-0123456789abcdef"
+	code, out, errOut := cli(wrong, "deploy", stack+"_app")
+	if code != 2 || !strings.Contains(errOut, "401 Unauthorized") || !strings.Contains(errOut, "UPDATER_API_TOKEN is not its token") {
+		t.Fatalf("deploy with a wrong token = %d, want 2 and the refusal\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if strings.Contains(out+errOut, wrong) || strings.Contains(out+errOut, apiToken) {
+		t.Errorf("a token is in the CLI's output:\n%s%s", out, errOut)
+	}
+	if d := specDigest(t, app); d != v1 {
+		t.Fatalf("after a refused deploy the spec pins %s, want v1 %s", d, v1)
+	}
+
+	// The deploy, through the API, followed to its end.
+	code, out, errOut = cli(apiToken, "deploy", "--wait", "3m", stack+"_app")
+	if code != 0 || !strings.Contains(out, stack+"_app succeeded") {
+		t.Fatalf("deploy --wait = %d, want 0 and its success\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("the spec pins %s after the deploy, want v2 %s", d, v2)
+	}
+	waitFor(t, deployLimit, "every task on v2", func() bool { return allRunning(t, app, v2) })
+	if n := u.count("deploy requested through the API", "service", stack+"_app"); n != 1 {
+		t.Errorf("%d deploys requested through the API, want 1 (the refused one is none)", n)
+	}
+
+	// check --now: a fresh full check by the running updater, as JSON.
+	code, out, errOut = cli(apiToken, "check", "--now", "--format", "json")
+	if code != 0 {
+		t.Fatalf("check --now --format json = %d\nstderr: %s", code, errOut)
+	}
+	var r struct {
+		Checked  time.Time `json:"checked"`
+		Services []struct {
+			Name           string `json:"name"`
+			Ref            string `json:"ref"`
+			RunningDigest  string `json:"running_digest"`
+			RegistryDigest string `json:"registry_digest"`
+			State          string `json:"state"`
+		} `json:"services"`
+		Unwatched json.RawMessage `json:"unwatched"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check --format json is not JSON: %v\n%s", err, out)
+	}
+	if len(r.Services) != 1 {
+		t.Fatalf("check listed %d services, want %s_app alone:\n%s", len(r.Services), stack, out)
+	}
+	if s := r.Services[0]; s.Name != stack+"_app" || s.Ref != image(repo) || s.RunningDigest != v2 || s.RegistryDigest != v2 || s.State != "up-to-date" {
+		t.Errorf("check's service %+v, want %s_app on v2, up to date", s, stack)
+	}
+	if r.Checked.IsZero() || string(r.Unwatched) != "null" {
+		t.Errorf("checked %s, unwatched %s: want a time and null", r.Checked, r.Unwatched)
+	}
+
+	// An approval nobody opened.
+	code, _, errOut = cli(apiToken, "approve", "no-such-deploy")
+	if code != 1 || !strings.Contains(errOut, "404 Not Found") || !strings.Contains(errOut, "no deploy no-such-deploy awaits approval") {
+		t.Errorf("approve of an unknown deploy = %d, want 1 and the API's 404\nstderr: %s", code, errOut)
+	}
+
+	if n := conns.Load(); n != 0 {
+		t.Errorf("the CLI made %d connections to its DOCKER_HOST; as a client it asks the API only", n)
+	}
+}
+
+// countingSocket is a unix socket that counts connections and closes
+// each at once.
+func countingSocket(t *testing.T) (string, *atomic.Int32) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "e2ecli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "docker.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := new(atomic.Int32)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done; os.RemoveAll(dir) })
+	return sock, n
+}
