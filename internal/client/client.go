@@ -6,6 +6,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -122,45 +123,46 @@ type Deploys struct {
 // Services asks what the updater saw at its last check.
 func (c *Client) Services(ctx context.Context) (Services, error) {
 	var out Services
-	return out, c.do(ctx, http.MethodGet, &out, "services")
+	return out, c.do(ctx, http.MethodGet, nil, &out, "services")
 }
 
 // Deploys asks for the pending approvals and the last deploys.
 func (c *Client) Deploys(ctx context.Context) (Deploys, error) {
 	var out Deploys
-	return out, c.do(ctx, http.MethodGet, &out, "deploys")
+	return out, c.do(ctx, http.MethodGet, nil, &out, "deploys")
 }
 
 // Check asks for a full check; it runs in the background (a real cycle:
 // it deploys what moved, as the schedule's would).
 func (c *Client) Check(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, nil, "check")
+	return c.do(ctx, http.MethodPost, nil, nil, "check")
 }
 
 // Deploy asks for service's deploy, like `updater deploy`; it is queued,
 // and its outcome shows in Deploys. ErrNotFound: the service is not
 // watched.
 func (c *Client) Deploy(ctx context.Context, service string) error {
-	return c.do(ctx, http.MethodPost, nil, "services", service, "deploy")
+	return c.do(ctx, http.MethodPost, nil, nil, "services", service, "deploy")
 }
 
 // Approve lets the pending deploy id go ahead (at the updater's next check).
 func (c *Client) Approve(ctx context.Context, id string) (Approval, error) {
 	var out Approval
-	return out, c.do(ctx, http.MethodPost, &out, "deploys", id, "approve")
+	return out, c.do(ctx, http.MethodPost, nil, &out, "deploys", id, "approve")
 }
 
 // Reject turns the pending deploy id down.
 func (c *Client) Reject(ctx context.Context, id string) (Approval, error) {
 	var out Approval
-	return out, c.do(ctx, http.MethodPost, &out, "deploys", id, "reject")
+	return out, c.do(ctx, http.MethodPost, nil, &out, "deploys", id, "reject")
 }
 
 // do sends one request to /api/v1/ and the path's segments, below the
 // base (an updater behind a proxy's path prefix is reached there), and
-// decodes a 2xx answer into out, when out is not nil. Other answers become
-// errors carrying the API's own message.
-func (c *Client) do(ctx context.Context, method string, out any, segments ...string) error {
+// decodes a 2xx answer into out, when out is not nil. body, when not nil,
+// is sent as JSON (no endpoint takes one yet; a rollback's target may).
+// Other answers become errors carrying the API's own message.
+func (c *Client) do(ctx context.Context, method string, body, out any, segments ...string) error {
 	path := strings.Join(segments, "/")
 	for _, s := range segments {
 		// Each segment is escaped as one; a name that would step to
@@ -174,9 +176,20 @@ func (c *Client) do(ctx context.Context, method string, out any, segments ...str
 		escaped = append(escaped, url.PathEscape(s))
 	}
 	u := c.base.JoinPath(escaped...)
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	var payload io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode the body: %w", method, path, err)
+		}
+		payload = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), payload)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Accept", "application/json")
@@ -186,17 +199,17 @@ func (c *Client) do(ctx context.Context, method string, out any, segments ...str
 		return fmt.Errorf("ask the updater: %w", err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
 		return fmt.Errorf("%s %s: read the answer: %w", method, u.Redacted(), err)
 	}
 	if resp.StatusCode/100 != 2 {
-		return answerError(method, u.Redacted(), resp, body)
+		return answerError(method, u.Redacted(), resp, answer)
 	}
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("%s %s: the answer is not the API's JSON (is UPDATER_URL the updater?): %w", method, u.Redacted(), err)
 	}
 	return nil

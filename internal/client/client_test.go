@@ -227,3 +227,21 @@ func TestNotTheUpdater(t *testing.T) {
 		t.Errorf("Services() = %v, want the answer called not the API's", err)
 	}
 }
+
+// TestBody: a request with a body sends it as JSON, below the base's
+// path, with the token (what a rollback's --to will need).
+func TestBody(t *testing.T) {
+	var got string
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got = fmt.Sprintf("%s %s %s %s %s", r.Method, r.URL.EscapedPath(), r.Header.Get("Content-Type"), r.Header.Get("Authorization"), b)
+		fmt.Fprint(w, `{"id":"r1"}`)
+	}))
+	t.Cleanup(ts.Close)
+	var out struct{ ID string }
+	err := newClient(t, ts.URL+"/pre", token).do(context.Background(), http.MethodPost, map[string]string{"to": newD}, &out, "services", "a b", "rollback")
+	want := "POST /pre/api/v1/services/a%20b/rollback application/json Bearer " + token + ` {"to":"` + newD + `"}`
+	if err != nil || got != want || out.ID != "r1" {
+		t.Errorf("got %q, %+v, %v; want %q", got, out, err, want)
+	}
+}
