@@ -30,10 +30,10 @@ type command struct {
 	hidden  bool   // a job's command, not a person's: left out of `updater help`
 	// flags declares the command's flags on fs and returns what runs it
 	// once they and the arguments are parsed.
-	flags func(fs *flag.FlagSet) func(ctx context.Context, io streams, args []string) int
+	flags func(fs *flag.FlagSet) func(ctx context.Context, std streams, args []string) int
 	// raw, instead, takes the arguments as they are: a command whose flags
 	// and help are its package's own (prune, probe).
-	raw func(ctx context.Context, io streams, args []string) int
+	raw func(ctx context.Context, std streams, args []string) int
 }
 
 // commands is the command table; a func so that nothing can change it.
@@ -65,13 +65,15 @@ func commands() []command {
 			about: "For Docker's HEALTHCHECK in an image with no shell or curl.",
 			flags: func(*flag.FlagSet) func(context.Context, streams, []string) int { return healthcheckCmd }},
 		{name: "prune", args: "...", summary: "remove a repository's unused images on this node (what the prune job runs)",
-			raw: func(_ context.Context, io streams, args []string) int { return nodeprune.Main(args, io.out, io.err) }},
+			raw: func(_ context.Context, std streams, args []string) int { return nodeprune.Main(args, std.out, std.err) }},
 		{name: "probe", args: "...", hidden: true, summary: "probe a service's new tasks (what the probe job runs)",
-			raw: func(ctx context.Context, io streams, args []string) int { return probe.Main(ctx, args, io.out, io.err) }},
+			raw: func(ctx context.Context, std streams, args []string) int {
+				return probe.Main(ctx, args, std.out, std.err)
+			}},
 		{name: "version", nargs: none, summary: "print the version (also --version)",
 			flags: func(*flag.FlagSet) func(context.Context, streams, []string) int {
-				return func(_ context.Context, io streams, _ []string) int {
-					fmt.Fprintln(io.out, "updater", version)
+				return func(_ context.Context, std streams, _ []string) int {
+					fmt.Fprintln(std.out, "updater", version)
 					return 0
 				}
 			}},
@@ -90,29 +92,29 @@ func lookup(name string) (command, bool) {
 }
 
 // main parses c's flags and arguments and runs it.
-func (c command) main(ctx context.Context, io streams, args []string) int {
+func (c command) main(ctx context.Context, std streams, args []string) int {
 	if c.raw != nil {
-		return c.raw(ctx, io, args)
+		return c.raw(ctx, std, args)
 	}
 	fs := c.flagSet()
 	exec := c.flags(fs)
 	pos, err := parse(fs, args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		c.usage(fs, io.out)
+		c.usage(fs, std.out)
 		return 0
 	case err != nil:
-		fmt.Fprintf(io.err, "updater %s: %v\n\n", c.name, err)
+		fmt.Fprintf(std.err, "updater %s: %v\n\n", c.name, err)
 	case len(pos) < c.nargs[0] || len(pos) > c.nargs[1]:
 		got := ""
 		if len(pos) > 0 {
 			got = fmt.Sprintf(", got %q", strings.Join(pos, " "))
 		}
-		fmt.Fprintf(io.err, "updater %s: %s%s\n\n", c.name, c.wantArgs(), got)
+		fmt.Fprintf(std.err, "updater %s: %s%s\n\n", c.name, c.wantArgs(), got)
 	default:
-		return exec(ctx, io, pos)
+		return exec(ctx, std, pos)
 	}
-	c.usage(fs, io.err)
+	c.usage(fs, std.err)
 	return 2
 }
 
@@ -176,40 +178,40 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func helpCmd(_ context.Context, io streams, args []string) int {
+func helpCmd(_ context.Context, std streams, args []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(io.out, usage())
+		fmt.Fprint(std.out, usage())
 		return 0
 	}
 	c, ok := lookup(args[0])
 	if !ok || c.raw != nil {
 		// prune's and probe's flags are their packages' own: ask them.
 		if ok {
-			return c.raw(context.Background(), io, []string{"--help"})
+			return c.raw(context.Background(), std, []string{"--help"})
 		}
-		fmt.Fprintf(io.err, "updater help: unknown command %q\n\n%s", args[0], usage())
+		fmt.Fprintf(std.err, "updater help: unknown command %q\n\n%s", args[0], usage())
 		return 2
 	}
 	fs := c.flagSet()
 	c.flags(fs)
-	c.usage(fs, io.out)
+	c.usage(fs, std.out)
 	return 0
 }
 
-func runCmd(ctx context.Context, io streams, _ []string) int {
-	cfg, code := settings(io, 2)
+func runCmd(ctx context.Context, std streams, _ []string) int {
+	cfg, code := settings(std, 2)
 	if code != 0 {
 		return code
 	}
-	return withApp(ctx, cfg, app.Run, io.err, func(a *app.App) int { return serve(ctx, a) })
+	return withApp(ctx, cfg, app.Run, std.err, func(a *app.App) int { return serve(ctx, a) })
 }
 
-func healthcheckCmd(_ context.Context, io streams, _ []string) int {
-	cfg, code := settings(io, 1) // an updater with this configuration is not running
+func healthcheckCmd(_ context.Context, std streams, _ []string) int {
+	cfg, code := settings(std, 1) // an updater with this configuration is not running
 	if code != 0 {
 		return code
 	}
-	return healthcheck(cfg.Listen, io.err)
+	return healthcheck(cfg.Listen, std.err)
 }
 
 // checkFlags: --format and --now.
@@ -217,19 +219,19 @@ func checkFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int {
 	format := fs.String("format", "table", `the output: "table" for people, "json" for scripts (fields in docs/cli.md)`)
 	now := fs.Bool("now", false, "with UPDATER_URL: ask the running updater for a full check first (a real cycle: it deploys\n"+
 		"what moved, as its schedule would) and wait for it, up to 10 minutes; a local check is always now")
-	return func(ctx context.Context, io streams, _ []string) int {
+	return func(ctx context.Context, std streams, _ []string) int {
 		if *format != "table" && *format != "json" {
-			fmt.Fprintf(io.err, "updater check: --format %q: use \"table\" or \"json\"\n", *format)
+			fmt.Fprintf(std.err, "updater check: --format %q: use \"table\" or \"json\"\n", *format)
 			return 2
 		}
-		cfg, code := settings(io, 2)
+		cfg, code := settings(std, 2)
 		if code != 0 {
 			return code
 		}
 		if cfg.URL != "" {
-			return remoteCheck(ctx, cfg, *format, *now, io)
+			return remoteCheck(ctx, cfg, *format, *now, std)
 		}
-		return withApp(ctx, cfg, app.Check, io.err, func(a *app.App) int { return check(ctx, a, *format, io.out) })
+		return withApp(ctx, cfg, app.Check, std.err, func(a *app.App) int { return check(ctx, a, *format, std.out) })
 	}
 }
 
@@ -237,19 +239,19 @@ func checkFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int {
 func deployFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int {
 	wait := fs.Duration("wait", 0, "with UPDATER_URL: wait up to this long for the deploy's outcome, and exit 1 unless it\n"+
 		"succeeded (0: return once the updater has queued it); a local deploy always waits")
-	return func(ctx context.Context, io streams, args []string) int {
+	return func(ctx context.Context, std streams, args []string) int {
 		if *wait < 0 {
-			fmt.Fprintf(io.err, "updater deploy: --wait %s: use a duration of 0 or more, like 10m\n", *wait)
+			fmt.Fprintf(std.err, "updater deploy: --wait %s: use a duration of 0 or more, like 10m\n", *wait)
 			return 2
 		}
-		cfg, code := settings(io, 2)
+		cfg, code := settings(std, 2)
 		if code != 0 {
 			return code
 		}
 		if cfg.URL != "" {
-			return remoteDeploy(ctx, cfg, args[0], *wait, io)
+			return remoteDeploy(ctx, cfg, args[0], *wait, std)
 		}
-		return withApp(ctx, cfg, app.Deploy, io.err, func(a *app.App) int { return deployOne(ctx, a, args[0], io.out) })
+		return withApp(ctx, cfg, app.Deploy, std.err, func(a *app.App) int { return deployOne(ctx, a, args[0], std.out) })
 	}
 }
 
@@ -257,18 +259,18 @@ func deployFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int 
 // the updater that opened them, so only it can decide one: a local
 // approve would find none.
 func decideCmd(approve bool) func(context.Context, streams, []string) int {
-	return func(ctx context.Context, io streams, args []string) int {
-		cfg, code := settings(io, 2)
+	return func(ctx context.Context, std streams, args []string) int {
+		cfg, code := settings(std, 2)
 		if code != 0 {
 			return code
 		}
 		verb := map[bool]string{true: "approve", false: "reject"}[approve]
 		if cfg.URL == "" {
-			fmt.Fprintf(io.err, "updater %s: needs UPDATER_URL (and UPDATER_API_TOKEN): approvals are kept in the memory of the\n"+
+			fmt.Fprintf(std.err, "updater %s: needs UPDATER_URL (and UPDATER_API_TOKEN): approvals are kept in the memory of the\n"+
 				"running updater that opened them, so only it can decide one; set UPDATER_URL to its address\n", verb)
 			return 2
 		}
-		return remoteDecide(ctx, cfg, args[0], approve, io)
+		return remoteDecide(ctx, cfg, args[0], approve, std)
 	}
 }
 

@@ -65,10 +65,10 @@ func usage() string {
 // returns the exit code: nothing is touched before the whole of it is
 // valid. bad is the code for a bad setting (healthcheck's is 1, since
 // Docker reserves 2 in a HEALTHCHECK).
-func settings(io streams, bad int) (config.Config, int) {
+func settings(std streams, bad int) (config.Config, int) {
 	cfg, err := config.Load(os.LookupEnv, os.Environ())
 	if err != nil {
-		fmt.Fprintf(io.err, "updater: invalid configuration:\n%v\n", err)
+		fmt.Fprintf(std.err, "updater: invalid configuration:\n%v\n", err)
 		return config.Config{}, bad
 	}
 	return cfg, 0
