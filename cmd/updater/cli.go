@@ -178,19 +178,18 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func helpCmd(_ context.Context, std streams, args []string) int {
+func helpCmd(ctx context.Context, std streams, args []string) int {
 	if len(args) == 0 {
 		fmt.Fprint(std.out, usage())
 		return 0
 	}
 	c, ok := lookup(args[0])
-	if !ok || c.raw != nil {
-		// prune's and probe's flags are their packages' own: ask them.
-		if ok {
-			return c.raw(context.Background(), std, []string{"--help"})
-		}
+	switch {
+	case !ok:
 		fmt.Fprintf(std.err, "updater help: unknown command %q\n\n%s", args[0], usage())
 		return 2
+	case c.raw != nil:
+		return c.raw(ctx, std, []string{"--help"}) // prune's and probe's flags are their packages' own
 	}
 	fs := c.flagSet()
 	c.flags(fs)
