@@ -103,7 +103,7 @@ func check(ctx context.Context, a *app.App, format string, out io.Writer) int {
 		a.Log.Error("check: list the services not watched", "err", err)
 		return 1
 	}
-	return r.print(out, format, fmt.Sprintf("no service is watched: give one the label %s=true under `deploy.labels:`%s", cfg.Label, inStack(cfg.Stack)))
+	return r.print(out, format, fmt.Sprintf("no service is watched: give one the label %s=true under `deploy.labels:`%s", cfg.Label, inStack(cfg.Stack)), "")
 }
 
 func inStack(stack string) string {
@@ -125,7 +125,9 @@ type report struct {
 	Unwatched []swarm.Unwatched `json:"unwatched"`
 }
 
-func (r report) print(out io.Writer, format, none string) int {
+// print writes r as format; in a table, none stands for an empty list and
+// note, when set, ends it.
+func (r report) print(out io.Writer, format, none, note string) int {
 	if format == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -149,6 +151,9 @@ func (r report) print(out io.Writer, format, none string) int {
 	}
 	for _, u := range r.Unwatched {
 		fmt.Fprintf(w, "  %s: %s\n", u.Service, u.Reason)
+	}
+	if note != "" {
+		fmt.Fprintln(w, "\n"+note)
 	}
 	if w.Flush() != nil {
 		return 1

@@ -65,7 +65,8 @@ func remoteCheck(ctx context.Context, cfg config.Config, format string, now bool
 		}
 	}
 	r := report{Checked: s.Checked, Services: s.Services}
-	return r.print(std.out, format, "the updater at "+cfg.URL+" watches no service (as of its last check: "+when(s.Checked)+")")
+	return r.print(std.out, format, "the updater at "+cfg.URL+" watches no service",
+		"as the updater at "+cfg.URL+" saw it at its last full check: "+when(s.Checked))
 }
 
 func when(t time.Time) string {
