@@ -93,6 +93,9 @@ type Event struct {
 	// a restart and followed it to its end.
 	Resumed  bool
 	Duration time.Duration
+	// Baked is how long a succeeded deploy was baked (updater.bake)
+	// before it was called a success; 0 without a bake.
+	Baked time.Duration
 	// Step is set on Progress events.
 	Step *Step
 	// Part is "docker" or "registry" on Outage and Recovered events.
@@ -154,6 +157,8 @@ type Step struct {
 	// Done and Total count, during a rollout, the desired tasks that run
 	// the new digest and are healthy.
 	Done, Total int
+	// Until is when a bake under way ends (PhaseBake).
+	Until time.Time
 	// ExitCode and LogTail tell how a hook job ended.
 	ExitCode int
 	LogTail  []string

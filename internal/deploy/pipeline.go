@@ -34,8 +34,11 @@ type Pipeline struct {
 	// has any.
 	Jobs       Jobs
 	Migrations Migrations
-	Reporter   Reporter
-	Log        *slog.Logger
+	// Prober probes new tasks (updater.probe.*); nil when this updater
+	// runs no probes: a service labelled with one then fails its deploy.
+	Prober   Prober
+	Reporter Reporter
+	Log      *slog.Logger
 
 	// Timeout bounds one rollout, and separately the rollback after it.
 	Timeout time.Duration
@@ -232,7 +235,7 @@ func (p *Pipeline) start(ctx context.Context, g []Plan) (*flight, *flight) {
 		want[pl.Target.ID], from[pl.Target.ID] = pl.Want, pl.Target.Digest()
 	}
 	keys, refs := keysOf(targets)
-	return p.launch(ctx, keys, refs, want, from, nil, hookTimeout(targets), func(ctx context.Context) []Event {
+	return p.launch(ctx, keys, refs, want, from, nil, targets, func(ctx context.Context) []Event {
 		return p.deployRelease(ctx, g)
 	})
 }
@@ -750,7 +753,7 @@ func (p *Pipeline) resumeLeft(ctx, base context.Context, left []Release) error {
 			want[rel.ServiceID], from[rel.ServiceID], ids[i] = rel.To, rel.From, rel.ID
 		}
 		rels := b.rels
-		if _, in := p.launch(base, b.keys, b.refs, want, from, ids, hookTimeout(b.targets), func(ctx context.Context) []Event {
+		if _, in := p.launch(base, b.keys, b.refs, want, from, ids, b.targets, func(ctx context.Context) []Event {
 			return p.resumeRelease(ctx, rels, targets)
 		}); in != nil {
 			p.Log.Debug("deploy left in flight waits for the run in its way", "deploy_id", b.rels[0].ID, "service", b.rels[0].ServiceName)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // A release run is one sequence of stages over the services that deploy
@@ -18,6 +19,7 @@ import (
 //	          the backup, the migration in the new image (once per digest)
 //	write   → each spec pinned to its new digest, every spec first
 //	follow  → each rollout judged (judge.go), rolled back when unhealthy
+//	verify  → each new version probed, then all baked (bake.go), as labelled
 //	close   → what promoted is unwound when another member failed; each
 //	          outcome reported once, its record removed; then pruning
 //
@@ -38,6 +40,9 @@ type member struct {
 	// prepared is true once its hooks ran (as its record says, for a
 	// resumed member): they are not run again.
 	prepared bool
+	// baking is when its bake began, as a resumed record says; zero
+	// when it was not baking.
+	baking time.Time
 }
 
 // run is one release run in progress.
@@ -90,7 +95,10 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
 		// The stage is the run's state, not the release's: reports carry
 		// the release as it was begun.
-		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared}
+		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared || rel.Stage == StageBaking}
+		if rel.Stage == StageBaking {
+			m.baking = cmp.Or(rel.StageAt, p.now()) // unknown: bake in full
+		}
 		m.rel.Stage = StageRecorded
 		i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
 		if i >= 0 {
@@ -161,7 +169,7 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 			return r.events
 		}
 	}
-	if !r.follow(ctx, written) {
+	if !r.follow(ctx, written) || !r.verify(ctx, written) {
 		return r.events
 	}
 	r.close(ctx, written)

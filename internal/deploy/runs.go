@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -45,6 +46,10 @@ type flight struct {
 	// stale is set when a cycle saw a tag of the run's point elsewhere
 	// than the run deploys: once over, the run asks for a check.
 	stale bool
+	// moved is closed when a cycle planned a newer digest of one of its
+	// services to deploy: a bake under way ends then (bake.go).
+	moved     chan struct{}
+	movedOnce sync.Once
 	// pruning is the repository the run prunes now, "" when it does not.
 	pruning string
 	// started is when it was planned; bound how long it may take (Running).
@@ -95,20 +100,22 @@ func (p *Pipeline) pruningOf(refs []string) *flight {
 	return nil
 }
 
-// bound is how long a run may take whose hooks may each take hooks: a
-// backup and a migration, the rollout, a rollback, and a minute for the
-// rest (records, reports, the looks between). A slot waited for counts: a
-// run queued that long is as stuck as one running.
-func (p *Pipeline) bound(hooks time.Duration) time.Duration {
-	return 2*hooks + 2*p.Timeout + time.Minute
+// bound is how long a run of targets may take: a backup and a migration
+// (each as long as the longest hook timeout), the rollout, its probes and
+// bake, a rollback, and a minute for the rest (records, reports, the looks
+// between). A slot waited for counts: a run queued that long is as stuck
+// as one running.
+func (p *Pipeline) bound(targets []Target) time.Duration {
+	return 2*hookTimeout(targets) + 2*p.Timeout + verifyTime(targets) + time.Minute
 }
 
 // launch starts fn as a run claiming keys, once a slot is free, and
 // returns its flight; nil, and the flight in the way, when one of keys is
 // claimed or a repository of refs is being pruned. ids are the records
-// the run resumes; hooks is its longest hook timeout (0: none). fn runs on ctx, fenced by the lease and carrying the
-// flight (flightOf); the flight's out is what fn returned.
-func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from map[string]string, ids []string, hooks time.Duration, fn func(ctx context.Context) []Event) (*flight, *flight) {
+// the run resumes; targets are the services it deploys, as watched (its
+// bound). fn runs on ctx, fenced by the lease and carrying the flight
+// (flightOf); the flight's out is what fn returned.
+func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from map[string]string, ids []string, targets []Target, fn func(ctx context.Context) []Event) (*flight, *flight) {
 	p.mu.Lock()
 	in := p.claimedBy(keys)
 	if in == nil {
@@ -127,7 +134,7 @@ func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from m
 		return nil, in
 	}
 	f := &flight{keys: keys, refs: refs, want: want, from: from, ids: ids, resumed: ids != nil, slot: make(chan struct{}), done: make(chan struct{}),
-		started: p.now(), bound: p.bound(hooks)}
+		started: p.now(), bound: p.bound(targets), moved: make(chan struct{})}
 	p.runs.live = append(p.runs.live, f)
 	p.runs.queued = append(p.runs.queued, f)
 	p.dispatch()
@@ -271,6 +278,9 @@ func (p *Pipeline) inFlight(plans []Plan, records map[string]Release) {
 			if pl.Action == ActDeploy || pl.Action == ActSkipFailed || pl.Action == ActAwait {
 				if to != "" && pl.Want != to && pl.Want != f.from[id] {
 					f.stale = true
+					if pl.Action == ActDeploy {
+						f.movedOnce.Do(func() { close(f.moved) })
+					}
 					pl.Reason += "; the tag has moved on to " + Short(pl.Want) + ", planned again when it ends"
 				}
 			}
