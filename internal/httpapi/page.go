@@ -91,21 +91,16 @@ func approvalWarning(a deploy.Approval, deploys []Deploy) string {
 		}
 		w := fmt.Sprintf("This digest %s %s, another service of stack %s, at %s", what, d.ServiceName, d.Stack,
 			d.Started.Add(d.Duration).UTC().Format("2006-01-02 15:04:05Z"))
-		if line, _, _ := strings.Cut(strings.TrimSpace(d.Reason), "\n"); line != "" {
-			w += ": " + truncate(line, 200)
+		line, _, _ := strings.Cut(strings.TrimSpace(d.Reason), "\n")
+		// A bound on a reason of any length: Swarm's can name every task.
+		if r := []rune(line); len(r) > 300 {
+			return w + ": " + string(r[:300]) + "…"
+		} else if line != "" {
+			w += ": " + strings.TrimSuffix(line, ".")
 		}
 		return w + "."
 	}
 	return ""
-}
-
-// truncate cuts s to at most n runes, marking the cut.
-func truncate(s string, n int) string {
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n]) + "…"
 }
 
 // page wraps a status page handler. A browser is asked for the API token
