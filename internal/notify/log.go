@@ -42,6 +42,9 @@ func (l Log) Report(e deploy.Event) {
 		}
 		if s := e.Step; s != nil && s.State != deploy.StepProgress {
 			attrs = append(attrs, slog.String("state", string(s.State)))
+			if !s.Until.IsZero() {
+				attrs = append(attrs, slog.Time("until", s.Until))
+			}
 			if s.State == deploy.StepFailed {
 				attrs = append(attrs, slog.Int("exit_code", s.ExitCode))
 				if len(s.LogTail) > 0 {
@@ -56,6 +59,9 @@ func (l Log) Report(e deploy.Event) {
 	}
 	if e.Kind != deploy.Started && e.Kind != deploy.Pending {
 		attrs = append(attrs, slog.String("step", string(e.Phase)), slog.Duration("duration", e.Duration))
+		if e.Baked > 0 {
+			attrs = append(attrs, slog.Duration("baked", e.Baked))
+		}
 	}
 	if e.Kind == deploy.Pending { // "deploy pending": held for a person's approval, until when
 		attrs = append(attrs, slog.String("reason", e.Reason))

@@ -87,6 +87,9 @@ func (s *story) apply(e deploy.Event) {
 			if e.Step.Total > 0 {
 				detail = fmt.Sprintf("%d/%d", e.Step.Done, e.Step.Total)
 			}
+			if !e.Step.Until.IsZero() {
+				detail = "until " + e.Step.Until.UTC().Format("15:04 MST")
+			}
 			s.finishRunning(key)
 			s.upsert(key, detail, running)
 		case deploy.StepSucceeded:
@@ -129,6 +132,13 @@ func (st step) label() string {
 			name = "rolling"
 		case done:
 			name = "rolled out"
+		}
+	case string(deploy.PhaseBake):
+		switch st.state {
+		case running:
+			name = "baking"
+		case done:
+			name, st.detail = "baked", ""
 		}
 	case "migrate":
 		name = "migration"

@@ -493,3 +493,27 @@ func TestBotResumedDeployEditsItsMessage(t *testing.T) {
 		t.Errorf("memo holds %d entries after the outcome, want 0", memo.Len())
 	}
 }
+
+// A bake shows how long it goes on while it does, then that it baked.
+func TestBotBakeSteps(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	rel := release()
+	until := time.Date(2026, 12, 1, 16, 42, 0, 0, time.UTC)
+	bake := func(state deploy.StepState) deploy.Event {
+		return deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseBake,
+			Step: &deploy.Step{Phase: deploy.PhaseBake, State: state, Until: until}}
+	}
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel}, bake(deploy.StepStarted), bake(deploy.StepSucceeded),
+		deploy.Event{Kind: deploy.Succeeded, Release: rel, Baked: 5 * time.Minute})
+	calls := fake.Accepted()
+	if len(calls) < 3 {
+		t.Fatalf("calls %v", methods(calls))
+	}
+	if c := calls[1].Content(); !strings.Contains(c, "baking until 16:42 UTC …") {
+		t.Errorf("while baking:\n%s", c)
+	}
+	if c := calls[len(calls)-1].Content(); !strings.Contains(c, "baked ✓") || strings.Contains(c, "until") {
+		t.Errorf("after the bake:\n%s", c)
+	}
+}
