@@ -124,7 +124,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 	cfg, log := a.cfg, a.Log
 	self := holder()
 	sw, err := swarm.New(swarm.Config{Label: cfg.Label, Stack: cfg.Stack, Timeout: cfg.DockerTimeout, Holder: self, Log: log,
-		Authority: swarm.Authority{MountRoots: cfg.HookMountRoots, Images: cfg.HookImages}})
+		Authority: swarm.Authority{MountRoots: cfg.HookMountRoots, Images: cfg.HookImages}, Policy: cfg.Policy})
 	if err != nil {
 		return err
 	}
@@ -157,6 +157,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 		Services:          sw,
 		Ledger:            sw,
 		Journal:           sw,
+		Sightings:         &swarm.Sightings{Swarm: sw},
 		Jobs:              sw,
 		Migrations:        sw,
 		Sweeper:           sw,

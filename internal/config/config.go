@@ -19,6 +19,7 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/imageref"
 	"github.com/updater-dev/updater/internal/schedule"
+	"github.com/updater-dev/updater/internal/window"
 )
 
 // Config is the whole of updater's configuration. The zero value is not
@@ -46,7 +47,11 @@ type Config struct {
 	// files may have less power than the socket the updater holds.
 	HookMountRoots []string // UPDATER_HOOK_MOUNT_ROOTS: host path prefixes hook jobs may bind, and other volumes by name; none by default
 	HookImages     []string // UPDATER_HOOK_IMAGES: repositories or registry hosts hook images may come from; none by default
-	ReportHookLogs bool     // UPDATER_REPORT_HOOK_LOGS: hook log tails go to Slack and Rollbar too; the log keeps them always
+	// Policy holds deploys of every service outside its windows
+	// (UPDATER_WINDOWS) and inside its freezes (UPDATER_FREEZE); a
+	// service's updater.window replaces the windows, updater.freeze adds.
+	Policy         window.Policy
+	ReportHookLogs bool // UPDATER_REPORT_HOOK_LOGS: hook log tails go to Slack and Rollbar too; the log keeps them always
 
 	// The HTTP server: health, metrics, registry webhooks, the API and the
 	// status page.
@@ -216,6 +221,14 @@ func settings() []setting {
 		}},
 		{"UPDATER_HOOK_MOUNT_ROOTS", func(c *Config, v string) (err error) {
 			c.HookMountRoots, err = parseMountRoots(v)
+			return err
+		}},
+		{"UPDATER_WINDOWS", func(c *Config, v string) (err error) {
+			c.Policy.Windows, err = window.ParseWindows("UPDATER_WINDOWS", v)
+			return err
+		}},
+		{"UPDATER_FREEZE", func(c *Config, v string) (err error) {
+			c.Policy.Freezes, err = window.ParseFreezes("UPDATER_FREEZE", v)
 			return err
 		}},
 		{"UPDATER_HOOK_IMAGES", func(c *Config, v string) (err error) {

@@ -36,9 +36,12 @@ type Pipeline struct {
 	Migrations Migrations
 	// Prober probes new tasks (updater.probe.*); nil when this updater
 	// runs no probes: a service labelled with one then fails its deploy.
-	Prober   Prober
-	Reporter Reporter
-	Log      *slog.Logger
+	Prober Prober
+	// Sightings remembers when each digest was first seen on its tag,
+	// for cooldowns (updater.cooldown); nil: a cooldown holds forever.
+	Sightings Sightings
+	Reporter  Reporter
+	Log       *slog.Logger
 
 	// Timeout bounds one rollout, and separately the rollback after it.
 	Timeout time.Duration
@@ -92,10 +95,11 @@ type Pipeline struct {
 	// would else look left behind, and be resumed a second time.
 	closing  sync.RWMutex
 	warned   map[string]bool
-	exists   map[string]bool // services with records, found to exist though not watched
-	swept    time.Time       // when Sweeper was last asked which services have records
-	unclosed map[string]bool // deploys over whose journal entry would not go
-	seen     seen            // what the last cycles saw, for Status
+	exists   map[string]bool   // services with records, found to exist though not watched
+	swept    time.Time         // when Sweeper was last asked which services have records
+	unclosed map[string]bool   // deploys over whose journal entry would not go
+	seen     seen              // what the last cycles saw, for Status
+	heldSeen map[string]string // service ID → the digest reported held
 
 	approvals approvalBook // deploys held for approval; has its own lock
 }
@@ -198,7 +202,7 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		}
 	}
 	p.inFlight(plans, records)
-	plans = p.gate(ctx, plans, full)
+	plans = p.policies(ctx, p.gate(ctx, plans, full), !p.DryRun)
 	for _, g := range releases(plans) {
 		if p.DryRun {
 			p.wouldDeploy(g)
@@ -321,7 +325,7 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 		records[rel.ServiceID] = rel
 	}
 	p.inFlight(plans, records)
-	return hold(plans), nil
+	return p.policies(ctx, hold(plans), false), nil
 }
 
 // DeployService deploys what the named service's tag points to now and
@@ -349,8 +353,18 @@ func (p *Pipeline) Check(ctx context.Context) ([]Plan, error) {
 // mid-write, the updater stopping) the Event is a failure saying that it
 // resumes; nothing was reported for it yet.
 func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error) {
+	return p.deployService(ctx, name, false)
+}
+
+// ForceDeployService is DeployService through a freeze (updater.freeze,
+// UPDATER_FREEZE), which DeployService refuses with ErrFrozen.
+func (p *Pipeline) ForceDeployService(ctx context.Context, name string) (Event, error) {
+	return p.deployService(ctx, name, true)
+}
+
+func (p *Pipeline) deployService(ctx context.Context, name string, force bool) (Event, error) {
 	for {
-		ev, f, in, err := p.startDeploy(ctx, name)
+		ev, f, in, err := p.startDeploy(ctx, name, force)
 		switch {
 		case err != nil:
 			return Event{}, err
@@ -391,7 +405,7 @@ func (p *Pipeline) DeployService(ctx context.Context, name string) (Event, error
 // startDeploy plans the deploy DeployService asks for and starts its run:
 // f is the run, and ev names the service's release. With f nil, ev is the
 // outcome already (up to date, a dry run), or in is the run in the way.
-func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, in *flight, err error) {
+func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev Event, f, in *flight, err error) {
 	p.running.Lock()
 	defer p.running.Unlock()
 	if p.Acting != nil && !p.Acting() {
@@ -466,6 +480,11 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string) (ev Event, f, i
 	if own.Action != ActDeploy {
 		ev.Release.From = own.Want
 		return ev, nil, nil, nil
+	}
+	// A person's deploy goes outside a window and before a cooldown ends,
+	// not through a freeze unless forced.
+	if why := frozen(members, p.now()); why != "" && !force {
+		return Event{}, nil, nil, fmt.Errorf("deploy %s: %s: deploy it with --force to go through the freeze: %w", t.Name, why, ErrFrozen)
 	}
 	g := releases(plans)[0] // every member shares t's key: one release
 	if p.DryRun {

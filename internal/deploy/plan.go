@@ -34,6 +34,9 @@ type Plan struct {
 	Want   string
 	Action Action
 	Reason string
+	// EligibleAt is when a held digest (ActHeld) may deploy; zero when
+	// not held, or when no time within the policy's horizon is.
+	EligibleAt time.Time
 }
 
 // plan lists the watched services, resolves each distinct tag once, and

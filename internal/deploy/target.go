@@ -32,6 +32,12 @@ type Target struct {
 	// it is done (verify.go): nil and 0 when not labelled.
 	Probe *Probe
 	Bake  time.Duration
+	// Policy is the release policy that may hold a new digest (its
+	// deploy windows and freezes, policy.go), Freeze its freezes alone
+	// (what holds a person's deploy too): nil when none applies. Cooldown
+	// is how long a digest must stay on the tag before it deploys; 0: none.
+	Policy, Freeze Hold
+	Cooldown       time.Duration
 	// HooksErr says why its labels (hooks, probe, bake) could not be
 	// read; the service is then not deployed.
 	HooksErr error

@@ -57,13 +57,13 @@ func (l Log) Report(e deploy.Event) {
 			attrs = append(attrs, slog.Int("done", s.Done), slog.Int("total", s.Total))
 		}
 	}
-	if e.Kind != deploy.Started && e.Kind != deploy.Pending {
+	if e.Kind != deploy.Started && e.Kind != deploy.Pending && e.Kind != deploy.Held {
 		attrs = append(attrs, slog.String("step", string(e.Phase)), slog.Duration("duration", e.Duration))
 		if e.Baked > 0 {
 			attrs = append(attrs, slog.Duration("baked", e.Baked))
 		}
 	}
-	if e.Kind == deploy.Pending { // "deploy pending": held for a person's approval, until when
+	if e.Kind == deploy.Pending || e.Kind == deploy.Held { // held for a person's approval, or by a policy: until when
 		attrs = append(attrs, slog.String("reason", e.Reason))
 	}
 	if e.Kind == deploy.Failed {

@@ -61,7 +61,8 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	for _, l := range []string{labelBackupImage, labelBackupCommand, labelBackupMounts, labelBackupEnv, labelBackupSchedule,
 		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelApprove,
 		deploy.LabelProbeURL, deploy.LabelProbeNetwork, deploy.LabelProbeExpect, deploy.LabelProbeCount,
-		deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake} {
+		deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake,
+		labelWindow, labelFreeze, labelCooldown} {
 		known[l] = true
 	}
 	var unknown []string

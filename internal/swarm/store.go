@@ -489,8 +489,12 @@ func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	seen, err := st.list(ctx, kindSeen, scopeLabel+"="+s.scope())
+	if err != nil {
+		return nil, err
+	}
 	var ids []string
-	for _, c := range append(failed, promoted...) {
+	for _, c := range slices.Concat(failed, promoted, seen) {
 		if id := c.Spec.Labels[serviceLabel]; id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
@@ -507,6 +511,7 @@ func (s *Swarm) ForgetService(ctx context.Context, serviceID string) error {
 		{kindFailed, serviceLabel + "=" + serviceID},
 		{kindPromoted, serviceLabel + "=" + serviceID},
 		{kindMigrated, keyLabel + "=" + hashKey("service:"+serviceID)},
+		{kindSeen, serviceLabel + "=" + serviceID},
 	} {
 		if err := st.removeAll(ctx, r.kind, r.label); err != nil {
 			return fmt.Errorf("forget service %s: %w", serviceID, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/window"
 )
 
 // StackLabel is the label `docker stack deploy` puts on every service.
@@ -48,6 +49,9 @@ type Config struct {
 	// Authority is what hook labels may ask for beyond the service's own
 	// repository and stack volumes; the zero value allows nothing more.
 	Authority Authority
+	// Policy is the operator's release policy for every service
+	// (UPDATER_WINDOWS, UPDATER_FREEZE), merged with each one's labels.
+	Policy window.Policy
 }
 
 // Swarm talks to one Docker Engine that is a swarm manager.
@@ -123,7 +127,7 @@ func (s *Swarm) List(ctx context.Context) ([]deploy.Target, error) {
 		if svc.Spec.TaskTemplate.ContainerSpec == nil {
 			continue // plugin services have no image to follow
 		}
-		out = append(out, s.probeNetwork(ctx, target(svc, s.cfg.Label, s.cfg.Authority)))
+		out = append(out, s.probeNetwork(ctx, withPolicies(target(svc, s.cfg.Label, s.cfg.Authority), svc.Spec.Labels, s.cfg.Policy)))
 	}
 	return out, nil
 }
