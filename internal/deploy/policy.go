@@ -43,12 +43,6 @@ type Sightings interface {
 // ErrFrozen refuses a person's deploy during a freeze, unless forced.
 var ErrFrozen = errors.New("a freeze holds deploys")
 
-// MinCooldown and MaxCooldown bound updater.cooldown.
-const (
-	MinCooldown = time.Minute
-	MaxCooldown = 30 * 24 * time.Hour
-)
-
 // policies holds back the deploys plans would start that a window, a
 // freeze or a cooldown does not let go now. A plan that passed an approval
 // (a person said yes) is held by a freeze only.

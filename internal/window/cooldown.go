@@ -6,16 +6,16 @@ import (
 	"time"
 )
 
-// MinCooldown and MaxCooldown bound updater.cooldown. Below a minute the
+// MinCooldown and MaxCooldown bound updater.cooldown. Below 10 s the
 // cooldown is shorter than most poll intervals and means nothing; past 30
 // days a digest would wait longer than most registries keep an untagged
 // one, and the label is more likely a typo ("720d" for "720h").
 const (
-	MinCooldown = time.Minute
+	MinCooldown = 10 * time.Second
 	MaxCooldown = 30 * 24 * time.Hour
 )
 
-const cooldownForm = `want a duration from 1m to 30d, like 30m, 24h or 7d, or 0 for none`
+const cooldownForm = `want a duration from 10s to 30d, like 30m, 24h or 7d, or 0 for none`
 
 // ParseCooldown reads updater.cooldown (name is the label, for errors):
 // how long a digest must have stayed on its tag before it is deployed.

@@ -11,7 +11,7 @@ func TestParseCooldown(t *testing.T) {
 		value string
 		want  time.Duration
 	}{
-		{"", 0}, {"0", 0}, {" 24h ", 24 * time.Hour}, {"1m", time.Minute}, {"90m", 90 * time.Minute},
+		{"", 0}, {"0", 0}, {" 24h ", 24 * time.Hour}, {"1m", time.Minute}, {"20s", 20 * time.Second}, {"90m", 90 * time.Minute},
 		{"7d", 7 * 24 * time.Hour}, {"30d", MaxCooldown}, {"720h", MaxCooldown},
 	} {
 		got, err := ParseCooldown("updater.cooldown", c.value)
@@ -19,13 +19,13 @@ func TestParseCooldown(t *testing.T) {
 			t.Errorf("ParseCooldown(%q) = %s, %v; want %s", c.value, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{"59s", "31d", "721h", "-1h", "1 day", "d", "24"} {
+	for _, bad := range []string{"9s", "31d", "721h", "-1h", "1 day", "d", "24"} {
 		_, err := ParseCooldown("updater.cooldown", bad)
 		if err == nil {
 			t.Errorf("ParseCooldown(%q) accepted", bad)
 			continue
 		}
-		for _, part := range []string{"updater.cooldown=", bad, "want a duration from 1m to 30d"} {
+		for _, part := range []string{"updater.cooldown=", bad, "want a duration from 10s to 30d"} {
 			if !strings.Contains(err.Error(), part) {
 				t.Errorf("ParseCooldown(%q): error %q lacks %q", bad, err, part)
 			}
