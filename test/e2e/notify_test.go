@@ -120,10 +120,10 @@ func describe(calls []fakeapi.SlackCall) string {
 // Rollbar deploy. Nothing else is sent, and no secret is logged.
 func TestNotifyGoodAndRolledBackDeploys(t *testing.T) {
 	const stack, repo = "e2enote", "e2e/note"
-	sl, rb := fakeSlack(t), fakeRollbar(t)
+	sl, rb, team := fakeSlack(t), fakeRollbar(t), newTeamEndpoint(t)
 	v1 := push(t, repo, "v1")
 	createService(t, "e2enote_app", repo, v1, svcOpts{stack: stack, optIn: true, replicas: 2})
-	u := startUpdater(t, stack, append(slackBotEnv(sl), rollbarEnv(rb)...)...)
+	u := startUpdater(t, stack, append(append(slackBotEnv(sl), rollbarEnv(rb)...), team.env()...)...)
 	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
 
 	const rev = "0123456789abcdef0123456789abcdef01234567"
@@ -162,6 +162,12 @@ func TestNotifyGoodAndRolledBackDeploys(t *testing.T) {
 		t.Fatalf("Rollbar deploy %+v, want started then succeeded, revision %s", d, rev)
 	}
 	t.Logf("good deploy: %d Slack calls (post + %d edits), Rollbar deploy started -> succeeded", len(msgs), len(msgs)-1)
+	// The team's webhook: two signed posts, start and end; ntfy: one message.
+	waitFor(t, 30*time.Second, "the webhook's succeeded post", func() bool { k, _, _ := team.kinds(id); return len(k) >= 2 })
+	if k, outcome, to := team.kinds(id); strings.Join(k, ",") != "started,succeeded" || outcome != "succeeded" || to != v2 {
+		t.Errorf("webhook posts %q (outcome %q, to %s), want started then succeeded to %s", k, outcome, to, v2)
+	}
+	waitFor(t, 30*time.Second, "the ntfy message", func() bool { return len(team.titles()) >= 1 })
 
 	// The broken version fails its health check and Swarm rolls it back.
 	bad := push(t, repo, "broken")
@@ -190,11 +196,20 @@ func TestNotifyGoodAndRolledBackDeploys(t *testing.T) {
 		t.Fatalf("Rollbar deploy %+v, want started then failed, revision the digest", d)
 	}
 
+	waitFor(t, 30*time.Second, "the webhook's failed post", func() bool { k, _, _ := team.kinds(id); return len(k) >= 2 })
+	if k, outcome, to := team.kinds(id); strings.Join(k, ",") != "started,failed" || outcome != "rolled_back" || to != bad {
+		t.Errorf("webhook posts %q (outcome %q, to %s), want started then failed, rolled back, to %s", k, outcome, to, bad)
+	}
+	waitFor(t, 30*time.Second, "the second ntfy message", func() bool { return len(team.titles()) >= 2 })
+	if got := team.titles(); strings.Join(got, "|") != "Deployed e2enote_app|Rolled back e2enote_app" || team.refused() != 0 {
+		t.Errorf("ntfy titles %q (%d unsigned webhook posts), want one message per deploy", got, team.refused())
+	}
+
 	// The updater's own error items: none, a failed deploy is not one.
 	if n := len(rb.Items()); n != 0 {
 		t.Fatalf("%d Rollbar items, want 0: %+v", n, rb.Items())
 	}
-	for _, secret := range []string{slackToken, rollbarToken} {
+	for _, secret := range []string{slackToken, rollbarToken, teamSecret} {
 		if strings.Contains(u.log(), secret) {
 			t.Fatalf("the updater log shows a token")
 		}
