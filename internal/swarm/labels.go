@@ -73,7 +73,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header} or updater.bake", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze or updater.cooldown", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}
