@@ -99,7 +99,7 @@ func (s *Swarm) Probe(ctx context.Context, t deploy.Target, digest string, spec 
 		}
 		return nil, fmt.Errorf("the probe job of %s did not end within %s", t.Name, budget)
 	}
-	lines := s.jobLines(task.ID)
+	lines := s.jobLines(id)
 	out, got := readProbeResults(lines, targets)
 	if got == 0 {
 		// Rejected (no such image), or the job failed before it probed:
@@ -259,11 +259,13 @@ func probeSpec(name string, t deploy.Target, p deploy.Probe, network, image stri
 	}
 }
 
-// jobLines are the lines a job's task printed, best effort, at most 1 MiB.
-func (s *Swarm) jobLines(taskID string) []string {
+// jobLines are the lines a one-task job printed, best effort, at most 1
+// MiB. Read as the service's logs, which hook jobs need anyway: a socket
+// proxy's allow-list needs nothing more for probes.
+func (s *Swarm) jobLines(id string) []string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rc, err := s.api.TaskLogs(ctx, taskID, client.TaskLogsOptions{ShowStdout: true, ShowStderr: true})
+	rc, err := s.api.ServiceLogs(ctx, id, client.ServiceLogsOptions{ShowStdout: true, ShowStderr: true})
 	if err != nil {
 		return nil
 	}
