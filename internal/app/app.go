@@ -187,6 +187,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 		if p.Pruning, err = pruning(ctx, cfg, sw); err != nil {
 			return err
 		}
+		p.Prober = prober(ctx, cfg, sw, log)
 		a.keepLease(ctx, sw, self)
 	}
 	// Pushed after the lease keeper, so Close runs it before the keeper
