@@ -12,7 +12,6 @@ package urls
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -29,7 +28,7 @@ import (
 // Sender sends to the service one URL names.
 type Sender struct {
 	name   string // the URL's scheme: discord, teams, ntfy…
-	send   func(msg string, params *types.Params, timeout time.Duration) error
+	send   func(ctx context.Context, msg string, params *types.Params) error
 	redact notify.Redactor
 }
 
@@ -40,20 +39,29 @@ var _ notify.Notifier = (*Sender)(nil)
 func New(rawURL string) (*Sender, error) {
 	red := redactor(rawURL)
 	scheme, _, _ := strings.Cut(rawURL, "://")
-	if _, err := router.New(nil, rawURL); err != nil {
+	var r router.ServiceRouter // no logger: shoutrrr logs URLs
+	if _, err := r.Locate(rawURL); err != nil {
 		return nil, fmt.Errorf("notify URL (%s): %w", scheme, red.Error(err))
 	}
-	return &Sender{name: scheme, redact: red, send: func(msg string, params *types.Params, timeout time.Duration) error {
+	return &Sender{name: scheme, redact: red, send: func(ctx context.Context, msg string, params *types.Params) error {
 		// A service made afresh for each message: some keep what one
 		// message's params set (ntfy its title) for the next.
-		r, err := router.New(nil, rawURL)
+		svc, err := r.Locate(rawURL)
 		if err != nil {
 			return err
 		}
-		// The router runs the send in a goroutine and stops waiting after
-		// its Timeout; a service that hangs keeps only that goroutine.
-		r.Timeout = timeout
-		return errors.Join(r.Send(msg, params)...)
+		// A send takes no context: it is left to end by its own client's
+		// timeout (Discord 30 s, ntfy and Gotify 10 s; Teams' has none)
+		// while the attempt ends with ctx. The result has room, so the
+		// goroutine ends with the send, answered or not.
+		done := make(chan error, 1)
+		go func() { done <- svc.Send(msg, params) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("no answer: %w", ctx.Err())
+		}
 	}}, nil
 }
 
@@ -66,16 +74,9 @@ func (s *Sender) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	if !ok {
 		return false, notify.ErrSkipped
 	}
-	timeout := 10 * time.Second
-	if d, ok := ctx.Deadline(); ok {
-		timeout = time.Until(d)
-	}
-	if err := ctx.Err(); err != nil {
-		return true, err
-	}
 	params := types.Params{}
 	params.SetTitle(title)
-	if err := s.send(msg, &params, timeout); err != nil {
+	if err := s.send(ctx, msg, &params); err != nil {
 		err = s.redact.Error(fmt.Errorf("send to %s: %w", s.name, err))
 		return retryable(err), err
 	}

@@ -365,3 +365,22 @@ func TestDocumentedURLs(t *testing.T) {
 		}
 	}
 }
+
+// A service that does not answer ends the attempt when its context does,
+// as one worth another try; the send itself is left to its client.
+func TestHangingServiceEndsTheAttempt(t *testing.T) {
+	s, host := start(t)
+	s.hold = make(chan struct{})
+	defer close(s.hold)
+	n, err := urls.New(urlsFor(host)["ntfy"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	retry, err := n.Notify(ctx, deploy.Event{Kind: deploy.Succeeded, Release: rel})
+	if took := time.Since(begin); err == nil || !retry || took > time.Second {
+		t.Errorf("retry %v, err %v after %s; want a retry once the 200ms attempt ended", retry, err, took)
+	}
+}
