@@ -237,3 +237,15 @@ func TestStatusPageApprovalWarning(t *testing.T) {
 		t.Error("another stack's approval warns of this stack's rollback")
 	}
 }
+
+// A reason of any length is cut: Swarm's can name every task it tried.
+func TestApprovalWarningBounded(t *testing.T) {
+	a := deploy.Approval{ServiceID: "svc1", Stack: "site", To: newD}
+	d := Deploy{Release: deploy.Release{ServiceID: "svc2", ServiceName: "worker", Stack: "site", To: newD},
+		State: string(deploy.OutcomeFailed), Reason: strings.Repeat("task failed; ", 100)}
+	w := approvalWarning(a, []Deploy{d})
+	if !strings.HasPrefix(w, "This digest failed on worker, another service of stack site, at ") || !strings.HasSuffix(w, "…") ||
+		len([]rune(w)) > 400 {
+		t.Fatalf("warning of %d runes: %q", len([]rune(w)), w)
+	}
+}
