@@ -287,8 +287,19 @@ func TestWebhookTriggersDeploy(t *testing.T) {
 	if n := metric(t, base, `updater_build_info{goversion="`+runtime.Version()+`",version="e2e"}`); n != 1 {
 		t.Errorf("updater_build_info for version e2e and %s = %v, want 1", runtime.Version(), n)
 	}
-	if n := metric(t, base, `updater_service_state{service="e2ewebhook_app",state="up-to-date"}`); n != 1 {
-		t.Errorf("updater_service_state of e2ewebhook_app up-to-date = %v, want 1", n)
+	// The service's one state series says what the API says.
+	r := call(t, "GET", base+"/api/v1/services", "Bearer "+apiToken, nil, "")
+	var listed struct {
+		Services []struct{ Name, State string }
+	}
+	if err := json.Unmarshal([]byte(r.body), &listed); err != nil || len(listed.Services) != 1 || listed.Services[0].Name != "e2ewebhook_app" {
+		t.Fatalf("/api/v1/services: %d %s (%v)", r.status, r.body, err)
+	}
+	if state := listed.Services[0].State; metric(t, base, `updater_service_state{service="e2ewebhook_app",state="`+state+`"}`) != 1 {
+		t.Errorf("updater_service_state of e2ewebhook_app is not 1 with the API's state %q", state)
+	}
+	if body := call(t, "GET", base+"/metrics", "", nil, "").body; strings.Count(body, "\nupdater_service_state{") != 1 {
+		t.Errorf("updater_service_state series: %d, want one for the one watched service", strings.Count(body, "\nupdater_service_state{"))
 	}
 }
 
