@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -186,4 +187,242 @@ func runningTasks(t testing.TB, id string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// tasksOf are the service's tasks (every state) that run digest.
+func tasksOf(t testing.TB, id, digest string) []swarm.Task {
+	t.Helper()
+	res, err := env.docker.TaskList(context.Background(), client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []swarm.Task
+	for _, task := range res.Items {
+		if task.Spec.ContainerSpec != nil && strings.HasSuffix(task.Spec.ContainerSpec.Image, "@"+digest) {
+			out = append(out, task)
+		}
+	}
+	return out
+}
+
+// namesTask reports whether s names one of tasks by its ID's start, as
+// reports do.
+func namesTask(s string, tasks []swarm.Task) bool {
+	for _, task := range tasks {
+		if strings.Contains(s, task.ID[:12]) {
+			return true
+		}
+	}
+	return false
+}
+
+// Prove it 1: a version whose health check passes but whose / answers 500,
+// labelled with a probe of /: rolled back, its digest quarantined, one
+// failure report with step=probe, the status and the task named; the next
+// 3 cycles leave it alone. The probe job leaves nothing behind.
+func TestProbeFailureRollsBack(t *testing.T) {
+	const stack, repo = "e2eprobe", "e2e/probe-app"
+	img := pushProbeImage(t, "e2e/probe-job")
+	net := stack + "_default"
+	overlay(t, net)
+	good := push(t, repo, "v1")
+	app := createOn(t, stack+"_app", repo, good, net, svcOpts{stack: stack, optIn: true, replicas: 2, labels: probeLabels()})
+	u := startUpdater(t, stack, "UPDATER_PROBE_IMAGE="+img)
+	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
+
+	bad := push(t, repo, "probe500")
+	u.waitLog(t, deployLimit, 1, "deploy failed", "service", stack+"_app", "to_digest", bad)
+	failed := u.find("deploy failed", "to_digest", bad)
+	why := fmt.Sprint(failed["err"])
+	if failed["step"] != "probe" || failed["rolled_back"] != true || !strings.Contains(why, "500") ||
+		!namesTask(why, tasksOf(t, app, bad)) || !strings.Contains(why, "token=xxxxx") || strings.Contains(u.log(), "s3cret-token") {
+		t.Fatalf("failure event: step=%v rolled_back=%v err=%q: want probe, rolled back, the status and a task of %s named, the token masked everywhere",
+			failed["step"], failed["rolled_back"], why, bad[:19])
+	}
+	waitFor(t, deployLimit, "app back on v1 and running", func() bool { return allRunning(t, app, good) })
+	if n := records(t, app, "failed-digest"); n != 1 {
+		t.Fatalf("%d failed-digest records in Swarm, want 1 (the digest quarantined)", n)
+	}
+	ver := inspect(t, app).Version.Index
+	after := u.cycles()
+	waitFor(t, 30*time.Second, "3 more cycles", func() bool { return u.cycles() >= after+3 })
+	if n := u.count("deploy started", "to_digest", bad); n != 1 {
+		t.Fatalf("the bad digest was started %d times, want once", n)
+	}
+	if n := u.count("deploy failed") + u.count("deploy succeeded"); n != 1 {
+		t.Fatalf("%d outcome reports, want 1", n)
+	}
+	if v := inspect(t, app).Version.Index; v != ver {
+		t.Fatalf("service spec version moved %d -> %d while the tag stayed on the quarantined digest", ver, v)
+	}
+	noJobsLeft(t)
+}
+
+// Prove it 2: a version that turns healthy and exits 20 s later, with
+// update_config.monitor 5s and updater.bake 40s: Swarm reports the update
+// completed; the updater rolls back within one watch interval (and the
+// calls it takes) of the crash, and reports step=bake.
+func TestBakeCatchesLateCrash(t *testing.T) {
+	const stack, repo = "e2ebake", "e2e/bake-app"
+	good := push(t, repo, "v1")
+	spec := serviceSpec(stack+"_app", repo, good, svcOpts{stack: stack, optIn: true, env: []string{"CRASH_AFTER=20s"},
+		labels: map[string]string{deploy.LabelBake: "40s"}})
+	spec.UpdateConfig.Monitor = 5 * time.Second
+	res, err := env.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := res.ID
+	t.Cleanup(func() { removeService(app) })
+	waitFor(t, 60*time.Second, "app running", func() bool { return allRunning(t, app, good) })
+	u := startUpdater(t, stack)
+	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
+
+	bad := push(t, repo, "crashlate")
+	waitFor(t, deployLimit, "Swarm to call the update to crashlate completed", func() bool {
+		s := inspect(t, app)
+		return specDigest(t, app) == bad && s.UpdateStatus != nil && s.UpdateStatus.State == swarm.UpdateStateCompleted
+	})
+	if n := u.count("deploy failed") + u.count("deploy succeeded"); n != 0 {
+		t.Fatalf("%d outcomes reported when Swarm completed the update: want none before the bake", n)
+	}
+	u.waitLog(t, deployLimit, 1, "deploy failed", "service", stack+"_app", "to_digest", bad)
+	failed := u.find("deploy failed", "to_digest", bad)
+	why := fmt.Sprint(failed["err"])
+	if failed["step"] != "bake" || failed["rolled_back"] != true || !strings.Contains(why, "40s bake") {
+		t.Fatalf("failure event: step=%v rolled_back=%v err=%q: want bake, rolled back, when in the bake", failed["step"], failed["rolled_back"], why)
+	}
+	// When the first crashlate task died, by Swarm's clock, and when the
+	// rollback began, by the same clock.
+	var crash time.Time
+	for _, task := range tasksOf(t, app, bad) {
+		if task.Status.State == swarm.TaskStateFailed && (crash.IsZero() || task.Status.Timestamp.Before(crash)) {
+			crash = task.Status.Timestamp
+		}
+	}
+	if crash.IsZero() || !namesTask(why, tasksOf(t, app, bad)) {
+		t.Fatalf("no crashlate task failed in Docker, or the report %q names none", why)
+	}
+	waitFor(t, deployLimit, "app back on v1", func() bool { return allRunning(t, app, good) })
+	s := inspect(t, app)
+	if s.UpdateStatus == nil || s.UpdateStatus.StartedAt == nil {
+		t.Fatalf("no update status after the rollback: %+v", s.UpdateStatus)
+	}
+	delay := s.UpdateStatus.StartedAt.Sub(crash)
+	t.Logf("crash at %s, rollback began %s later (watch interval 200ms)", crash.Format(time.RFC3339Nano), delay)
+	if delay < 0 || delay > 200*time.Millisecond+2*time.Second {
+		t.Fatalf("rollback began %s after the crash, want within one watch interval (200ms) and its calls", delay)
+	}
+	if n := records(t, app, "failed-digest"); n != 1 {
+		t.Fatalf("%d failed-digest records, want 1", n)
+	}
+	if n := u.count("deploy failed") + u.count("deploy succeeded"); n != 1 {
+		t.Fatalf("%d outcome reports, want 1", n)
+	}
+}
+
+// loggedAt is when the updater logged line.
+func loggedAt(t testing.TB, line map[string]any) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, fmt.Sprint(line["time"]))
+	if err != nil {
+		t.Fatalf("log line without a time: %v", line)
+	}
+	return ts
+}
+
+// logDuration reads a duration the log wrote as a Go string ("20.5s") or
+// as nanoseconds.
+func logDuration(v any) (time.Duration, bool) {
+	switch v := v.(type) {
+	case string:
+		d, err := time.ParseDuration(v)
+		return d, err == nil
+	case float64:
+		return time.Duration(v), true
+	}
+	return 0, false
+}
+
+// Prove it 3: a good version with a probe and a 20 s bake: probed, baked,
+// and reported succeeded once, after the bake, with the bake's duration.
+func TestProbeAndBakeSucceed(t *testing.T) {
+	const stack, repo = "e2eprobebake", "e2e/probebake-app"
+	img := pushProbeImage(t, "e2e/probebake-job")
+	net := stack + "_default"
+	overlay(t, net)
+	good := push(t, repo, "v1")
+	app := createOn(t, stack+"_app", repo, good, net, svcOpts{stack: stack, optIn: true, replicas: 2,
+		labels: probeLabels(deploy.LabelBake, "20s")})
+	u := startUpdater(t, stack, "UPDATER_PROBE_IMAGE="+img)
+	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
+
+	next := push(t, repo, "v4")
+	u.waitLog(t, deployLimit, 1, "deploy succeeded", "service", stack+"_app", "to_digest", next)
+	probed := u.find("deploy progress", "to_digest", next, "step", "probe", "state", "succeeded")
+	baking := u.find("deploy progress", "to_digest", next, "step", "bake", "state", "started")
+	done := u.find("deploy succeeded", "to_digest", next)
+	if probed == nil || baking == nil {
+		t.Fatalf("no probe passed (%v) or no bake begun (%v) before the success", probed, baking)
+	}
+	if a, b := loggedAt(t, probed), loggedAt(t, baking); b.Before(a) {
+		t.Fatalf("the bake began at %s, before the probe passed at %s", b, a)
+	}
+	if took := loggedAt(t, done).Sub(loggedAt(t, baking)); took < 20*time.Second {
+		t.Fatalf("succeeded %s after the bake began, want after the 20 s bake", took)
+	}
+	if baked, ok := logDuration(done["baked"]); !ok || baked < 20*time.Second {
+		t.Fatalf("success event %v: want the bake's duration (baked >= 20s)", done)
+	}
+	if n := u.count("deploy succeeded") + u.count("deploy failed"); n != 1 {
+		t.Fatalf("%d outcome reports, want 1", n)
+	}
+	if !allRunning(t, app, next) || records(t, app, "deploy-in-flight") != 0 {
+		t.Fatal("reported success, but v4 is not running everywhere or the deploy record stayed")
+	}
+	noJobsLeft(t)
+}
+
+// Prove it 4: an updater SIGKILLed mid-bake; the one started after it
+// finishes the bake from the run's record, counting the time already
+// baked (it does not bake again in full), and the deploy is reported once.
+func TestKilledMidBake(t *testing.T) {
+	const stack, repo = "e2ekillbake", "e2e/killbake-app"
+	const bake = 30 * time.Second
+	good := push(t, repo, "v1")
+	app := createService(t, stack+"_app", repo, good, svcOpts{stack: stack, optIn: true, labels: map[string]string{deploy.LabelBake: bake.String()}})
+	first := startUpdater(t, stack)
+	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return first.cycles() >= 1 })
+
+	next := push(t, repo, "v2")
+	first.waitLog(t, deployLimit, 1, "deploy progress", "to_digest", next, "step", "bake", "state", "started")
+	began := loggedAt(t, first.find("deploy progress", "to_digest", next, "step", "bake", "state", "started"))
+	// Killed a third of the way in: a bake begun again in full would end
+	// 10 s later than one resumed.
+	waitFor(t, bake, "10 s of the bake", func() bool { return time.Since(began) >= 10*time.Second })
+	first.stop(9)
+	if n := first.count("deploy succeeded") + first.count("deploy failed"); n != 0 {
+		t.Fatalf("the first updater reported an outcome before the kill (%d)", n)
+	}
+	if n := records(t, app, "deploy-in-flight"); n != 1 {
+		t.Fatalf("%d in-flight records after the kill, want 1", n)
+	}
+
+	second := startUpdater(t, stack)
+	second.waitLog(t, deployLimit, 1, "deploy succeeded", "to_digest", next, "resumed", "true")
+	ended := loggedAt(t, second.find("deploy succeeded", "to_digest", next))
+	total := ended.Sub(began)
+	t.Logf("bake of %s began %s, killed 10 s in, succeeded %s after it began", bake, began.Format(time.RFC3339), total)
+	if total < bake || total >= bake+10*time.Second {
+		t.Fatalf("succeeded %s after the bake began: want the %s bake finished, the 10 s baked before the kill counted", total, bake)
+	}
+	if n := second.count("deploy started"); n != 0 {
+		t.Fatalf("the restarted updater started the deploy again (%d times)", n)
+	}
+	if n := second.count("deploy succeeded") + second.count("deploy failed"); n != 1 {
+		t.Fatalf("%d outcome reports after the restart, want 1", n)
+	}
+	if !allRunning(t, app, next) || records(t, app, "deploy-in-flight") != 0 {
+		t.Fatal("v2 not running everywhere, or the deploy record stayed")
+	}
 }
