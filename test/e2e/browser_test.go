@@ -192,6 +192,16 @@ func (tb *tab) click(t *testing.T, sel string) {
 	}
 }
 
+// message is the line the page shows after a button: it waits for the
+// page the button led to.
+func (tb *tab) message(t *testing.T) string {
+	t.Helper()
+	tb.waitPage(t, 15*time.Second, "the page after the button, with its message", `!!document.querySelector(".msg")`)
+	var msg string
+	tb.eval(t, `document.querySelector(".msg").innerText`, &msg)
+	return msg
+}
+
 // screenshot saves the whole page as a PNG under the test's artifacts.
 func (tb *tab) screenshot(t *testing.T, name string) {
 	t.Helper()
@@ -418,7 +428,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// the service stays where it is.
 	gatedVer := inspect(t, gated).Version.Index
 	ops.click(t, card+" button.reject")
-	ops.waitPage(t, 15*time.Second, "the rejection's message", fmt.Sprintf(`document.querySelector(".msg")?.innerText === "Rejected deploy %s: its digest is not deployed until the tag moves."`, badID))
+	if msg, want := ops.message(t), fmt.Sprintf("Rejected deploy %s: its digest is not deployed until the tag moves.", badID); msg != want {
+		t.Fatalf("after Reject the page says %q, want %q", msg, want)
+	}
 	if st := approvalState(t, base, badID); st != "rejected" {
 		t.Fatalf("after Reject the approval is %q", st)
 	}
@@ -463,11 +475,11 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("the other origin's page: HTTP %d", st)
 	}
 	ops.click(t, "#win")
-	ops.waitPage(t, 15*time.Second, "the refusal of the cross-origin post", `location.pathname.endsWith("/approve")`)
+	ops.waitPage(t, 15*time.Second, "the answer to the cross-origin post", fmt.Sprintf(`location.href !== %q && document.readyState === "complete"`, evil))
 	refusal := ops.text(t)
 	t.Logf("the other origin's post got: %q", strings.TrimSpace(refusal))
-	if strings.Contains(refusal, "Approved") || strings.Contains(refusal, "e2ebrowser") {
-		t.Fatalf("the cross-origin post was taken:\n%s", refusal)
+	if strings.Contains(refusal, "Approved") || strings.Contains(refusal, "e2ebrowser") || !strings.Contains(refusal, "cross-origin request") {
+		t.Fatalf("the cross-origin post was taken: the browser shows\n%s", refusal)
 	}
 	if st := approvalState(t, base, goodID); st != "pending" {
 		t.Fatalf("after the cross-origin post the approval is %q, want pending", st)
@@ -480,7 +492,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// running it.
 	ops.open(t, base+"/")
 	ops.click(t, fmt.Sprintf("#approval-%s button.approve", goodID))
-	ops.waitPage(t, 15*time.Second, "the approval's message", fmt.Sprintf(`document.querySelector(".msg")?.innerText === "Approved deploy %s: it deploys now."`, goodID))
+	if msg, want := ops.message(t), fmt.Sprintf("Approved deploy %s: it deploys now.", goodID); msg != want {
+		t.Fatalf("after Approve the page says %q, want %q", msg, want)
+	}
 	waitSpec(t, gated, v2, deployLimit)
 	u.waitLog(t, deployLimit, 1, "deploy succeeded", "service", "e2ebrowser_gated", "to_digest", v2)
 	if !allRunning(t, gated, v2) {
