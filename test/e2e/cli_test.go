@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/moby/moby/client"
 )
 
 // The CLI as a client of the running updater (UPDATER_URL): `updater
@@ -146,4 +149,56 @@ func countingSocket(t *testing.T) (string, *atomic.Int32) {
 	}()
 	t.Cleanup(func() { l.Close(); <-done; os.RemoveAll(dir) })
 	return sock, n
+}
+
+// TestCheckUnwatched: a local `updater check` on the real swarm names a
+// service whose opt-in label is on its containers (a compose file's
+// `labels:`), not on the service, and says that nothing is watched.
+func TestCheckUnwatched(t *testing.T) {
+	const stack, repo = "e2ecliuw", "e2e/cliuw"
+	v1 := push(t, repo, "v1")
+	spec := serviceSpec(stack+"_api", repo, v1, svcOpts{stack: stack})
+	spec.TaskTemplate.ContainerSpec.Labels = map[string]string{"updater.enable": "true"}
+	res, err := env.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeService(res.ID) })
+
+	check := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(env.bin, append([]string{"check"}, args...)...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir()}, dockerHostEnv()...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+		if err != nil {
+			t.Fatalf("updater check %q: %v\nstdout: %s\nstderr: %s", args, err, &out, &errb)
+		}
+		return out.String()
+	}
+	const why = "updater.enable is a label of its containers (compose `labels:`), not of the service: put it under `deploy.labels:`"
+	table := check()
+	if !strings.HasPrefix(table, "no service is watched: give one the label updater.enable=true under `deploy.labels:`, in stack "+stack) ||
+		!strings.Contains(table, "\nnot watched:\n") || !strings.Contains(table, "  "+stack+"_api: "+why+"\n") {
+		t.Errorf("check printed:\n%s", table)
+	}
+	var r struct {
+		Services  []json.RawMessage `json:"services"`
+		Unwatched []struct {
+			Service, Stack, Reason string
+		} `json:"unwatched"`
+	}
+	out := check("--format", "json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	found := false
+	for _, u := range r.Unwatched {
+		found = found || u.Service == stack+"_api" && u.Stack == stack && u.Reason == why
+	}
+	if r.Services == nil || len(r.Services) != 0 || !found {
+		t.Errorf("check --format json:\n%s", out)
+	}
 }
