@@ -17,6 +17,9 @@ type Hooks struct {
 	// Group names the services deployed together: one backup, one
 	// migration, then each service updated; "" deploys the service alone.
 	Group string
+	// Wave orders the members of a group (updater.wave): each wave is
+	// written, judged, probed and baked before the next begins; 0 is none.
+	Wave int
 	// BackupSchedule is a cron spec for backups apart from deploys.
 	BackupSchedule string
 	// Approve holds every new digest until a person approves it

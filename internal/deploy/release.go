@@ -20,6 +20,7 @@ import (
 //	write   → each spec pinned to its new digest, every spec first
 //	follow  → each rollout judged (judge.go), rolled back when unhealthy
 //	verify  → each new version probed, then all baked (bake.go), as labelled
+//	          (with waves, updater.wave: write, follow and verify per wave)
 //	close   → what promoted is unwound when another member failed; each
 //	          outcome reported once, its record removed; then pruning
 //
@@ -154,26 +155,83 @@ func past(ro Rollout, rel Release) bool {
 	return strings.HasPrefix(ro.UpdateState, "rollback_") && (ro.UpdateStarted.IsZero() || !ro.UpdateStarted.Before(since))
 }
 
-// carry takes a run on from its records: unwritten members are prepared
-// and written, then every written member followed and closed.
+// carry takes a run on from its records: unwritten members are prepared,
+// then written wave by wave (updater.wave; all at once without waves),
+// each wave followed and verified before the next is written; members
+// written before (a resumed run) are followed with the first wave. When a
+// wave fails, the later ones are not written (halt) and close unwinds
+// what promoted.
 func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
-	if len(unwritten) > 0 {
-		// A member past its write means the hooks ran before it.
-		if !r.prepare(ctx, unwritten, len(written) == 0) {
-			return r.events
-		}
-		w, ok := r.write(ctx, unwritten)
-		written = append(written, w...)
-		if !ok {
-			r.stopped(unwritten, w)
-			return r.events
-		}
-	}
-	if !r.follow(ctx, written) || !r.verify(ctx, written) {
+	if len(unwritten) > 0 && !r.prepare(ctx, unwritten, len(written) == 0) {
 		return r.events
 	}
-	r.close(ctx, written)
+	waves := byWave(unwritten)
+	var done []*member
+	for i, wave := range waves {
+		w, ok := r.write(ctx, wave)
+		if !ok {
+			var left []*member
+			for _, later := range waves[i:] {
+				left = append(left, later...)
+			}
+			r.stopped(left, w)
+			return r.events
+		}
+		if i == 0 {
+			w = append(written, w...)
+		}
+		if !r.follow(ctx, w) || !r.verify(ctx, w) {
+			return r.events
+		}
+		done = append(done, w...)
+		if r.failed != "" && i < len(waves)-1 {
+			r.halt(ctx, waves[i+1:], wave[0].t.Hooks.Wave)
+			break
+		}
+	}
+	if len(waves) == 0 {
+		if !r.follow(ctx, written) || !r.verify(ctx, written) {
+			return r.events
+		}
+		done = written
+	}
+	r.close(ctx, done)
 	return r.events
+}
+
+// byWave splits ms into their waves, lowest first: one wave when no
+// member names one (or all name the same).
+func byWave(ms []*member) [][]*member {
+	if len(ms) == 0 {
+		return nil
+	}
+	sorted := slices.Clone(ms)
+	slices.SortStableFunc(sorted, func(a, b *member) int { return cmp.Compare(a.t.Hooks.Wave, b.t.Hooks.Wave) })
+	var waves [][]*member
+	for i, m := range sorted {
+		if i == 0 || m.t.Hooks.Wave != sorted[i-1].t.Hooks.Wave {
+			waves = append(waves, nil)
+		}
+		waves[len(waves)-1] = append(waves[len(waves)-1], m)
+	}
+	return waves
+}
+
+// halt closes the members of the waves after a failed one: never
+// written, each reported as not deployed, saying which wave stopped it,
+// and its digest remembered as failed with its group's (deployed alone
+// next cycle, it would leave the group half old, half new).
+func (r *run) halt(ctx context.Context, later [][]*member, wave int) {
+	p := r.p
+	why := fmt.Sprintf("not deployed: wave %d stopped the group: %s failed", wave, r.failed)
+	for _, ms := range later {
+		for _, m := range ms {
+			if err := p.Ledger.MarkFailed(ctx, m.rel.ServiceID, m.rel.To, why); err != nil {
+				p.Log.Error("remember failed digest", "service", m.rel.ServiceName, "to_digest", m.rel.To, "err", err)
+			}
+			r.events = append(r.events, p.finish(m.rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: why, Resumed: r.resumed}, true))
+		}
+	}
 }
 
 // record begins a deploy for each member. When one can't be recorded, the

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -33,6 +34,7 @@ const (
 	labelMigrateEnv     = "updater.migrate.env"
 	labelHooksTimeout   = "updater.hooks.timeout"
 	labelGroup          = "updater.group"
+	labelWave           = "updater.wave"
 	labelApprove        = "updater.approve"
 
 	defaultHookTimeout = 5 * time.Minute
@@ -59,7 +61,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	known := map[string]bool{optIn: true}
 	for _, l := range []string{labelBackupImage, labelBackupCommand, labelBackupMounts, labelBackupEnv, labelBackupSchedule,
-		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelApprove,
+		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelWave, labelApprove,
 		deploy.LabelProbeURL, deploy.LabelProbeNetwork, deploy.LabelProbeExpect, deploy.LabelProbeCount,
 		deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake,
 		labelWindow, labelFreeze, labelCooldown} {
@@ -73,7 +75,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze or updater.cooldown", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze or updater.cooldown", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}
@@ -95,6 +97,17 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	if h.Group != "" && !nameRE.MatchString(h.Group) {
 		bad(labelGroup, "use letters, digits, '.', '_' and '-', starting with a letter or digit")
+	}
+	if v, ok := labels[labelWave]; ok {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		switch {
+		case err != nil || n < 1 || n > 100:
+			bad(labelWave, "use a whole number from 1 to 100: the members of a group deploy wave by wave, lowest first")
+		case h.Group == "":
+			bad(labelWave, "has no effect without "+labelGroup+": waves order the members of a group")
+		default:
+			h.Wave = n
+		}
 	}
 	hook := func(image, command, env, mounts string) *deploy.Hook {
 		if _, ok := labels[command]; !ok {

@@ -37,3 +37,19 @@ func TestWithPolicies(t *testing.T) {
 		}
 	}
 }
+
+func TestWaveLabel(t *testing.T) {
+	h, err := hooks(map[string]string{"updater.enable": "true", labelGroup: "shop", labelWave: "2"}, "updater.enable", "st", "127.0.0.1:5000/app:1", Authority{})
+	if err != nil || h.Wave != 2 {
+		t.Fatalf("wave %d, %v", h.Wave, err)
+	}
+	for want, labels := range map[string]map[string]string{
+		"whole number from 1 to 100": {labelGroup: "shop", labelWave: "first"},
+		"no effect without":          {labelWave: "1"},
+	} {
+		labels["updater.enable"] = "true"
+		if _, err := hooks(labels, "updater.enable", "st", "127.0.0.1:5000/app:1", Authority{}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: %v, want an error with %q", labels, err, want)
+		}
+	}
+}
