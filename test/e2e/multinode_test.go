@@ -61,6 +61,7 @@ type multiNode struct {
 	worker     *client.Client
 	workerNode string // swarm node ID
 	workerName string // its hostname, as reports name it
+	netns      string // the worker's network namespace (a path)
 	manager    string // the manager's hostname
 	open, auth string // registry addresses
 	reg        *mnRegistry
@@ -114,7 +115,8 @@ func setupMultiNode(tb testing.TB) *multiNode {
 			vars[k] = v
 		}
 	}
-	mn := &multiNode{workerNode: vars["MN_WORKER_NODE"], workerName: vars["MN_WORKER_NAME"], manager: vars["MN_MANAGER_NAME"]}
+	mn := &multiNode{workerNode: vars["MN_WORKER_NODE"], workerName: vars["MN_WORKER_NAME"], manager: vars["MN_MANAGER_NAME"],
+		netns: vars["MN_NETNS"]}
 	if mn.workerNode == "" || mn.workerName == "" || mn.manager == "" {
 		tb.Fatalf("multinode.sh env: %v", vars)
 	}
@@ -130,8 +132,8 @@ func setupMultiNode(tb testing.TB) *multiNode {
 	mn.auth = serveMN(tb, "", "127.0.0.1:0", auth)
 	// The same ports on the worker's own loopback, so one image reference
 	// means the same registry on both nodes.
-	serveMN(tb, vars["MN_NETNS"], mn.open, open)
-	serveMN(tb, vars["MN_NETNS"], mn.auth, auth)
+	serveMN(tb, mn.netns, mn.open, open)
+	serveMN(tb, mn.netns, mn.auth, auth)
 
 	mn.creds = tb.TempDir()
 	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, mn.auth, base64.StdEncoding.EncodeToString([]byte(mnUser+":"+mnPass)))
@@ -459,6 +461,9 @@ type mnService struct {
 	global     bool
 	auth       bool // the image is in the auth registry: create with its credentials
 	failure    swarm.FailureAction
+	// Another registry (host:port, as both nodes reach it) and the
+	// credentials to create with there, instead of open or auth.
+	reg, user, pass string
 }
 
 // createOn creates a watched service of the test stack running image
@@ -469,6 +474,9 @@ func (mn *multiNode) createOn(tb testing.TB, svcName, repo, digest string, o mnS
 	reg := mn.open
 	if o.auth {
 		reg = mn.auth
+	}
+	if o.reg != "" {
+		reg = o.reg
 	}
 	one := uint64(1)
 	failure := o.failure
@@ -497,6 +505,10 @@ func (mn *multiNode) createOn(tb testing.TB, svcName, repo, digest string, o mnS
 	opts := client.ServiceCreateOptions{Spec: spec}
 	if o.auth {
 		b, _ := json.Marshal(map[string]string{"username": mnUser, "password": mnPass, "serveraddress": mn.auth})
+		opts.EncodedRegistryAuth = base64.URLEncoding.EncodeToString(b)
+	}
+	if o.user != "" {
+		b, _ := json.Marshal(map[string]string{"username": o.user, "password": o.pass, "serveraddress": reg})
 		opts.EncodedRegistryAuth = base64.URLEncoding.EncodeToString(b)
 	}
 	res, err := env.docker.ServiceCreate(context.Background(), opts)
@@ -619,6 +631,129 @@ func TestMultiNode(t *testing.T) {
 		if n := u.count("deploy failed"); n != 0 {
 			t.Fatalf("%d failed deploys", n)
 		}
+	})
+
+	// 1b. The registry password rotated between two deploys, at a real
+	// distribution registry (htpasswd, which it re-reads when the file
+	// changes) and in the updater's config.json: the second deploy sends
+	// the new password with its spec write, and the worker, which must pull
+	// the new digest, can. The service was created with the old password,
+	// now refused, so only what the updater sent can have let it pull.
+	t.Run("RotatedCredentialsOnWorker", func(t *testing.T) {
+		const repo = "e2e/mnrotate"
+		const pusher, pusherPass = "mn-pusher", "mn-rotate-pusher-pass-1618"
+		const watcher, oldPass, newPass = "mn-watcher", "mn-rotate-old-pass-2236", "mn-rotate-new-pass-2645"
+		addSecret("multi-node pusher password", pusherPass)
+		addSecret("multi-node old password", oldPass)
+		addSecret("multi-node new password", newPass)
+		d := newDist(t)
+		htpasswd := htpasswdFile(t, map[string]string{pusher: pusherPass, watcher: oldPass})
+		d.start(t, distOpts{htpasswd: htpasswd})
+		// The worker reaches the registry at the same address.
+		serveMN(t, mn.netns, d.addr, d.proxy)
+		cfgDir := authConfigDir(t, d.addr, watcher, oldPass)
+
+		v1 := d.pushTo(t, repo, "v1", pusher, pusherPass)
+		app := mn.createOn(t, mnStack+"_rotate", repo, v1, mnService{constraint: "node.role==worker", reg: d.addr, user: watcher, pass: oldPass})
+		u := mn.startMN(t, "DOCKER_CONFIG="+cfgDir)
+		waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
+		onWorker := func(digest string) {
+			t.Helper()
+			waitFor(t, deployLimit, "the deploy of "+digest[:19]+"'s outcome", func() bool {
+				return u.count("deploy succeeded", "to_digest", digest)+u.count("deploy failed", "to_digest", digest) > 0
+			})
+			if ev := u.find("deploy failed", "to_digest", digest); ev != nil {
+				t.Fatalf("the deploy of %s failed: %v", digest[:19], ev["err"])
+			}
+			waitFor(t, 30*time.Second, "the worker's task on "+digest[:19], func() bool {
+				tasks := mn.running(t, app, digest)
+				_, ok := tasks[mn.workerNode]
+				return ok && len(tasks) == 1
+			})
+			if got := repoDigests(t, mn.worker, d.addr+"/"+repo); !slices.Contains(got, digest) {
+				t.Fatalf("the worker's dockerd holds %v of %s, want %s among them", got, repo, digest)
+			}
+		}
+		// The nodes' successful manifest GETs, by whose password they carried.
+		whose := func(from time.Time) []string {
+			names := map[string]string{basicOf(watcher, oldPass): "old", basicOf(watcher, newPass): "new"}
+			var out []string
+			for _, a := range nodeAuths(d.since(from, "node")) {
+				n, ok := names[a]
+				if !ok {
+					n = "other"
+				}
+				out = append(out, n)
+			}
+			return out
+		}
+
+		from := time.Now()
+		v2 := d.pushTo(t, repo, "v2", pusher, pusherPass)
+		onWorker(v2)
+		if got := whose(from); !slices.Equal(got, []string{"old"}) {
+			t.Fatalf("the worker pulled v2 with the %v password, want the old one only", got)
+		}
+
+		// Rotate: the registry first (the file replaced whole, so it never
+		// reads half of one), then the updater's config.json.
+		replace := func(path string, b []byte) {
+			t.Helper()
+			tmp := path + ".new"
+			if err := os.WriteFile(tmp, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := os.ReadFile(htpasswdFile(t, map[string]string{pusher: pusherPass, watcher: newPass}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		replace(htpasswd, b)
+		status := func(user, pass string) int {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+d.addr+"/v2/", nil)
+			req.SetBasicAuth(user, pass)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return 0
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		waitFor(t, 30*time.Second, "the registry refusing the old password", func() bool {
+			return status(watcher, oldPass) == http.StatusUnauthorized && status(watcher, newPass) == http.StatusOK
+		})
+		b, err = os.ReadFile(filepath.Join(authConfigDir(t, d.addr, watcher, newPass), "config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		replace(filepath.Join(cfgDir, "config.json"), b)
+
+		from = time.Now()
+		v3 := d.pushTo(t, repo, "v3", pusher, pusherPass)
+		onWorker(v3)
+		if got := whose(from); !slices.Equal(got, []string{"new"}) {
+			t.Fatalf("the worker pulled v3 with the %v password, want the new one only", got)
+		}
+		res, err := mn.worker.ContainerList(t.Context(), client.ContainerListOptions{
+			Filters: make(client.Filters).Add("label", "com.docker.swarm.service.id="+app)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := mn.worker.ImageInspect(t.Context(), d.addr+"/"+repo+"@"+v3)
+		if err != nil {
+			t.Fatalf("v3 on the worker's dockerd: %v", err)
+		}
+		running := slices.DeleteFunc(res.Items, func(c container.Summary) bool { return c.State != "running" })
+		if len(running) != 1 || running[0].ImageID != img.ID {
+			t.Fatalf("the worker dockerd's running containers of the service: %v, want one of v3's image %s", running, img.ID)
+		}
+		if n := u.count("deploy failed"); n != 0 {
+			t.Fatalf("%d failed deploys", n)
+		}
+		t.Logf("the worker pulled v2 with the old password, v3 with the new one (the nodes' requests since the rotation: %v)", tally(d.since(from, "node")))
 	})
 
 	// 2. The same without credentials: the registry refuses the updater's
