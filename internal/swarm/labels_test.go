@@ -860,3 +860,19 @@ func FuzzVerification(f *testing.F) {
 		}
 	})
 }
+
+// A service without probe or bake labels costs its cycle nothing more:
+// no allocation here (and no Docker call: probeNetwork asks only for
+// services that name a probe network).
+func TestVerificationIdleAllocs(t *testing.T) {
+	spec := swarm.ServiceSpec{Annotations: swarm.Annotations{Labels: map[string]string{optIn: "true", "com.docker.stack.namespace": "shop"}},
+		TaskTemplate: swarm.TaskSpec{Networks: oneNet}}
+	var tg deploy.Target
+	if n := testing.AllocsPerRun(100, func() { tg = withVerification(deploy.Target{}, spec) }); n != 0 || tg.Probe != nil || tg.HooksErr != nil {
+		t.Errorf("%v allocations per unlabelled service, target %+v: want none", n, tg)
+	}
+	s := &Swarm{}
+	if got := s.probeNetwork(t.Context(), tg); got.HooksErr != nil { // s has no client: a Docker call would panic
+		t.Errorf("probeNetwork on an unlabelled service: %v", got.HooksErr)
+	}
+}
