@@ -167,7 +167,10 @@ func once(ctx context.Context, c *http.Client, spec deploy.Probe, u string) (int
 
 // plain is err without the URL net/http wraps it with.
 func plain(ctx context.Context, err error, timeout time.Duration) error {
-	if ctx.Err() != nil {
+	// The context's deadline and the transport's header timeout are the
+	// same bound: whichever fired first, it is one timeout.
+	var ne interface{ Timeout() bool }
+	if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
 		return fmt.Errorf("no complete answer within %s", timeout)
 	}
 	var ue *url.Error
