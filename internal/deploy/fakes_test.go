@@ -59,6 +59,14 @@ type fakeRegistry struct {
 	DigestFn      func(ctx context.Context, ref string) (string, error)
 	CredentialsFn func(ctx context.Context, ref string) (deploy.Credentials, error)
 	LabelsFn      func(ctx context.Context, ref string) (map[string]string, error)
+	TagsFn        func(ctx context.Context, ref string) ([]string, error)
+}
+
+func (f *fakeRegistry) Tags(ctx context.Context, ref string) ([]string, error) {
+	if f.TagsFn == nil {
+		return nil, fmt.Errorf("unexpected Tags(%s)", ref)
+	}
+	return f.TagsFn(ctx, ref)
 }
 
 var _ deploy.Registry = (*fakeRegistry)(nil)

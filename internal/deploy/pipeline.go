@@ -435,7 +435,11 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev
 	if i < 0 {
 		return Event{}, nil, nil, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
 	}
+	tagErrs := p.follow(ctx, targets)
 	t := targets[i]
+	if err := tagErrs[t.ID]; err != nil {
+		return Event{}, nil, nil, err
+	}
 	if !Tagged(t.Ref()) {
 		return Event{}, nil, nil, fmt.Errorf("service %s runs %s: pinned to a digest without a tag, so there is no tag to follow", t.Name, t.Image)
 	}
@@ -462,6 +466,9 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev
 	}
 	digests := map[string]lookup{}
 	for _, m := range append([]Target{t}, members...) {
+		if err := tagErrs[m.ID]; err != nil {
+			return Event{}, nil, nil, fmt.Errorf("nothing deployed: %s, in the group %s of %s: %w", m.Name, t.Hooks.Group, t.Name, err)
+		}
 		if _, done := digests[m.Ref()]; done || !Tagged(m.Ref()) {
 			continue
 		}

@@ -51,21 +51,31 @@ func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, map[string]
 	p.warn(targets)
 	if len(pushes) > 0 {
 		targets = slices.DeleteFunc(targets, func(t Target) bool {
-			return !slices.ContainsFunc(pushes, func(ps Push) bool { return ps.Matches(t.Ref()) })
+			// A service with a tag policy may follow any tag of its
+			// repository: a push of any of them is its business.
+			return !slices.ContainsFunc(pushes, func(ps Push) bool {
+				return ps.Matches(t.Ref()) || t.Tags != nil && ps.Matches(Repository(t.Ref())+":"+ps.Tag)
+			})
 		})
 	}
 	failed, err := p.Ledger.Failed(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read failed digests: %w", err)
 	}
+	tagErrs := p.follow(ctx, targets)
 	refs := make([]string, 0, len(targets))
 	for _, t := range targets {
-		if Tagged(t.Ref()) {
+		if Tagged(t.Ref()) && tagErrs[t.ID] == nil {
 			refs = append(refs, t.Ref())
 		}
 	}
 	digests := p.resolve(ctx, refs)
 	plans := decide(targets, digests, failed)
+	for i := range plans {
+		if err := tagErrs[plans[i].Target.ID]; err != nil {
+			plans[i].Action, plans[i].Want, plans[i].Reason = ActError, "", err.Error()
+		}
+	}
 	p.saw(plans, len(pushes) == 0)
 	return plans, failed, nil
 }

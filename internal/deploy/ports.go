@@ -38,6 +38,18 @@ type Registry interface {
 	// Labels are the labels of the image ref (pinned to a digest) names.
 	// For an index it reads the linux/amd64 image, or else the first.
 	Labels(ctx context.Context, ref string) (map[string]string, error)
+	// Tags lists the tags of ref's repository (every page).
+	Tags(ctx context.Context, ref string) ([]string, error)
+}
+
+// TagPolicy picks the tag a service follows among its repository's tags
+// (updater.policy).
+type TagPolicy interface {
+	// Pick is the highest tag the policy allows; false when none is.
+	Pick(tags []string) (string, bool)
+	// String is the policy in its label's form: services of one
+	// repository and policy share one listing per cycle.
+	String() string
 }
 
 // Ledger remembers digests that failed, somewhere that outlives the

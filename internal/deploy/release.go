@@ -113,7 +113,9 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		case i < 0:
 			r.events = append(r.events, p.finish(rel, Event{Kind: Failed, Phase: PhasePrepare, Reason: "the service is no longer watched", Resumed: true}, true))
 			r.failed = cmp.Or(r.failed, rel.ServiceName) // its group's members written are unwound
-		case m.t.Ref() != rel.Ref:
+		case m.t.Ref() != rel.Ref && (m.t.Tags == nil || Repository(m.t.Ref()) != Repository(rel.Ref)):
+			// (A service with a tag policy moves from tag to tag of its
+			// repository: its record names the tag it moves to.)
 			r.failed = cmp.Or(r.failed, rel.ServiceName)
 			// A record is input: one whose image is not what the service
 			// tracks (edited, or the service retargeted since) is never

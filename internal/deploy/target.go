@@ -38,6 +38,11 @@ type Target struct {
 	// is how long a digest must stay on the tag before it deploys; 0: none.
 	Policy, Freeze Hold
 	Cooldown       time.Duration
+	// Tags is the service's tag policy (updater.policy: semver:…,
+	// regex:…): nil follows the tag the spec names. Follow is the tag the
+	// policy picked this cycle (repo:tag), which Ref then is.
+	Tags   TagPolicy
+	Follow string
 	// HooksErr says why its labels (hooks, probe, bake) could not be
 	// read; the service is then not deployed.
 	HooksErr error
@@ -48,8 +53,12 @@ func (t Target) release(id, to string, started time.Time) Release {
 	return Release{ID: id, ServiceID: t.ID, ServiceName: t.Name, Stack: t.Stack, Ref: t.Ref(), From: t.Digest(), To: to, Started: started}
 }
 
-// Ref is the tag the service tracks: the image without its digest.
+// Ref is the tag the service tracks: the image without its digest, or
+// the tag its policy picked this cycle.
 func (t Target) Ref() string {
+	if t.Follow != "" {
+		return t.Follow
+	}
 	ref, _ := SplitImage(t.Image)
 	return ref
 }

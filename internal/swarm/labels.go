@@ -19,6 +19,7 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/imageref"
 	"github.com/updater-dev/updater/internal/schedule"
+	"github.com/updater-dev/updater/internal/tagpolicy"
 )
 
 // The labels that configure a service's hooks. Read here because they are
@@ -64,7 +65,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelWave, labelApprove,
 		deploy.LabelProbeURL, deploy.LabelProbeNetwork, deploy.LabelProbeExpect, deploy.LabelProbeCount,
 		deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake,
-		labelWindow, labelFreeze, labelCooldown} {
+		labelWindow, labelFreeze, labelCooldown, tagpolicy.LabelPolicy, tagpolicy.LabelPrerelease, tagpolicy.LabelOrder} {
 		known[l] = true
 	}
 	var unknown []string
@@ -75,7 +76,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze or updater.cooldown", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze, updater.cooldown or updater.policy{,.prerelease,.order}", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}

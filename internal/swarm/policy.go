@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/tagpolicy"
 	"github.com/updater-dev/updater/internal/window"
 )
 
@@ -38,8 +40,18 @@ func withPolicies(t deploy.Target, labels map[string]string, global window.Polic
 	}
 	cooldown, err := window.ParseCooldown("label "+labelCooldown, labels[labelCooldown])
 	errs = append(errs, err)
+	tags, err := tagpolicy.Parse(labels)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("label %s: %w", tagpolicy.LabelPolicy, err))
+	} else if tags.Kind() != tagpolicy.Tag {
+		if ref, d, _ := strings.Cut(t.Image, "@"); d != "" && !deploy.Tagged(ref) {
+			errs = append(errs, fmt.Errorf("label %s=%q: the service's image %s names no tag: a policy picks among the tags of repo:tag", tagpolicy.LabelPolicy, labels[tagpolicy.LabelPolicy], t.Image))
+		}
+		t.Tags = tags
+	}
 	if err := errors.Join(errs...); err != nil {
 		t.HooksErr = errors.Join(t.HooksErr, fmt.Errorf("invalid release policy labels: %w", err))
+		t.Tags = nil
 		return t
 	}
 	p := window.Merge(global, own)

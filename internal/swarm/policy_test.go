@@ -53,3 +53,25 @@ func TestWaveLabel(t *testing.T) {
 		}
 	}
 }
+
+func TestTagPolicyLabel(t *testing.T) {
+	got := withPolicies(deploy.Target{Image: "r:5000/shop:1.2.3@sha256:0"}, map[string]string{"updater.policy": "semver:~1.2"}, window.Policy{})
+	if got.HooksErr != nil || got.Tags == nil || got.Tags.String() != "semver:~1.2" {
+		t.Fatalf("%+v", got)
+	}
+	if tag, ok := got.Tags.Pick([]string{"1.2.3", "1.2.4", "1.3.0-rc.1", "2.0.0"}); !ok || tag != "1.2.4" {
+		t.Errorf("picked %q", tag)
+	}
+	if plain := withPolicies(deploy.Target{Image: "r:5000/shop:1"}, map[string]string{"updater.policy": "tag"}, window.Policy{}); plain.Tags != nil {
+		t.Errorf("tag policy set Tags: %v", plain.Tags)
+	}
+	for _, c := range []struct{ image, policy, want string }{
+		{"r:5000/shop:1", "semver:not a range", "updater.policy"},
+		{"r:5000/shop@sha256:0", "semver:~1", "names no tag"},
+	} {
+		bad := withPolicies(deploy.Target{Image: c.image}, map[string]string{"updater.policy": c.policy}, window.Policy{})
+		if bad.HooksErr == nil || !strings.Contains(bad.HooksErr.Error(), c.want) || bad.Tags != nil {
+			t.Errorf("%s %s: %v, want an error with %q and no policy", c.image, c.policy, bad.HooksErr, c.want)
+		}
+	}
+}
