@@ -3,8 +3,12 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
 	updaterswarm "github.com/updater-dev/updater/internal/swarm"
@@ -59,4 +63,49 @@ func BenchmarkProbeOverhead(b *testing.B) {
 	probes := time.Duration(tg.Probe.Count) * tg.Probe.Interval
 	b.ReportMetric((b.Elapsed()/time.Duration(b.N) - probes).Seconds(), "s-beyond-count×interval/op")
 	b.ReportMetric((worst - probes).Seconds(), "worst-s-beyond/op")
+}
+
+// BenchmarkBakeCrashToRollback is the delay from a crash in the bake
+// window to the rollback's start, both read from Docker (the failed task's
+// timestamp, the service's update status): each op deploys a version that
+// exits 6 s after it started, past Swarm's 1 s monitor, into a 10 s bake.
+// The target is at most one watch interval (200 ms here) and the calls
+// the rollback takes. Run: make bench-e2e.
+func BenchmarkBakeCrashToRollback(b *testing.B) {
+	const stack, repo = "e2ebakebench", "e2e/bakebench-app"
+	good := push(b, repo, "v1")
+	spec := serviceSpec(stack+"_app", repo, good, svcOpts{stack: stack, optIn: true, env: []string{"CRASH_AFTER=6s"},
+		labels: map[string]string{deploy.LabelBake: "10s"}})
+	spec.UpdateConfig.Monitor = time.Second
+	res, err := env.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: spec})
+	if err != nil {
+		b.Fatal(err)
+	}
+	app := res.ID
+	b.Cleanup(func() { removeService(app) })
+	waitFor(b, time.Minute, "app running", func() bool { return allRunning(b, app, good) })
+	u := startUpdater(b, stack)
+	waitFor(b, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
+	var total, worst time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		bad := push(b, repo, "crashlate")
+		u.waitLog(b, deployLimit, 1, "deploy failed", "to_digest", bad)
+		waitFor(b, deployLimit, "the rollback to v1", func() bool { return allRunning(b, app, good) })
+		var crash time.Time
+		for _, task := range tasksOf(b, app, bad) {
+			if task.Status.State == swarm.TaskStateFailed && (crash.IsZero() || task.Status.Timestamp.Before(crash)) {
+				crash = task.Status.Timestamp
+			}
+		}
+		s := inspect(b, app)
+		if crash.IsZero() || s.UpdateStatus == nil || s.UpdateStatus.StartedAt == nil {
+			b.Fatalf("no crash (%s) or no rollback (%+v) in Docker", crash, s.UpdateStatus)
+		}
+		d := s.UpdateStatus.StartedAt.Sub(crash)
+		total += d
+		worst = max(worst, d)
+	}
+	b.ReportMetric((total / time.Duration(b.N)).Seconds(), "s-crash-to-rollback/op")
+	b.ReportMetric(worst.Seconds(), "worst-s/op")
 }
