@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,8 +48,21 @@ func TestShippedStack(t *testing.T) {
 	// as the shipped file's optional stanzas are.
 	deploy("docker-stack.yml", "SLACK_API_URL=", "ROLLBAR_ENDPOINT=")
 	updater := serviceID(t, stack+"_updater")
-	if refs := inspect(t, updater).Spec.TaskTemplate.ContainerSpec.Secrets; len(refs) != 0 {
-		t.Fatalf("the shipped stack's updater names %d secrets, want none: a first deploy must not need any", len(refs))
+	spec := inspect(t, updater).Spec.TaskTemplate.ContainerSpec
+	if len(spec.Secrets) != 0 {
+		t.Fatalf("the shipped stack's updater names %d secrets, want none: a first deploy must not need any", len(spec.Secrets))
+	}
+	// What the README asks of every updater: scoped to its stack, and time
+	// on SIGTERM to stop its deploys where they are.
+	if !slices.Contains(spec.Env, "UPDATER_STACK="+stack) {
+		t.Fatalf("the shipped stack's updater env %q lacks UPDATER_STACK=%s", spec.Env, stack)
+	}
+	var grace time.Duration // unset is Docker's default, 10 s
+	if spec.StopGracePeriod != nil {
+		grace = *spec.StopGracePeriod
+	}
+	if grace < 30*time.Second {
+		t.Fatalf("the shipped stack's updater stop grace period is %v, want at least 30s", grace)
 	}
 	app := serviceID(t, stack+"_app")
 	waitFor(t, 2*time.Minute, "the app on v1", func() bool { return allRunning(t, app, v1) })
