@@ -158,6 +158,7 @@ type faults struct {
 	gone   map[string]bool
 	heads  int // manifest HEADs seen
 	gets   int // manifest GETs seen
+	lists  int // tag lists seen (GET /v2/<name>/tags/list)
 }
 
 func (f *faults) set(status int) { f.mu.Lock(); f.status = status; f.mu.Unlock() }
@@ -192,6 +193,9 @@ func (f *faults) wrap(h http.Handler) http.Handler {
 			case http.MethodGet:
 				f.gets++
 			}
+		}
+		if strings.HasSuffix(r.URL.Path, "/tags/list") {
+			f.lists++
 		}
 		_, ref, _ := strings.Cut(r.URL.Path, "/manifests/")
 		gone := manifest && r.Method == http.MethodGet && f.gone[ref]
