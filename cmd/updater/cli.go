@@ -234,10 +234,12 @@ func checkFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int {
 	}
 }
 
-// deployFlags: --wait.
+// deployFlags: --wait, --force.
 func deployFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int {
 	wait := fs.Duration("wait", 0, "with UPDATER_URL: wait up to this long for the deploy's outcome, and exit 1 unless it\n"+
 		"succeeded (0: return once the updater has queued it); a local deploy always waits")
+	force := fs.Bool("force", false, "deploy through a freeze (UPDATER_FREEZE, updater.freeze); local only: the API's deploy\n"+
+		"has no such switch")
 	return func(ctx context.Context, std streams, args []string) int {
 		if *wait < 0 {
 			fmt.Fprintf(std.err, "updater deploy: --wait %s: use a duration of 0 or more, like 10m\n", *wait)
@@ -247,10 +249,16 @@ func deployFlags(fs *flag.FlagSet) func(context.Context, streams, []string) int 
 		if code != 0 {
 			return code
 		}
-		if cfg.URL != "" {
+		switch {
+		case cfg.URL != "" && *force:
+			// Refused rather than dropped: a deploy asked through a freeze
+			// must not be queued as one that the freeze then holds.
+			fmt.Fprintln(std.err, "updater deploy: --force works locally only (the API's deploy has no such switch): unset UPDATER_URL")
+			return 2
+		case cfg.URL != "":
 			return remoteDeploy(ctx, cfg, args[0], *wait, std)
 		}
-		return withApp(ctx, cfg, app.Deploy, std.err, func(a *app.App) int { return deployOne(ctx, a, args[0], std.out) })
+		return withApp(ctx, cfg, app.Deploy, std.err, func(a *app.App) int { return deployOne(ctx, a, args[0], *force, std.out) })
 	}
 }
 

@@ -55,12 +55,17 @@ func serve(ctx context.Context, a *app.App) int {
 	return 0
 }
 
-// deployOne is `updater deploy SERVICE`: exit 0 only when it succeeded.
-func deployOne(ctx context.Context, a *app.App, service string, out io.Writer) int {
-	ev, err := a.Pipeline.DeployService(ctx, service)
+// deployOne is `updater deploy SERVICE`, locally: exit 0 only when it
+// succeeded. force goes through a freeze.
+func deployOne(ctx context.Context, a *app.App, service string, force bool, out io.Writer) int {
+	deployService := a.Pipeline.DeployService
+	if force {
+		deployService = a.Pipeline.ForceDeployService
+	}
+	ev, err := deployService(ctx, service)
 	if errors.Is(err, deploy.ErrStandby) {
-		a.Log.Error("deploy", "service", service, "err", err,
-			"hint", "the running updater deploys on request: POST /api/v1/services/"+service+"/deploy")
+		a.Log.Error("deploy", "service", service, "err", err, "hint", "the running updater deploys on request: "+
+			"set UPDATER_URL (and UPDATER_API_TOKEN) to ask it, or POST /api/v1/services/"+service+"/deploy")
 		return 1
 	}
 	if err != nil {

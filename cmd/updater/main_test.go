@@ -156,6 +156,9 @@ func TestRunBeforeDocker(t *testing.T) {
 			stderr: []string{"updater approve: needs UPDATER_URL (and UPDATER_API_TOKEN)"}},
 		{name: "reject without UPDATER_URL", args: []string{"reject", "d1"}, code: 2,
 			stderr: []string{"updater reject: needs UPDATER_URL (and UPDATER_API_TOKEN)"}},
+		{name: "deploy --force through the API", args: []string{"deploy", "--force", "web"},
+			env: map[string]string{"UPDATER_URL": "http://127.0.0.1:1", "UPDATER_API_TOKEN": "api-token-0123456789abcdef"}, code: 2,
+			stderr: []string{"updater deploy: --force works locally only (the API's deploy has no such switch): unset UPDATER_URL"}},
 		{name: "UPDATER_URL without the token", args: []string{"deploy", "web"}, env: map[string]string{"UPDATER_URL": "http://127.0.0.1:1"}, code: 2,
 			stderr: []string{"updater: invalid configuration:", "UPDATER_URL=\"http://127.0.0.1:1/\": is set without UPDATER_API_TOKEN"}},
 		{name: "help", args: []string{"help"}, code: 0, stdout: []string{"usage: updater [command]", "deploy SERVICE", "healthcheck", "approve ID"},
@@ -469,7 +472,7 @@ func TestDeployOnStandby(t *testing.T) {
 	}
 	l2 := logLine(t, &stderr, "deploy")
 	if l2["service"] != "web" || !strings.Contains(fmt.Sprint(l2["err"]), "another updater holds the lease") ||
-		l2["hint"] != "the running updater deploys on request: POST /api/v1/services/web/deploy" {
+		l2["hint"] != "the running updater deploys on request: set UPDATER_URL (and UPDATER_API_TOKEN) to ask it, or POST /api/v1/services/web/deploy" {
 		t.Errorf(`"deploy" line %v, want service web, the standby error and the API hint`, l2)
 	}
 	if stdout.Len() > 0 {

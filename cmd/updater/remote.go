@@ -128,7 +128,7 @@ func remoteDeploy(ctx context.Context, cfg config.Config, service string, wait t
 			if mine != nil {
 				return failed(std, "deploy", fmt.Errorf("deploy %s of %s still runs after %s (its outcome: GET /api/v1/deploys)", mine.ID, service, wait))
 			}
-			return failed(std, "deploy", fmt.Errorf("no deploy of %s began within %s: it may run what its tag points to already, or wait behind another deploy (see updater check)", service, wait))
+			return failed(std, "deploy", fmt.Errorf("no deploy of %s began within %s: it may run what its tag points to already, wait behind another deploy or be frozen (see updater check and the updater's log)", service, wait))
 		case <-time.After(pollEvery):
 		}
 	}

@@ -202,3 +202,49 @@ func TestCheckUnwatched(t *testing.T) {
 		t.Errorf("check --format json:\n%s", out)
 	}
 }
+
+// TestDeployForceThroughFreeze: a local `updater deploy` of a frozen
+// service (updater.freeze) is refused, naming --force, and leaves the
+// spec alone; `updater deploy --force` deploys it (read from Docker).
+func TestDeployForceThroughFreeze(t *testing.T) {
+	const stack, repo = "e2eclifreeze", "e2e/clifreeze"
+	v1 := push(t, repo, "v1")
+	today := time.Now().UTC()
+	freeze := today.AddDate(0, 0, -1).Format("2006-01-02") + ".." + today.AddDate(0, 0, 1).Format("2006-01-02")
+	app := createService(t, stack+"_app", repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{"updater.freeze": freeze}})
+	v2 := push(t, repo, "v2")
+
+	deploy := func(args ...string) (int, string, string) {
+		t.Helper()
+		cmd := exec.Command(env.bin, append([]string{"deploy"}, args...)...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir(),
+			"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=90s", "UPDATER_LOG_FORMAT=json"}, dockerHostEnv()...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("updater deploy %q: %v", args, err)
+		}
+		if exit != nil {
+			return exit.ExitCode(), out.String(), errb.String()
+		}
+		return 0, out.String(), errb.String()
+	}
+	code, out, errOut := deploy(stack + "_app")
+	if code != 1 || !strings.Contains(errOut, "deploy it with --force to go through the freeze") {
+		t.Fatalf("deploy of a frozen service = %d, want 1 and the hint\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v1 {
+		t.Fatalf("a refused deploy moved the spec to %s", d)
+	}
+	code, out, errOut = deploy("--force", stack+"_app")
+	if code != 0 || !strings.HasPrefix(out, stack+"_app succeeded") {
+		t.Fatalf("deploy --force = %d, want 0 and its success\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("after deploy --force the spec pins %s, want v2 %s", d, v2)
+	}
+	waitFor(t, deployLimit, "every task on v2", func() bool { return allRunning(t, app, v2) })
+}
