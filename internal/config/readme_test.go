@@ -2,7 +2,10 @@ package config
 
 import (
 	"bufio"
+	"fmt"
+	"maps"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -54,10 +57,89 @@ func TestREADMEConfigurationTables(t *testing.T) {
 	}
 }
 
+// A variable set to the default its row documents configures what
+// leaving it unset does: the default column is checked against defaults()
+// and the parsers. Rows whose default is prose, or another variable, are
+// not literal defaults and are left out.
+func TestREADMEConfigurationDefaults(t *testing.T) {
+	literal := regexp.MustCompile("^`([^`]+)`$")
+	checked := 0
+	for _, row := range readmeConfigRows(t, "../../README.md") {
+		m := literal.FindStringSubmatch(row.def)
+		if m == nil || len(row.names) != 1 || !inNamespace(row.names[0]) || varName.MatchString(row.def) {
+			continue
+		}
+		name, def := row.names[0], m[1]
+		if err := sameAsUnset(name, def); err != nil {
+			t.Errorf("README: %s's documented default %q: %v", name, def, err)
+		}
+		checked++
+	}
+	t.Logf("%d documented defaults checked", checked)
+	if checked < 10 {
+		t.Fatalf("checked %d documented defaults: the default column's format changed", checked)
+	}
+}
+
+// sameAsUnset loads the configuration with name=value and without it, next
+// to the first set of companions that makes it valid (a Slack setting
+// needs a token, a prune setting pruning on, …), and compares the two.
+func sameAsUnset(name, value string) error {
+	companions := []map[string]string{
+		{},
+		{"SLACK_TOKEN": "xoxb-readme-test", "SLACK_CHANNEL": "#deploys"},
+		{"ROLLBAR_TOKEN": "readme-test"},
+		{"UPDATER_PRUNE": "after-deploy"},
+		{"UPDATER_API_TOKEN": "readme-test-token-0123456789"},
+	}
+	var firstErr error
+	for _, base := range companions {
+		unset, err := loadMap(base)
+		if err != nil {
+			continue
+		}
+		with := maps.Clone(base)
+		with[name] = value
+		set, err := loadMap(with)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if diff := fieldDiff(set, unset); diff != "" {
+			return fmt.Errorf("setting it is not the same as leaving it unset: %s", diff)
+		}
+		return nil
+	}
+	return fmt.Errorf("refused: %v", firstErr)
+}
+
+// fieldDiff names the Config fields that differ, with both values.
+func fieldDiff(set, unset Config) string {
+	var diffs []string
+	a, b := reflect.ValueOf(set), reflect.ValueOf(unset)
+	for i := range a.NumField() {
+		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			diffs = append(diffs, fmt.Sprintf("%s %v (unset: %v)", a.Type().Field(i).Name, a.Field(i), b.Field(i)))
+		}
+	}
+	return strings.Join(diffs, "; ")
+}
+
+func loadMap(env map[string]string) (Config, error) {
+	var environ []string
+	for k, v := range env {
+		environ = append(environ, k+"="+v)
+	}
+	return Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, environ)
+}
+
 // readmeRow is one row of a table in the README's Configuration section.
 type readmeRow struct {
 	line  string
 	names []string // the variables its first cell names
+	def   string   // its second cell, the default, trimmed
 }
 
 var (
@@ -89,6 +171,9 @@ func readmeConfigRows(t *testing.T, path string) []readmeRow {
 		}
 		cells := strings.Split(line, "|")
 		r := readmeRow{line: line}
+		if len(cells) > 2 {
+			r.def = strings.TrimSpace(cells[2])
+		}
 		for _, m := range varName.FindAllStringSubmatch(cells[1], -1) {
 			r.names = append(r.names, m[1])
 		}
