@@ -58,6 +58,9 @@ type Service struct {
 	Available string        `json:"registry_digest,omitempty"`
 	State     deploy.Action `json:"state"`
 	Reason    string        `json:"reason,omitempty"`
+	// EligibleAt is when a digest held by a release policy (state held)
+	// may deploy; absent when not held or not known.
+	EligibleAt *time.Time `json:"eligible_at,omitempty"`
 	// Approval is "manual" for a service whose deploys wait for a person.
 	Approval   string  `json:"approval"`
 	LastDeploy *Deploy `json:"last_deploy,omitempty"`
@@ -70,6 +73,10 @@ func (s *Server) services() []Service {
 		t := pl.Target
 		v := Service{Name: t.Name, ID: t.ID, Stack: t.Stack, Ref: t.Ref(), Digest: t.Digest(),
 			Available: pl.Want, State: pl.Action, Reason: pl.Reason, Approval: "auto"}
+		if !pl.EligibleAt.IsZero() {
+			at := pl.EligibleAt.UTC()
+			v.EligibleAt = &at
+		}
 		if t.Hooks.Approve {
 			v.Approval = "manual"
 		}

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"syscall"
@@ -36,7 +37,7 @@ func TestFreezeHoldsThenTheNewestDeploys(t *testing.T) {
 	freeze := fmt.Sprintf("CRON_TZ=UTC %d %d * * * %ds", start.Minute(), start.Hour(), int(dur.Seconds()))
 	app := createService(t, name, repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{"updater.freeze": freeze}})
 	ver := inspect(t, app).Version.Index
-	u := startUpdater(t, stack)
+	u := startUpdater(t, stack, "UPDATER_API_TOKEN="+apiToken)
 
 	v2 := push(t, repo, "v2")
 	u.waitLog(t, 30*time.Second, 1, "deploy held", "service", name, "to_digest", v2)
@@ -50,6 +51,20 @@ func TestFreezeHoldsThenTheNewestDeploys(t *testing.T) {
 	}
 	if v, d := inspect(t, app).Version.Index, specDigest(t, app); v != ver || d != v1 {
 		t.Fatalf("during the freeze the spec moved: version %d -> %d, digest %s", ver, v, d[:19])
+	}
+	// The API says held, and until when.
+	r := call(t, "GET", u.base(t)+"/api/v1/services", "Bearer "+apiToken, nil, "")
+	var listed struct {
+		Services []struct {
+			Name, State string
+			EligibleAt  *time.Time `json:"eligible_at"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r.body), &listed); err != nil || len(listed.Services) != 1 {
+		t.Fatalf("/api/v1/services: %d %s (%v)", r.status, r.body, err)
+	}
+	if sv := listed.Services[0]; sv.State != "held" || sv.EligibleAt == nil || !sv.EligibleAt.Equal(end) {
+		t.Fatalf("API: %s %v, want held, eligible at %s", sv.State, sv.EligibleAt, end)
 	}
 
 	u.waitLog(t, time.Until(end)+deployLimit, 1, "deploy succeeded", "service", name, "to_digest", v3)
