@@ -102,7 +102,7 @@ func New(src Source, now func() time.Time) *Metrics {
 		}, []string{"reason"}),
 		hookSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "updater_hook_steps_total",
-			Help: "Hook steps, of deploys and scheduled backups, by phase (backup, migrate) and state (started, succeeded, failed, skipped: a scheduled backup due during a deploy of its service, or a migration already done).",
+			Help: "Steps of deploys and scheduled backups, by phase (backup, migrate: hooks; probe: the new tasks probed, updater.probe.*; bake: the watch after the rollout, updater.bake) and state (started, succeeded, failed, skipped: a scheduled backup due during a deploy of its service, or a migration already done).",
 		}, []string{"phase", "state"}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "updater_build_info",
@@ -241,6 +241,11 @@ func (m *Metrics) Report(e deploy.Event) {
 	outcome := e.Outcome()
 	if outcome == "" {
 		return
+	}
+	if e.Phase == deploy.PhaseProbe || e.Phase == deploy.PhaseBake {
+		// A probe or a bake fails as the deploy's outcome, not as a step
+		// of its own: counted with the steps too.
+		m.hookSteps.WithLabelValues(string(e.Phase), string(deploy.StepFailed)).Inc()
 	}
 	m.deploys.WithLabelValues(string(outcome), string(e.Phase)).Inc()
 	m.deployDuration.WithLabelValues(string(outcome)).Observe(e.Duration.Seconds())

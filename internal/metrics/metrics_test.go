@@ -98,6 +98,9 @@ func TestCyclesAndDeploys(t *testing.T) {
 		{Kind: deploy.Succeeded, Phase: deploy.PhaseRollout, Duration: 5 * time.Second},
 		{Kind: deploy.Failed, Phase: deploy.PhaseRollout, RolledBack: true, Duration: time.Minute},
 		{Kind: deploy.Failed, Phase: deploy.PhaseMigrate, Duration: 10 * time.Second},
+		{Kind: deploy.Progress, Phase: deploy.PhaseProbe, Step: &deploy.Step{Phase: deploy.PhaseProbe, State: deploy.StepSucceeded}},
+		{Kind: deploy.Failed, Phase: deploy.PhaseProbe, RolledBack: true},
+		{Kind: deploy.Failed, Phase: deploy.PhaseBake, RolledBack: true},
 		{Kind: deploy.Outage, Part: "registry"},
 	} {
 		m.Report(e)
@@ -117,6 +120,10 @@ func TestCyclesAndDeploys(t *testing.T) {
 		`updater_hook_steps_total{phase="backup",state="started"} 1`,
 		`updater_hook_steps_total{phase="backup",state="skipped"} 2`,
 		`updater_hook_steps_total{phase="migrate",state="failed"} 1`,
+		`updater_hook_steps_total{phase="probe",state="succeeded"} 1`,
+		`updater_hook_steps_total{phase="probe",state="failed"} 1`,
+		`updater_hook_steps_total{phase="bake",state="failed"} 1`,
+		`updater_deploys_total{outcome="rolled_back",phase="bake"} 1`,
 	)
 	if body := scrape(t, m); strings.Contains(body, `updater_hook_steps_total{phase="rollout"`) {
 		t.Error("rollout progress counted as a hook step")
