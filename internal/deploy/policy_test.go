@@ -179,3 +179,20 @@ func TestGroupHeldWithItsMember(t *testing.T) {
 		t.Fatalf("%d writes", len(w.updates))
 	}
 }
+
+func TestScheduledBackupHeldByItsWindow(t *testing.T) {
+	w := newHookWorld(t)
+	tg := hooked(oldD)
+	tg.BackupWindow = holdUntil{time.Now().Add(time.Hour), "held until 02:00 UTC: outside the window 0 1 * * * 1h"}
+
+	if err := w.p.Backup(t.Context(), tg); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.ran) != 0 || len(w.events) != 1 || w.events[0].Step.State != deploy.StepSkipped || !strings.Contains(w.events[0].Reason, "updater.backup.window") {
+		t.Fatalf("jobs %q, events %+v: want the backup skipped, saying why", w.jobNames(), w.events)
+	}
+	tg.BackupWindow = holdUntil{}
+	if err := w.p.Backup(t.Context(), tg); err != nil || len(w.ran) != 1 {
+		t.Fatalf("inside the window: %v, jobs %q", err, w.jobNames())
+	}
+}

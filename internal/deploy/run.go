@@ -302,6 +302,14 @@ func (p *Pipeline) Backup(ctx context.Context, t Target) error {
 		return ErrStandby
 	}
 	rel := t.release(newID(), "", p.now())
+	if t.BackupWindow != nil {
+		if ok, _, why := t.BackupWindow.Eligible(p.now()); !ok {
+			p.Log.Info("scheduled backup skipped: outside updater.backup.window: "+why, "service", t.Name)
+			s := Step{Phase: PhaseBackup, State: StepSkipped}
+			p.report(Event{Kind: Progress, Release: rel, Phase: PhaseBackup, Step: &s, Reason: "outside updater.backup.window: " + why})
+			return nil
+		}
+	}
 	done, why := p.startBackup(t)
 	if done == nil {
 		p.Log.Warn("scheduled backup skipped: "+why, "service", t.Name)

@@ -38,6 +38,9 @@ type Target struct {
 	// is how long a digest must stay on the tag before it deploys; 0: none.
 	Policy, Freeze Hold
 	Cooldown       time.Duration
+	// BackupWindow, when set (updater.backup.window), is when its
+	// scheduled backups may run; deploys' own backups are not held by it.
+	BackupWindow Hold
 	// Tags is the service's tag policy (updater.policy: semver:…,
 	// regex:…): nil follows the tag the spec names. Follow is the tag the
 	// policy picked this cycle (repo:tag), which Ref then is.

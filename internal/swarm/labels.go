@@ -65,7 +65,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 		labelMigrateImage, labelMigrateCommand, labelMigrateEnv, labelHooksTimeout, labelGroup, labelWave, labelApprove,
 		deploy.LabelProbeURL, deploy.LabelProbeNetwork, deploy.LabelProbeExpect, deploy.LabelProbeCount,
 		deploy.LabelProbeInterval, deploy.LabelProbeTimeout, deploy.LabelProbeHeader, deploy.LabelBake,
-		labelWindow, labelFreeze, labelCooldown, tagpolicy.LabelPolicy, tagpolicy.LabelPrerelease, tagpolicy.LabelOrder} {
+		labelWindow, labelFreeze, labelCooldown, labelBackupWindow, tagpolicy.LabelPolicy, tagpolicy.LabelPrerelease, tagpolicy.LabelOrder} {
 		known[l] = true
 	}
 	var unknown []string
@@ -76,7 +76,7 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze, updater.cooldown or updater.policy{,.prerelease,.order}", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule,window}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze, updater.cooldown or updater.policy{,.prerelease,.order}", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}

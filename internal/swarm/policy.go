@@ -19,6 +19,9 @@ const (
 	labelWindow   = "updater.window"
 	labelFreeze   = "updater.freeze"
 	labelCooldown = "updater.cooldown"
+	// labelBackupWindow holds scheduled backups (not a deploy's own)
+	// outside its windows: release windows do not apply to them.
+	labelBackupWindow = "updater.backup.window"
 )
 
 // withPolicies is t with its release policies: the operator's (global,
@@ -37,6 +40,12 @@ func withPolicies(t deploy.Target, labels map[string]string, global window.Polic
 		fs, err := window.ParseFreezes("label "+labelFreeze, v)
 		errs = append(errs, err)
 		own.Freezes = fs
+	}
+	var backupWindow window.Policy
+	if v, ok := labels[labelBackupWindow]; ok {
+		ws, err := window.ParseWindows("label "+labelBackupWindow, v)
+		errs = append(errs, err)
+		backupWindow.Windows = ws
 	}
 	cooldown, err := window.ParseCooldown("label "+labelCooldown, labels[labelCooldown])
 	errs = append(errs, err)
@@ -62,6 +71,9 @@ func withPolicies(t deploy.Target, labels map[string]string, global window.Polic
 		t.Freeze = window.Policy{Freezes: p.Freezes}
 	}
 	t.Cooldown = cooldown
+	if len(backupWindow.Windows) > 0 {
+		t.BackupWindow = backupWindow
+	}
 	return t
 }
 

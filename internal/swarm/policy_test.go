@@ -75,3 +75,13 @@ func TestTagPolicyLabel(t *testing.T) {
 		}
 	}
 }
+
+func TestBackupWindowLabel(t *testing.T) {
+	got := withPolicies(deploy.Target{}, map[string]string{labelBackupWindow: "0 1 * * * 1h"}, window.Policy{})
+	if got.HooksErr != nil || got.BackupWindow == nil || got.Policy != nil {
+		t.Fatalf("%+v: want a backup window and no release policy", got)
+	}
+	if bad := withPolicies(deploy.Target{}, map[string]string{labelBackupWindow: "nightly"}, window.Policy{}); bad.HooksErr == nil || !strings.Contains(bad.HooksErr.Error(), labelBackupWindow) {
+		t.Errorf("bad backup window: %v", bad.HooksErr)
+	}
+}
