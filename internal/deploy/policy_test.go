@@ -196,3 +196,25 @@ func TestScheduledBackupHeldByItsWindow(t *testing.T) {
 		t.Fatalf("inside the window: %v, jobs %q", err, w.jobNames())
 	}
 }
+
+// What Status shows once a run has landed: not "deploy" until the next
+// cycle, but what the run did.
+func TestStatusAfterARunLands(t *testing.T) {
+	w, _ := policyWorld(t, web(oldD))
+
+	w.cycle(t.Context())
+
+	st := w.p.Status()
+	if len(st.Services) != 1 || st.Services[0].Action != deploy.ActNone || st.Services[0].Target.Digest() != newD {
+		t.Fatalf("status after the deploy: %+v", st.Services)
+	}
+	bad := "sha256:" + strings.Repeat("d", 64)
+	w.mu.Lock()
+	w.digests[ref] = bad
+	w.script = []deploy.Rollout{rollout("rollback_completed", newD, task(newD, "running"), gone(bad, "unhealthy"))}
+	w.mu.Unlock()
+	w.cycle(t.Context())
+	if s := w.p.Status().Services[0]; s.Action != deploy.ActSkipFailed || s.Want != bad {
+		t.Fatalf("status after a failed deploy: %s %s %q", s.Action, s.Want, s.Reason)
+	}
+}

@@ -213,6 +213,7 @@ func (p *Pipeline) land(f *flight, out []Event) {
 	}
 	p.runs.live = slices.DeleteFunc(p.runs.live, func(l *flight) bool { return l == f })
 	p.dispatch()
+	p.landed(out)
 	f.out = out
 	stale, again, refs := f.stale, p.again, slices.Clone(f.refs)
 	p.mu.Unlock()

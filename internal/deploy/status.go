@@ -73,6 +73,10 @@ type seen struct {
 	listErr error
 	checked time.Time
 	busy    time.Time
+	// landed are the services whose run ended since their plan was made,
+	// by ID, with the digest deployed: the cycle that started the run
+	// must not show it as still to deploy.
+	landed map[string]string
 }
 
 // Status returns what the pipeline saw last.
@@ -111,6 +115,7 @@ func (p *Pipeline) saw(plans []Plan, full bool) {
 	}
 	for _, pl := range plans {
 		p.seen.plans[pl.Target.ID] = pl
+		delete(p.seen.landed, pl.Target.ID)
 	}
 }
 
@@ -119,6 +124,9 @@ func (p *Pipeline) held(plans []Plan) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, pl := range plans {
+		if d, ok := p.seen.landed[pl.Target.ID]; ok && d == pl.Want {
+			continue // its run ended already: what it did stands (landed)
+		}
 		if _, ok := p.seen.plans[pl.Target.ID]; ok {
 			p.seen.plans[pl.Target.ID] = pl
 		}
@@ -141,4 +149,39 @@ func (p *Pipeline) observe(s CycleStats) {
 	if p.Observer != nil {
 		p.Observer.ObserveCycle(s)
 	}
+}
+
+// landed updates the remembered plans with the outcomes of a run that
+// ended: a service is not shown deploying until the next full cycle. A
+// success runs its digest now; a failure remembered as a bad digest
+// (rollout, rollback, hooks, probe, bake) waits for the tag to move. A
+// failure that is tried again next cycle (a write Docker refused, a slow
+// backup) is left for that cycle to show. The caller holds p.mu.
+func (p *Pipeline) landed(out []Event) {
+	for _, ev := range out {
+		pl, ok := p.seen.plans[ev.Release.ServiceID]
+		if !ok || ev.waiting {
+			continue
+		}
+		switch {
+		case ev.Kind == Succeeded:
+			pl.Target.Image = Pin(ev.Release.Ref, ev.Release.To)
+			pl.Want, pl.Action, pl.Reason = ev.Release.To, ActNone, ""
+		case ev.Kind == Failed && slices.Contains([]Phase{PhaseRollout, PhaseRollback, PhaseBackup, PhaseMigrate, PhaseProbe, PhaseBake}, ev.Phase):
+			pl.Want, pl.Action = ev.Release.To, ActSkipFailed
+			pl.Reason = "its deploy of this digest failed: " + firstLine(ev.Reason)
+		default:
+			continue
+		}
+		p.seen.plans[ev.Release.ServiceID] = pl
+		if p.seen.landed == nil {
+			p.seen.landed = map[string]string{}
+		}
+		p.seen.landed[ev.Release.ServiceID] = ev.Release.To
+	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
