@@ -93,6 +93,10 @@ func check(ctx context.Context, a *app.App, format string, out io.Writer) int {
 		t := pl.Target
 		s := client.Service{Name: t.Name, ID: t.ID, Stack: t.Stack, Ref: t.Ref(), RunningDigest: t.Digest(),
 			RegistryDigest: pl.Want, State: string(pl.Action), Reason: pl.Reason, Approval: "auto"}
+		if !pl.EligibleAt.IsZero() {
+			at := pl.EligibleAt.UTC()
+			s.EligibleAt = &at
+		}
 		if t.Hooks.Approve {
 			s.Approval = "manual"
 		}

@@ -58,16 +58,18 @@ func New(base, token string) (*Client, error) {
 // Service is one watched service as the updater saw it at its last check
 // (GET /api/v1/services).
 type Service struct {
-	Name           string  `json:"name"`
-	ID             string  `json:"id"`
-	Stack          string  `json:"stack,omitempty"`
-	Ref            string  `json:"ref"`
-	RunningDigest  string  `json:"running_digest,omitempty"`
-	RegistryDigest string  `json:"registry_digest,omitempty"`
-	State          string  `json:"state"`
-	Reason         string  `json:"reason,omitempty"`
-	Approval       string  `json:"approval"`
-	LastDeploy     *Deploy `json:"last_deploy,omitempty"`
+	Name           string `json:"name"`
+	ID             string `json:"id"`
+	Stack          string `json:"stack,omitempty"`
+	Ref            string `json:"ref"`
+	RunningDigest  string `json:"running_digest,omitempty"`
+	RegistryDigest string `json:"registry_digest,omitempty"`
+	State          string `json:"state"`
+	Reason         string `json:"reason,omitempty"`
+	// EligibleAt is when a digest held by a release policy may deploy.
+	EligibleAt *time.Time `json:"eligible_at,omitempty"`
+	Approval   string     `json:"approval"`
+	LastDeploy *Deploy    `json:"last_deploy,omitempty"`
 }
 
 // Services is the answer of GET /api/v1/services.
