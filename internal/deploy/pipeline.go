@@ -95,11 +95,12 @@ type Pipeline struct {
 	// would else look left behind, and be resumed a second time.
 	closing  sync.RWMutex
 	warned   map[string]bool
-	exists   map[string]bool   // services with records, found to exist though not watched
-	swept    time.Time         // when Sweeper was last asked which services have records
-	unclosed map[string]bool   // deploys over whose journal entry would not go
-	seen     seen              // what the last cycles saw, for Status
-	heldSeen map[string]string // service ID → the digest reported held
+	exists   map[string]bool      // services with records, found to exist though not watched
+	swept    time.Time            // when Sweeper was last asked which services have records
+	unclosed map[string]bool      // deploys over whose journal entry would not go
+	seen     seen                 // what the last cycles saw, for Status
+	heldSeen map[string]string    // service ID → the digest reported held
+	specRefs map[string][2]string // service ID → its spec's tag and the tag its policy picked, last cycle
 
 	approvals approvalBook // deploys held for approval; has its own lock
 }

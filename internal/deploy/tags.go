@@ -45,6 +45,26 @@ func (p *Pipeline) follow(ctx context.Context, targets []Target) (errs map[strin
 		}
 		delete(errs, t.ID)
 		t.Follow = repo + ":" + tag
+		p.retagged(*t)
 	}
 	return errs
+}
+
+// retagged warns, once, when the tag in t's spec was changed by someone
+// else since the last cycle (a stack deploy that put an older tag back):
+// the policy, not that tag, says what t runs, so the next deploy moves it
+// back to the tag the policy picks.
+func (p *Pipeline) retagged(t Target) {
+	spec, _ := SplitImage(t.Image)
+	p.mu.Lock()
+	last, seen := p.specRefs[t.ID]
+	if p.specRefs == nil {
+		p.specRefs = map[string][2]string{}
+	}
+	p.specRefs[t.ID] = [2]string{spec, t.Follow}
+	p.mu.Unlock()
+	if seen && spec != last[0] && spec != last[1] {
+		p.Log.Warn("the service's tag was changed by someone else (a stack deploy?): its tag policy follows another one, and deploys it again",
+			"service", t.Name, "spec_tag", spec, "was", last[0], "policy", t.Tags.String(), "follows", t.Follow)
+	}
 }

@@ -86,3 +86,30 @@ func TestTagPolicyWithNoMatchIsAnError(t *testing.T) {
 		t.Fatal("deployed without a tag")
 	}
 }
+
+func TestTagPolicyWarnsOnceWhenSomeoneRetags(t *testing.T) {
+	w := newWorld(t)
+	w.writesLand()
+	const repo = "127.0.0.1:5000/shop"
+	w.targets = []deploy.Target{{ID: "svc1", Name: "web", Image: repo + ":1.2.3@" + oldD, Tags: prefix("1.2."), StartFirst: true, RollbackOnFailure: true, Healthcheck: true}}
+	w.registry.TagsFn = func(context.Context, string) ([]string, error) { return []string{"1.2.3", "1.2.4"}, nil }
+	w.digests[repo+":1.2.4"] = newD
+	w.script = []deploy.Rollout{{Image: repo + ":1.2.4@" + newD, UpdateState: "completed", Desired: 1,
+		Tasks: []deploy.Task{{ID: "t1", Image: repo + ":1.2.4@" + newD, State: "running", Desired: "running"}}}}
+	w.cycle(t.Context()) // 1.2.3 -> 1.2.4
+	w.cycle(t.Context()) // up to date
+	if n := len(w.logLines("WARN", "changed by someone else")); n != 0 {
+		t.Fatalf("%d warnings after the updater's own deploy", n)
+	}
+	w.mu.Lock()
+	w.targets[0].Image = repo + ":1.2.3@" + oldD // a stack deploy puts 1.2.3 back
+	w.mu.Unlock()
+	w.cycle(t.Context()) // warned, deployed again
+	w.cycle(t.Context())
+	if n := len(w.logLines("WARN", "changed by someone else")); n != 1 {
+		t.Fatalf("%d warnings, want one", n)
+	}
+	if img := w.targets[0].Image; img != repo+":1.2.4@"+newD {
+		t.Errorf("image %s, want the policy's tag again", img)
+	}
+}
