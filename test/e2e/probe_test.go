@@ -368,8 +368,17 @@ func TestProbeAndBakeSucceed(t *testing.T) {
 	if a, b := loggedAt(t, probed), loggedAt(t, baking); b.Before(a) {
 		t.Fatalf("the bake began at %s, before the probe passed at %s", b, a)
 	}
-	if took := loggedAt(t, done).Sub(loggedAt(t, baking)); took < 20*time.Second {
-		t.Fatalf("succeeded %s after the bake began, want after the 20 s bake", took)
+	// The bake's end as its start announced it (its start is taken just
+	// before that line is written): the success comes after it.
+	until, err := time.Parse(time.RFC3339Nano, fmt.Sprint(baking["until"]))
+	if err != nil {
+		t.Fatalf("the bake's start names no end: %v", baking)
+	}
+	if d := until.Sub(loggedAt(t, baking)); d < 19*time.Second || d > 20*time.Second {
+		t.Fatalf("the bake announced at %s ends at %s: want 20 s after it began", loggedAt(t, baking), until)
+	}
+	if at := loggedAt(t, done); at.Before(until) {
+		t.Fatalf("succeeded at %s, before the bake's end %s", at, until)
 	}
 	if baked, ok := logDuration(done["baked"]); !ok || baked < 20*time.Second {
 		t.Fatalf("success event %v: want the bake's duration (baked >= 20s)", done)
@@ -396,7 +405,12 @@ func TestKilledMidBake(t *testing.T) {
 
 	next := push(t, repo, "v2")
 	first.waitLog(t, deployLimit, 1, "deploy progress", "to_digest", next, "step", "bake", "state", "started")
-	began := loggedAt(t, first.find("deploy progress", "to_digest", next, "step", "bake", "state", "started"))
+	started := first.find("deploy progress", "to_digest", next, "step", "bake", "state", "started")
+	began := loggedAt(t, started)
+	until, err := time.Parse(time.RFC3339Nano, fmt.Sprint(started["until"]))
+	if err != nil {
+		t.Fatalf("the bake's start names no end: %v", started)
+	}
 	// Killed a third of the way in: a bake begun again in full would end
 	// 10 s later than one resumed.
 	waitFor(t, bake, "10 s of the bake", func() bool { return time.Since(began) >= 10*time.Second })
@@ -413,8 +427,11 @@ func TestKilledMidBake(t *testing.T) {
 	ended := loggedAt(t, second.find("deploy succeeded", "to_digest", next))
 	total := ended.Sub(began)
 	t.Logf("bake of %s began %s, killed 10 s in, succeeded %s after it began", bake, began.Format(time.RFC3339), total)
-	if total < bake || total >= bake+10*time.Second {
-		t.Fatalf("succeeded %s after the bake began: want the %s bake finished, the 10 s baked before the kill counted", total, bake)
+	// Not before the end the first updater announced; well before the
+	// end of a bake begun again in full after the restart.
+	if ended.Before(until) || total >= bake+10*time.Second {
+		t.Fatalf("succeeded %s after the bake began (its end was %s): want the %s bake finished, the 10 s baked before the kill counted",
+			total, until.Format(time.RFC3339Nano), bake)
 	}
 	if n := second.count("deploy started"); n != 0 {
 		t.Fatalf("the restarted updater started the deploy again (%d times)", n)
