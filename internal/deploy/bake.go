@@ -27,21 +27,34 @@ import (
 // BakeProbeEvery is how often the probes run again during a bake.
 const BakeProbeEvery = 30 * time.Second
 
-// verifyTime is how long the probes and the bake of targets may take: the
-// members are probed one after another, then baked together (probing
-// again every BakeProbeEvery).
+// verifyTime is how long the probes and the bakes of targets may take:
+// in each wave the members are probed one after another, then baked
+// together (probing again every BakeProbeEvery); waves one after another.
 func verifyTime(targets []Target) time.Duration {
-	var probes, bake time.Duration
-	for _, t := range targets {
-		if t.Probe != nil {
-			probes += probeTime(*t.Probe)
+	var total time.Duration
+	for _, wave := range targetWaves(targets) {
+		var probes, bake time.Duration
+		for _, t := range wave {
+			if t.Probe != nil {
+				probes += probeTime(*t.Probe)
+			}
+			bake = max(bake, t.Bake)
 		}
-		bake = max(bake, t.Bake)
+		if bake > 0 && probes > 0 {
+			probes += time.Duration(bake/BakeProbeEvery+1) * probes
+		}
+		total += probes + bake
 	}
-	if bake > 0 && probes > 0 {
-		probes += time.Duration(bake/BakeProbeEvery+1) * probes
+	return total
+}
+
+// targetWaves groups targets by updater.wave (one group without waves).
+func targetWaves(targets []Target) map[int][]Target {
+	out := map[int][]Target{}
+	for _, t := range targets {
+		out[t.Hooks.Wave] = append(out[t.Hooks.Wave], t)
 	}
-	return probes + bake
+	return out
 }
 
 // probeTime bounds one probe of every task: each probe's timeout and the
@@ -154,18 +167,37 @@ func (r *run) bake(ctx context.Context, ms []*member) bool {
 	if d == 0 {
 		return true
 	}
-	start, resumed := p.now(), false
+	// A bake resumes only when every member was baking: then from the
+	// latest start among them, so none is credited with time another
+	// baked. Else it begins now for all.
+	start, resumed := time.Time{}, true
 	for _, m := range ms {
-		if !m.baking.IsZero() && (!resumed || m.baking.Before(start)) {
-			start, resumed = m.baking, true
+		if m.baking.IsZero() {
+			resumed = false
+			break
 		}
+		if m.baking.After(start) {
+			start = m.baking
+		}
+	}
+	if !resumed {
+		start = p.now()
 	}
 	// What failed before the bake is the rollout's business (judged
 	// already); for a resumed bake, what failed before it began.
 	known := map[string]map[string]bool{}
 	for _, m := range ms {
 		ro, err := p.Services.Rollout(ctx, m.rel.ServiceID)
-		if err != nil && ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case errors.Is(err, ErrNotFound):
+			m.ev, r.failed = Event{Kind: Failed, Phase: PhaseBake, Resumed: r.resumed, Reason: "the service was removed before its bake"}, m.rel.ServiceName
+			return true
+		case err != nil:
+			// Without this look, a task the rollout lost (and judge
+			// allowed) would be taken for one that failed in the bake.
+			r.events = append(r.events, dockerGone(m.rel, PhaseBake, r.resumed, err))
 			return false
 		}
 		known[m.rel.ServiceID] = map[string]bool{}

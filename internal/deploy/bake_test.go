@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -81,12 +82,14 @@ func TestProbeFailureRollsBackAndQuarantines(t *testing.T) {
 func TestProbeThatCannotRunFailsClosed(t *testing.T) {
 	tg := web(oldD)
 	tg.Probe = probe
-	w := verified(t, tg, nil) // this updater runs no probes
+	w := verified(t, tg, &fakeProber{fn: func(int) ([]deploy.ProbeResult, error) {
+		return nil, errors.New("create the probe job: no such image")
+	}})
 
 	w.cycle(t.Context())
 
 	ev := w.outcome(deploy.Failed)
-	if ev.Phase != deploy.PhaseProbe || !ev.RolledBack || !strings.Contains(ev.Reason, "cannot run probes") {
+	if ev.Phase != deploy.PhaseProbe || !ev.RolledBack || !strings.Contains(ev.Reason, "could not run: create the probe job") {
 		t.Errorf("outcome %s rolled back %v %q, want a probe failure, rolled back", ev.Phase, ev.RolledBack, ev.Reason)
 	}
 }
@@ -322,4 +325,29 @@ func FuzzParseProbe(f *testing.F) {
 			t.Fatalf("URL of %q does not reach the task", u)
 		}
 	})
+}
+
+func TestProbeLabelErrorsMaskTokens(t *testing.T) {
+	for _, u := range []string{"http://{task}:8080/h?token=S3CRET&x={svc}", "http://S3CRET@{task}/x{nope}", "http://u:S3CRET@{task}/{path}"} {
+		_, err := deploy.ParseProbe(map[string]string{deploy.LabelProbeURL: u})
+		if err == nil || strings.Contains(err.Error(), "S3CRET") {
+			t.Errorf("%s: %v, want an error that does not show the token", u, err)
+		}
+	}
+	if got := deploy.MaskURL("http://T0KEN@10.0.0.1/"); strings.Contains(got, "T0KEN") {
+		t.Errorf("masked %s", got)
+	}
+}
+
+func TestNoProberRefusesBeforeTheWrite(t *testing.T) {
+	tg := web(oldD)
+	tg.Probe = probe
+	w := verified(t, tg, nil)
+
+	w.cycle(t.Context())
+
+	ev := w.outcome(deploy.Failed)
+	if ev.Phase != deploy.PhasePrepare || len(w.updates) != 0 || !strings.Contains(ev.Reason, "UPDATER_PROBE_IMAGE") {
+		t.Fatalf("outcome %s %q, %d writes: want refused before the write, naming UPDATER_PROBE_IMAGE", ev.Phase, ev.Reason, len(w.updates))
+	}
 }

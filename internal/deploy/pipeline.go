@@ -436,6 +436,7 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev
 	if i < 0 {
 		return Event{}, nil, nil, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
 	}
+	p.unprobed(targets)
 	tagErrs := p.follow(ctx, targets)
 	t := targets[i]
 	if err := tagErrs[t.ID]; err != nil {

@@ -49,6 +49,7 @@ func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, map[string]
 		return nil, nil, fmt.Errorf("list services: %w", err)
 	}
 	p.warn(targets)
+	p.unprobed(targets)
 	if len(pushes) > 0 {
 		targets = slices.DeleteFunc(targets, func(t Target) bool {
 			// A service with a tag policy may follow any tag of its

@@ -96,29 +96,52 @@ func (p *Pipeline) eligible(ctx context.Context, t Target, digest string, now ti
 	if approved {
 		hold = t.Freeze
 	}
-	if hold != nil {
-		if ok, next, why := hold.Eligible(now); !ok {
-			return false, next, why
-		}
-	}
+	// The cooldown's clock starts when the digest is first seen, whatever
+	// holds it besides: asked first, so a window does not delay it.
+	var cooled time.Time // when the cooldown ends; zero: none, or over
+	var coolWhy string
 	if t.Cooldown > 0 {
 		if p.Sightings == nil {
 			return false, time.Time{}, "the service is labelled with a cooldown, but this updater cannot remember when it saw a digest"
 		}
 		first, err := p.Sightings.Seen(ctx, t, digest, now, note)
-		if err == nil && first.IsZero() {
-			first = now // a dry run: the cooldown would start now
-		}
 		if err != nil {
 			// Fail closed: a cooldown that can't be counted is not over.
 			return false, time.Time{}, "held: when the digest was first seen is unknown: " + err.Error()
 		}
+		if first.IsZero() {
+			first = now // a dry run: the cooldown would start now
+		}
 		if until := first.Add(t.Cooldown); now.Before(until) {
-			return false, until, fmt.Sprintf("held until %s: the digest has been on the tag for %s of its %s cooldown (updater.cooldown)",
+			cooled = until
+			coolWhy = fmt.Sprintf("held until %s: the digest has been on the tag for %s of its %s cooldown (updater.cooldown)",
 				until.UTC().Format(time.RFC3339), now.Sub(first).Round(time.Second), t.Cooldown)
 		}
 	}
+	if hold != nil {
+		if ok, next, why := hold.Eligible(now); !ok {
+			if !cooled.IsZero() && next.Before(cooled) {
+				next = eligibleFrom(hold, cooled)
+			}
+			return false, next, why
+		}
+	}
+	if !cooled.IsZero() {
+		if hold != nil {
+			return false, eligibleFrom(hold, cooled), coolWhy
+		}
+		return false, cooled, coolWhy
+	}
 	return true, time.Time{}, ""
+}
+
+// eligibleFrom is the first time at or after at that hold lets a deploy
+// go (zero when none within its horizon).
+func eligibleFrom(hold Hold, at time.Time) time.Time {
+	if ok, next, _ := hold.Eligible(at); !ok {
+		return next
+	}
+	return at
 }
 
 // holdGroupsHeld holds every member of a group while one member is held.

@@ -218,3 +218,26 @@ func TestStatusAfterARunLands(t *testing.T) {
 		t.Fatalf("status after a failed deploy: %s %s %q", s.Action, s.Want, s.Reason)
 	}
 }
+
+// A cooldown's clock starts when the digest is first seen, even while a
+// window holds it; eligible_at is the window's next opening after it.
+func TestCooldownCountsWhileAWindowHolds(t *testing.T) {
+	tg := web(oldD)
+	tg.Cooldown = 2 * time.Hour
+	w, clock := policyWorld(t, tg) // 10:00
+	opens := time.Date(2026, 12, 24, 14, 0, 0, 0, time.UTC)
+	tg.Policy = holdUntil{opens, "outside the window"}
+	w.targets = []deploy.Target{tg}
+	seen := &memSightings{}
+	w.p.Sightings = seen
+
+	pl := w.cycle(t.Context())[0]
+	if pl.Action != deploy.ActHeld || seen.notes != 1 || !pl.EligibleAt.Equal(opens) {
+		t.Fatalf("plan %s at %v, %d sightings noted: want held until the window opens (the cooldown ends before), the sighting noted", pl.Action, pl.EligibleAt, seen.notes)
+	}
+	clock.Advance(4 * time.Hour)
+	w.cycle(t.Context())
+	if len(w.updates) != 1 {
+		t.Fatalf("%d writes once the window opened, the cooldown long over", len(w.updates))
+	}
+}

@@ -169,7 +169,27 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 	}
 	waves := byWave(unwritten)
 	var done []*member
+	// Members written before (a resumed run) go with the first wave left
+	// when they are of it; of an earlier wave, they are judged first.
+	if len(written) > 0 && (len(waves) == 0 || slices.ContainsFunc(written, func(m *member) bool { return m.t.Hooks.Wave != waves[0][0].t.Hooks.Wave })) {
+		if !r.follow(ctx, written) || !r.verify(ctx, written) {
+			return r.events
+		}
+		done, written = written, nil
+	}
 	for i, wave := range waves {
+		if r.failed != "" {
+			// A member failed already (a wave judged before, a resumed
+			// member no longer watched): nothing more is written.
+			stopper := 0 // the wave judged last, 0 when none is known
+			if i > 0 {
+				stopper = waves[i-1][0].t.Hooks.Wave
+			} else if len(done) > 0 {
+				stopper = done[0].t.Hooks.Wave
+			}
+			r.halt(ctx, waves[i:], stopper)
+			break
+		}
 		w, ok := r.write(ctx, wave)
 		if !ok {
 			var left []*member
@@ -186,16 +206,6 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 			return r.events
 		}
 		done = append(done, w...)
-		if r.failed != "" && i < len(waves)-1 {
-			r.halt(ctx, waves[i+1:], wave[0].t.Hooks.Wave)
-			break
-		}
-	}
-	if len(waves) == 0 {
-		if !r.follow(ctx, written) || !r.verify(ctx, written) {
-			return r.events
-		}
-		done = written
 	}
 	r.close(ctx, done)
 	return r.events
@@ -226,6 +236,9 @@ func byWave(ms []*member) [][]*member {
 func (r *run) halt(ctx context.Context, later [][]*member, wave int) {
 	p := r.p
 	why := fmt.Sprintf("not deployed: wave %d stopped the group: %s failed", wave, r.failed)
+	if wave < 1 {
+		why = "not deployed: its group stopped: " + r.failed + " failed"
+	}
 	for _, ms := range later {
 		for _, m := range ms {
 			if err := p.Ledger.MarkFailed(ctx, m.rel.ServiceID, m.rel.To, why); err != nil {

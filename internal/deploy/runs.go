@@ -106,7 +106,8 @@ func (p *Pipeline) pruningOf(refs []string) *flight {
 // between). A slot waited for counts: a run queued that long is as stuck
 // as one running.
 func (p *Pipeline) bound(targets []Target) time.Duration {
-	return 2*hookTimeout(targets) + 2*p.Timeout + verifyTime(targets) + time.Minute
+	rollouts := time.Duration(len(targetWaves(targets))) * p.Timeout // one per wave, waves one after another
+	return 2*hookTimeout(targets) + rollouts + p.Timeout + verifyTime(targets) + time.Minute
 }
 
 // launch starts fn as a run claiming keys, once a slot is free, and
@@ -170,6 +171,21 @@ func (p *Pipeline) launch(ctx context.Context, keys, refs []string, want, from m
 		p.land(f, out)
 	}()
 	return f, nil
+}
+
+// deployableNow reports whether a newer digest of t would deploy as soon
+// as its run lands: not one that waits for a person, a cooldown or a
+// window (a bake is cut short only for a digest that goes at once). The
+// caller holds p.mu.
+func (p *Pipeline) deployableNow(t Target) bool {
+	if t.Hooks.Approve || t.Cooldown > 0 {
+		return false
+	}
+	if t.Policy != nil {
+		ok, _, _ := t.Policy.Eligible(p.now())
+		return ok
+	}
+	return true
 }
 
 // recovered, deferred at the top of a goroutine's work, turns a panic
@@ -279,7 +295,7 @@ func (p *Pipeline) inFlight(plans []Plan, records map[string]Release) {
 			if pl.Action == ActDeploy || pl.Action == ActSkipFailed || pl.Action == ActAwait {
 				if to != "" && pl.Want != to && pl.Want != f.from[id] {
 					f.stale = true
-					if pl.Action == ActDeploy {
+					if pl.Action == ActDeploy && p.deployableNow(pl.Target) {
 						f.movedOnce.Do(func() { close(f.moved) })
 					}
 					pl.Reason += "; the tag has moved on to " + Short(pl.Want) + ", planned again when it ends"

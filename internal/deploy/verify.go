@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -148,7 +149,8 @@ func ParseProbe(labels map[string]string) (*Probe, error) {
 	p := &Probe{URL: strings.TrimSpace(raw), Network: strings.TrimSpace(labels[LabelProbeNetwork]),
 		Count: DefaultProbeCount, Interval: DefaultProbeInterval, Timeout: DefaultProbeTimeout}
 	if err := checkProbeURL(p.URL); err != nil {
-		return nil, fmt.Errorf("label %s=%q: %w", LabelProbeURL, raw, err)
+		// The URL may carry a token: it is quoted masked.
+		return nil, fmt.Errorf("label %s=%q: %w", LabelProbeURL, MaskTemplate(raw), err)
 	}
 	expect := "2xx"
 	if v, ok := labels[LabelProbeExpect]; ok {
@@ -207,7 +209,7 @@ func checkProbeURL(tmpl string) error {
 	}
 	u, err := url.Parse(Probe{URL: tmpl}.For("10.0.0.2", "svc", "sha256:0"))
 	if err != nil {
-		return fmt.Errorf("not a URL: %v", err)
+		return errors.New("not a URL") // url.Parse's error would quote it, token and all
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("want an http:// or https:// URL, e.g. http://{task}:8080/")
@@ -272,6 +274,8 @@ func MaskURL(u string) string {
 	}
 	if _, ok := p.User.Password(); ok {
 		p.User = url.UserPassword(p.User.Username(), "xxxxx")
+	} else if p.User != nil {
+		p.User = url.User("xxxxx") // a user alone is often a token
 	}
 	if p.RawQuery != "" {
 		q := p.Query()
@@ -281,4 +285,29 @@ func MaskURL(u string) string {
 		p.RawQuery = q.Encode()
 	}
 	return p.String()
+}
+
+// unprobed refuses, as a label error, the deploys of services labelled
+// with a probe when this updater cannot run probes: found before
+// anything runs, not after a rollout a probe could not judge.
+func (p *Pipeline) unprobed(targets []Target) {
+	if p.Prober != nil {
+		return
+	}
+	for i := range targets {
+		if t := &targets[i]; t.Probe != nil {
+			t.HooksErr = errors.Join(t.HooksErr, fmt.Errorf("label %s is set, but this updater cannot run probes: "+
+				"it does not run in a container whose image the nodes can pull; set UPDATER_PROBE_IMAGE to the updater's image", LabelProbeURL))
+			t.Probe = nil
+		}
+	}
+}
+
+// MaskTemplate is MaskURL for a probe URL template as labelled: its
+// placeholders ({task} as the host) do not parse, so they stand in as
+// plain names while it is masked.
+func MaskTemplate(tmpl string) string {
+	named := placeholder.ReplaceAllStringFunc(tmpl, func(ph string) string { return "ph-" + ph[1:len(ph)-1] + "-ph" })
+	m := MaskURL(named)
+	return regexp.MustCompile(`ph-([^{}]*?)-ph`).ReplaceAllString(m, "{$1}")
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
 )
@@ -106,5 +107,64 @@ func TestWavesStopAtTheFailedWave(t *testing.T) {
 	}
 	if len(w.open) != 0 {
 		t.Errorf("records left open: %v", ids(w.open))
+	}
+}
+
+// An updater restarted while wave 1 rolled out judges wave 1 before it
+// writes wave 2: a bad wave 1 found on resume stops the group there.
+func TestResumedWavesKeepTheirOrder(t *testing.T) {
+	w, calls := waveWorld(t, newD)
+	for i := range w.targets {
+		if w.targets[i].ID == "svc1" {
+			w.targets[i].Image = pinned(newD) // wave 1 was written before the restart
+		}
+	}
+	for _, id := range []string{"svc1", "svc2", "svc3"} {
+		rel := journaled(time.Now().Add(-time.Minute))
+		rel.ID, rel.ServiceID, rel.ServiceName, rel.Stage = "rec-"+id, id, id, deploy.StagePrepared
+		w.open = append(w.open, rel)
+	}
+
+	w.cycle(t.Context())
+
+	if slices.Contains(*calls, "write svc2") || slices.Contains(*calls, "write svc3") {
+		t.Fatalf("calls %v: wave 2 was written before wave 1, resumed, was judged", *calls)
+	}
+	if len(w.open) != 0 {
+		t.Errorf("records left open: %v", ids(w.open))
+	}
+}
+
+// A resumed bake of some members only: the members that never baked are
+// baked in full, not credited with the others' time.
+func TestResumedBakeOfSomeMembersBakesTheRest(t *testing.T) {
+	w, _ := waveWorld(t, "")
+	for i := range w.targets {
+		w.targets[i].Hooks.Wave = 0
+		w.targets[i].Bake = 50 * time.Millisecond
+		w.targets[i].Image = pinned(newD)
+	}
+	for _, id := range []string{"svc1", "svc2"} {
+		rel := journaled(time.Now().Add(-3 * time.Hour))
+		rel.ID, rel.ServiceID, rel.ServiceName = "rec-"+id, id, id
+		if id == "svc1" {
+			rel.Stage, rel.StageAt = deploy.StageBaking, time.Now().Add(-2*time.Hour)
+		} else {
+			rel.Stage = deploy.StagePrepared
+		}
+		w.open = append(w.open, rel)
+	}
+	w.targets = w.targets[:2]
+	slices.SortFunc(w.targets, func(a, b deploy.Target) int { return strings.Compare(a.ID, b.ID) })
+
+	w.cycle(t.Context())
+
+	for _, e := range w.milestones() {
+		if e.Kind != deploy.Succeeded {
+			t.Fatalf("%s %s: %s", e.Release.ServiceName, e.Kind, e.Reason)
+		}
+		if e.Baked >= time.Hour {
+			t.Errorf("%s credited with %s baked: svc2 never baked", e.Release.ServiceName, e.Baked)
+		}
 	}
 }

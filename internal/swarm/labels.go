@@ -408,7 +408,7 @@ func verification(labels map[string]string, nets []swarm.NetworkAttachmentConfig
 	}
 	if p != nil && len(nets) == 0 {
 		errs = append(errs, fmt.Errorf("label %s=%q: the service is attached to no network, and its tasks are probed on one: attach it to a network (networks: in the stack file) or remove the probe labels",
-			deploy.LabelProbeURL, labels[deploy.LabelProbeURL]))
+			deploy.LabelProbeURL, deploy.MaskTemplate(labels[deploy.LabelProbeURL])))
 	}
 	bake, err := deploy.ParseBake(labels[deploy.LabelBake])
 	if err != nil {
