@@ -259,7 +259,25 @@ func TestPruneBesideRunsOfItsRepository(t *testing.T) {
 	w.targets = []deploy.Target{web(oldD), api}
 	w.digests[ref], w.digests[apiRef], w.digests[workerRef] = newD, apiNew, oldD
 	apiHeld := make(chan struct{})
-	w.services.RolloutFn = func(_ context.Context, id string) (deploy.Rollout, error) {
+	// web's rollout completes only once api's spec is written: api's run
+	// is then in flight when web's prune computes what it keeps (else
+	// web could deploy and prune before the cycle launched api's run).
+	apiWritten, once := make(chan struct{}), sync.Once{}
+	update := w.services.UpdateFn
+	w.services.UpdateFn = func(ctx context.Context, tg deploy.Target, image string, c deploy.Credentials) error {
+		if tg.ID == "svc2" {
+			defer once.Do(func() { close(apiWritten) })
+		}
+		return update(ctx, tg, image, c)
+	}
+	w.services.RolloutFn = func(ctx context.Context, id string) (deploy.Rollout, error) {
+		if id != "svc2" {
+			select {
+			case <-apiWritten:
+			case <-ctx.Done():
+				return deploy.Rollout{}, ctx.Err()
+			}
+		}
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if id == "svc2" {
