@@ -76,7 +76,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
 bench: ## benchmarks: one cycle over 1,000 services sharing 200 tags
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/...
 
-bench-e2e: ## benchmarks on the real swarm: hook job overhead
+bench-e2e: ## benchmarks on the real swarm: idle cycle cost, hook job and probe overhead, crash-to-rollback in a bake
 	E2E_REQUIRED=1 $(GO) test -tags e2e -run '^$$' -bench . -benchtime 5x -count 5 ./test/e2e/
 
 bench-e2e-multinode: ## on the 2-node swarm: deploy time worker vs manager (5 each), bytes pruned over 10 deploys
