@@ -251,8 +251,20 @@ func run(t testing.TB, dir string, extra []string, name string, args ...string) 
 func secret(t testing.TB, name, value string) {
 	t.Helper()
 	ctx := context.Background()
+	// The stack file names its secrets, so their names are fixed: one this
+	// test left behind (a run killed before its cleanup) carries its label
+	// and goes; one of anybody else's stays, and the test says so.
+	const owner = "e2e.test"
+	if old, err := env.docker.SecretInspect(ctx, name, client.SecretInspectOptions{}); err == nil {
+		if old.Secret.Spec.Labels[owner] != t.Name() {
+			t.Fatalf("a secret named %s exists and is not this test's (no %s=%s label): remove it, or run the suite on a swarm without it", name, owner, t.Name())
+		}
+		if _, err := env.docker.SecretRemove(ctx, old.Secret.ID, client.SecretRemoveOptions{}); err != nil {
+			t.Fatalf("remove the secret %s a killed run of this test left: %v", name, err)
+		}
+	}
 	res, err := env.docker.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
-		Annotations: swarm.Annotations{Name: name}, Data: []byte(value)}})
+		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{owner: t.Name()}}, Data: []byte(value)}})
 	if err != nil {
 		t.Fatalf("create secret %s: %v", name, err)
 	}
