@@ -22,7 +22,7 @@ import (
 // Run: make bench-e2e.
 func BenchmarkProbeOverhead(b *testing.B) {
 	const stack, repo = "e2eprobebench", "e2e/probebench-app"
-	img := pushProbeImage(b, "e2e/probebench")
+	img := pushUpdaterImage(b, "e2e/probebench")
 	net := stack + "_default"
 	overlay(b, net)
 	d := push(b, repo, "v1")

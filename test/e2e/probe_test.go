@@ -3,16 +3,12 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
@@ -23,28 +19,6 @@ import (
 // Beyond the health check (docs/probes.md): a probe of every new task from
 // a job on the service's network, and a bake that watches the service
 // after Swarm called the rollout done.
-
-// pushProbeImage pushes the updater under test as the image the probe job
-// runs (UPDATER_PROBE_IMAGE), as pushPruneImage does for the prune job.
-func pushProbeImage(t testing.TB, repo string) string {
-	t.Helper()
-	bin, err := os.ReadFile(env.bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "updater", Mode: 0o755, Size: int64(len(bin)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(bin); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return image(repo) + "@" + pushLayer(t, repo, buf.Bytes(), v1.Config{Entrypoint: []string{"/updater"}, Cmd: []string{"run"}})
-}
 
 // overlay creates an overlay network of the test's own, removed when the
 // test's services are gone (a network with tasks on it can't go).
@@ -102,7 +76,7 @@ func probeLabels(extra ...string) map[string]string {
 // is refused from its labels. No job service or container is left behind.
 func TestProbeJob(t *testing.T) {
 	const stack, repo = "e2eprobejob", "e2e/probejob-app"
-	img := pushProbeImage(t, "e2e/probejob")
+	img := pushUpdaterImage(t, "e2e/probejob")
 	net := stack + "_default"
 	overlay(t, net)
 	good := push(t, repo, "v1")
@@ -222,7 +196,7 @@ func namesTask(s string, tasks []swarm.Task) bool {
 // 3 cycles leave it alone. The probe job leaves nothing behind.
 func TestProbeFailureRollsBack(t *testing.T) {
 	const stack, repo = "e2eprobe", "e2e/probe-app"
-	img := pushProbeImage(t, "e2e/probe-job")
+	img := pushUpdaterImage(t, "e2e/probe-job")
 	net := stack + "_default"
 	overlay(t, net)
 	good := push(t, repo, "v1")
@@ -348,7 +322,7 @@ func logDuration(v any) (time.Duration, bool) {
 // and reported succeeded once, after the bake, with the bake's duration.
 func TestProbeAndBakeSucceed(t *testing.T) {
 	const stack, repo = "e2eprobebake", "e2e/probebake-app"
-	img := pushProbeImage(t, "e2e/probebake-job")
+	img := pushUpdaterImage(t, "e2e/probebake-job")
 	net := stack + "_default"
 	overlay(t, net)
 	good := push(t, repo, "v1")

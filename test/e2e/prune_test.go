@@ -18,10 +18,11 @@ import (
 	"github.com/moby/moby/client"
 )
 
-// pushPruneImage pushes the updater under test as an image whose
+// pushUpdaterImage pushes the updater under test as an image whose
 // entrypoint is the updater, as the shipped Dockerfile makes it: what the
-// prune job runs. It returns the pinned reference.
-func pushPruneImage(t *testing.T, repo string) string {
+// prune and probe jobs run (UPDATER_PRUNE_IMAGE, UPDATER_PROBE_IMAGE). It
+// returns the pinned reference.
+func pushUpdaterImage(t testing.TB, repo string) string {
 	t.Helper()
 	bin, err := os.ReadFile(env.bin)
 	if err != nil {
@@ -71,7 +72,7 @@ func nodeDigests(t *testing.T, repo string) []string {
 func TestPruneLeavesTaggedAndUsedImages(t *testing.T) {
 	const stack, repo, svcName = "e2eprune", "e2e/prune", "e2eprune_app"
 	nonce := fmt.Sprint(time.Now().UnixNano())
-	pruner := pushPruneImage(t, "e2e/prunejob")
+	pruner := pushUpdaterImage(t, "e2e/prunejob")
 
 	// Four old versions on this node, as earlier deploys leave them.
 	old := map[string]string{}
