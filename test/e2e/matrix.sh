@@ -16,7 +16,7 @@ SCENARIOS=(
   "TestBackupMigrateThenPromote|backup, migrate, promote"
   "TestWebhookTriggersDeploy|webhook deploy"
   "TestGroupDeploysTogether|a group deploys together"
-  "TestSocketProxyAllowlist|socket-proxy allowlist (README's endpoints)"
+  "TestSocketProxyAllowlist|socket-proxy allowlist (docs/socket-proxy.md's endpoints)"
 )
 
 run_regex() {
