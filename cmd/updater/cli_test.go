@@ -182,23 +182,9 @@ func TestClientMode(t *testing.T) {
 			}
 			t.Setenv("UPDATER_URL", srv.URL)
 			t.Setenv("UPDATER_API_TOKEN", token)
-			var stdout, stderr bytes.Buffer
-			code := run(c.args, &stdout, &stderr)
-			if code != c.code {
-				t.Errorf("run(%q) = %d, want %d\nstdout: %s\nstderr: %s", c.args, code, c.code, &stdout, &stderr)
-			}
-			for _, want := range c.stdout {
-				if !strings.Contains(stdout.String(), want) {
-					t.Errorf("stdout lacks %q:\n%s", want, &stdout)
-				}
-			}
-			for _, want := range c.stderr {
-				if !strings.Contains(stderr.String(), want) {
-					t.Errorf("stderr lacks %q:\n%s", want, &stderr)
-				}
-			}
+			stdout, stderr := runAndCheck(t, c.args, c.code, c.stdout, c.stderr)
 			if strings.Contains(stdout.String()+stderr.String(), token) {
-				t.Errorf("the token is in the output:\n%s%s", &stdout, &stderr)
+				t.Errorf("the token is in the output:\n%s%s", stdout, stderr)
 			}
 			if got := fmt.Sprint(api.requests()); c.reqs != "" && got != c.reqs {
 				t.Errorf("the API saw %s, want %s", got, c.reqs)

@@ -218,30 +218,16 @@ func TestRunBeforeDocker(t *testing.T) {
 			for k, v := range c.env {
 				t.Setenv(k, v)
 			}
-			var stdout, stderr bytes.Buffer
-			code := run(c.args, &stdout, &stderr)
-			if code != c.code {
-				t.Errorf("run(%q) = %d, want %d\nstdout: %s\nstderr: %s", c.args, code, c.code, &stdout, &stderr)
-			}
-			for _, want := range c.stdout {
-				if !strings.Contains(stdout.String(), want) {
-					t.Errorf("stdout lacks %q:\n%s", want, &stdout)
-				}
-			}
-			for _, want := range c.stderr {
-				if !strings.Contains(stderr.String(), want) {
-					t.Errorf("stderr lacks %q:\n%s", want, &stderr)
-				}
-			}
+			stdout, stderr := runAndCheck(t, c.args, c.code, c.stdout, c.stderr)
 			if len(c.stdout) == 0 && stdout.Len() > 0 {
-				t.Errorf("stdout should be empty: %s", &stdout)
+				t.Errorf("stdout should be empty: %s", stdout)
 			}
 			if len(c.stderr) == 0 && stderr.Len() > 0 {
-				t.Errorf("stderr should be empty: %s", &stderr)
+				t.Errorf("stderr should be empty: %s", stderr)
 			}
 			for _, no := range c.absent {
 				if strings.Contains(stdout.String()+stderr.String(), no) {
-					t.Errorf("output contains %q:\nstdout: %s\nstderr: %s", no, &stdout, &stderr)
+					t.Errorf("output contains %q:\nstdout: %s\nstderr: %s", no, stdout, stderr)
 				}
 			}
 			if n := conns.Load(); n != 0 {
@@ -598,4 +584,25 @@ func logLine(t *testing.T, out *bytes.Buffer, msg string) map[string]any {
 	}
 	t.Fatalf("no %q line in:\n%s", msg, out)
 	return nil
+}
+
+// runAndCheck runs the command line args and checks its exit code and that
+// stdout and stderr hold each of the texts wanted.
+func runAndCheck(t *testing.T, args []string, code int, wantOut, wantErr []string) (stdout, stderr *bytes.Buffer) {
+	t.Helper()
+	stdout, stderr = &bytes.Buffer{}, &bytes.Buffer{}
+	if got := run(args, stdout, stderr); got != code {
+		t.Errorf("run(%q) = %d, want %d\nstdout: %s\nstderr: %s", args, got, code, stdout, stderr)
+	}
+	for _, want := range wantOut {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	for _, want := range wantErr {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	return stdout, stderr
 }
