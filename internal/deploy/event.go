@@ -16,6 +16,11 @@ type Release struct {
 	From        string    `json:"from_digest,omitempty"`
 	To          string    `json:"to_digest"`
 	Started     time.Time `json:"started"`
+	// Rollback is true for a rollback a person asked for
+	// (RollbackService): To is the digest returned to, its hooks are not
+	// run, and From is quarantined once it lands. By names who asked.
+	Rollback bool   `json:"rollback,omitempty"`
+	By       string `json:"by,omitempty"`
 	// Labels are the new image's labels (org.opencontainers.image.*), for
 	// reports that link a deploy to its commit; empty when unknown.
 	Labels map[string]string `json:"-"`

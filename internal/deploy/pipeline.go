@@ -40,8 +40,11 @@ type Pipeline struct {
 	// Sightings remembers when each digest was first seen on its tag,
 	// for cooldowns (updater.cooldown); nil: a cooldown holds forever.
 	Sightings Sightings
-	Reporter  Reporter
-	Log       *slog.Logger
+	// History keeps each service's finished deploys (HistoryMax) for
+	// ServiceHistory and RollbackService; nil keeps none.
+	History  Histories
+	Reporter Reporter
+	Log      *slog.Logger
 
 	// Timeout bounds one rollout, and separately the rollback after it.
 	Timeout time.Duration
