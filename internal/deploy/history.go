@@ -96,13 +96,42 @@ func (p *Pipeline) watched(ctx context.Context, name string) (Target, error) {
 	return targets[i], nil
 }
 
-// RollbackService returns a watched service to an earlier digest of its
-// repository, as a deploy like any other (recorded, written, judged,
-// probed and baked as labelled, reported once, with Release.Rollback
-// set), but without its hooks: a backup or migration is never run
-// backwards. Once it lands, the digest rolled away from is quarantined
-// until the tag moves on. The digest must still be in the registry; a
-// request the updater cannot honour changes nothing and says why.
+// Rolling is a rollback RollbackService or StartRollback began.
+type Rolling struct {
+	// Release names the service, the ref, the digest rolled away from
+	// (From) and the one returned to (To); its ID is set once recorded.
+	Release Release
+	// Done gets the rollback's outcome once, when it lands (buffered: no
+	// one need read it).
+	Done <-chan Event
+}
+
+// StartRollback checks req and starts the rollback of a watched service
+// to an earlier digest of its repository, then returns; the rollback's
+// outcome arrives on Rolling.Done. It is a deploy like any other
+// (recorded, written, judged, probed and baked as labelled, reported
+// once, with Release.Rollback set), but without its hooks: a backup or
+// migration is never run backwards. Once it lands, the digest rolled
+// away from is quarantined until the tag moves on. The digest must still
+// be in the registry. A request the updater cannot honour (the service
+// not watched, no earlier success in its history, the digest gone from
+// the registry, a deploy of the service running) changes nothing and
+// returns why: ErrNotFound, ErrNoRollbackTarget, ErrBusy, or the
+// registry's error.
+func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Rolling, error) {
+	return Rolling{}, errors.New("rollback on demand: not built yet")
+}
+
+// RollbackService is StartRollback waiting for the outcome.
 func (p *Pipeline) RollbackService(ctx context.Context, req RollbackRequest) (Event, error) {
-	return Event{}, errors.New("rollback on demand: not built yet")
+	r, err := p.StartRollback(ctx, req)
+	if err != nil {
+		return Event{}, err
+	}
+	select {
+	case ev := <-r.Done:
+		return ev, nil
+	case <-ctx.Done():
+		return Event{}, fmt.Errorf("rollback of %s: %w", r.Release.ServiceName, ctx.Err())
+	}
 }
