@@ -96,6 +96,13 @@ type Slack struct {
 	Channel    string // SLACK_CHANNEL: an ID (C0123…) or a name (#deploys)
 	WebhookURL string // SLACK_WEBHOOK_URL or SLACK_WEBHOOK_URL_FILE
 	APIURL     string // SLACK_API_URL: the Web API base, ending in "/"
+	// AppToken (SLACK_APP_TOKEN or _FILE), an app-level token (xapp-…),
+	// turns on Socket Mode: Approve, Reject and Roll back buttons, pressed
+	// over a WebSocket the updater opens, so it needs no inbound port.
+	AppToken string
+	// Approvers (SLACK_APPROVERS) are the Slack user IDs that may press
+	// them; anyone else is refused.
+	Approvers []string
 }
 
 // Prune is removing, after each successful deploy, the images it made
@@ -142,7 +149,7 @@ type setting struct {
 // variable grows a _FILE twin by accident.
 func secret(name string) bool {
 	switch name {
-	case "SLACK_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET",
+	case "SLACK_TOKEN", "SLACK_APP_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET",
 		"UPDATER_API_READ_TOKEN", "UPDATER_WEBHOOK_SECRET_GITHUB", "UPDATER_WEBHOOK_SECRET_DOCKERHUB", "UPDATER_WEBHOOK_SECRET_DISTRIBUTION",
 		"UPDATER_NOTIFY_WEBHOOK_URL", "UPDATER_NOTIFY_WEBHOOK_SECRET", "UPDATER_NOTIFY_URLS":
 		return true
@@ -340,6 +347,22 @@ func settings() []setting {
 			c.Slack.Token = v
 			return nil
 		}},
+		{"SLACK_APP_TOKEN", func(c *Config, v string) error {
+			switch {
+			case strings.ContainsFunc(v, unicode.IsSpace):
+				return errors.New("contains whitespace: use the app-level token exactly as Slack shows it (xapp-…)")
+			case strings.HasPrefix(v, "xoxb-"):
+				return errors.New("is a bot token: the bot token goes in SLACK_TOKEN; SLACK_APP_TOKEN is the app-level token (xapp-…, scope connections:write)")
+			case !strings.HasPrefix(v, "xapp-"):
+				return errors.New("does not look like an app-level token: it starts with xapp- (Basic Information, App-Level Tokens, scope connections:write)")
+			}
+			c.Slack.AppToken = v
+			return nil
+		}},
+		{"SLACK_APPROVERS", func(c *Config, v string) (err error) {
+			c.Slack.Approvers, err = parseSlackUsers(v)
+			return err
+		}},
 		{"SLACK_CHANNEL", func(c *Config, v string) error {
 			if strings.ContainsFunc(v, unicode.IsSpace) || strings.Contains(v, ",") {
 				return errors.New("not one channel: use a channel ID like C0123456789 or a name like #deploys")
@@ -516,6 +539,20 @@ func (c Config) check(given map[string]bool) []error {
 		}
 		errs = append(errs, &Error{Var: "SLACK_CHANNEL", Value: s.Channel, Reason: "is set without SLACK_TOKEN: " + hint})
 	}
+	// The buttons act through the bot: it posts the messages they sit on
+	// and answers each press in its thread.
+	if given["SLACK_APP_TOKEN"] && !given["SLACK_TOKEN"] {
+		errs = append(errs, &Error{Var: "SLACK_APP_TOKEN", Reason: "is set without SLACK_TOKEN: the buttons sit on the bot's messages; " +
+			"set SLACK_TOKEN (or SLACK_TOKEN_FILE) to the bot token and SLACK_CHANNEL, or unset SLACK_APP_TOKEN"})
+	}
+	switch {
+	case given["SLACK_APPROVERS"] && !given["SLACK_APP_TOKEN"]:
+		errs = append(errs, &Error{Var: "SLACK_APPROVERS", Value: strings.Join(s.Approvers, ","), Reason: "is set without SLACK_APP_TOKEN: " +
+			"approvers press buttons, which need Socket Mode; set SLACK_APP_TOKEN (or SLACK_APP_TOKEN_FILE), or unset SLACK_APPROVERS"})
+	case given["SLACK_APP_TOKEN"] && !given["SLACK_APPROVERS"]:
+		errs = append(errs, &Error{Var: "SLACK_APPROVERS", Reason: "is not set, but SLACK_APP_TOKEN is: list the Slack user IDs " +
+			"that may press Approve, Reject and Roll back, like U0123ABCD,U0456EFGH (a member's profile, ⋮, Copy member ID)"})
+	}
 	if given["SLACK_API_URL"] && !given["SLACK_TOKEN"] {
 		errs = append(errs, &Error{Var: "SLACK_API_URL", Value: s.APIURL, Reason: "is set without SLACK_TOKEN: it only redirects the bot token's requests"})
 	}
@@ -554,6 +591,33 @@ func (c Config) check(given map[string]bool) []error {
 		errs = append(errs, &Error{Var: "UPDATER_NOTIFY_WEBHOOK_SECRET", Reason: "is set without UPDATER_NOTIFY_WEBHOOK_URL: it signs the posts to that URL; set the URL (or UPDATER_NOTIFY_WEBHOOK_URL_FILE) or unset the secret"})
 	}
 	return errs
+}
+
+// slackUserID is the shape of a Slack user ID: U or W (Enterprise Grid),
+// then upper-case letters and digits.
+var slackUserID = regexp.MustCompile(`^[UW][A-Z0-9]{2,}$`)
+
+// parseSlackUsers reads a comma-separated list of Slack user IDs. Names
+// (@alice) are refused: they can change and be taken by someone else,
+// an ID cannot.
+func parseSlackUsers(v string) ([]string, error) {
+	var ids []string
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		switch {
+		case f == "":
+			continue
+		case !slackUserID.MatchString(f):
+			return nil, fmt.Errorf("%q is not a Slack user ID: use IDs like U0123ABCD (a member's profile, ⋮, Copy member ID), not names", f)
+		case slices.Contains(ids, f):
+			continue
+		}
+		ids = append(ids, f)
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("names no user: list Slack user IDs like U0123ABCD,U0456EFGH")
+	}
+	return ids, nil
 }
 
 // unknown returns the UPDATER_* names in environ that are not settings, sorted

@@ -167,6 +167,10 @@ func checkBounds(t *testing.T, e env, c Config) {
 		fail("a Slack token without a channel, or with a webhook")
 	case s.Token == "" && s.Channel != "":
 		fail("a Slack channel without a token")
+	case s.AppToken != "" && (!strings.HasPrefix(s.AppToken, "xapp-") || s.Token == "" || len(s.Approvers) == 0):
+		fail("a Slack app token without its bot token or approvers")
+	case len(s.Approvers) > 0 && s.AppToken == "":
+		fail("Slack approvers without an app token")
 	case !strings.HasSuffix(s.APIURL, "/") || !strings.HasSuffix(c.Rollbar.Endpoint, "/"):
 		fail("an API base without its trailing /")
 	case len(c.Rollbar.Environment) > 255:
@@ -210,6 +214,10 @@ func render(t *testing.T, c Config) env {
 	put("SLACK_CHANNEL", c.Slack.Channel != d.Slack.Channel, c.Slack.Channel)
 	put("SLACK_WEBHOOK_URL", c.Slack.WebhookURL != d.Slack.WebhookURL, c.Slack.WebhookURL)
 	put("SLACK_API_URL", c.Slack.APIURL != d.Slack.APIURL, c.Slack.APIURL)
+	put("SLACK_APP_TOKEN", c.Slack.AppToken != d.Slack.AppToken, c.Slack.AppToken)
+	put("SLACK_APPROVERS", len(c.Slack.Approvers) > 0, strings.Join(c.Slack.Approvers, ","))
+	put("UPDATER_HOOK_IMAGES", len(c.HookImages) > 0, strings.Join(c.HookImages, ","))
+	put("UPDATER_HOOK_MOUNT_ROOTS", len(c.HookMountRoots) > 0, strings.Join(c.HookMountRoots, ","))
 	put("ROLLBAR_TOKEN", c.Rollbar.Token != d.Rollbar.Token, c.Rollbar.Token)
 	put("ROLLBAR_ENVIRONMENT", c.Rollbar.Environment != d.Rollbar.Environment, c.Rollbar.Environment)
 	put("ROLLBAR_ENDPOINT", c.Rollbar.Endpoint != d.Rollbar.Endpoint, c.Rollbar.Endpoint)
