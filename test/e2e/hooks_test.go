@@ -579,16 +579,22 @@ func TestGroupDeploysTogether(t *testing.T) {
 
 // dockerProxy passes the Engine API through from a unix socket of its own
 // to dockerd's, counts the spec writes it passes (so a test can tell whose
-// connection wrote), and can hold a service's spec writes.
+// connection wrote), and can hold a service's spec writes, or blind its
+// client once it has written a service's spec.
 type dockerProxy struct {
 	host    string
 	mu      sync.Mutex
 	service string // its spec writes are held
 	creates bool   // service creations (hook jobs) are held
-	waiting int
-	dropped int            // held requests whose client went away
-	writes  map[string]int // spec writes passed on, by service ID
-	open    chan struct{}
+	// blindAfter: once a spec write of this service has been answered,
+	// every later request is held (blind is then true): the client sees
+	// nothing more of what Docker does.
+	blindAfter string
+	blind      bool
+	waiting    int
+	dropped    int            // held requests whose client went away
+	writes     map[string]int // spec writes passed on, by service ID
+	open       chan struct{}
 }
 
 func newDockerProxy(t testing.TB) *dockerProxy {
@@ -604,12 +610,13 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 	rp.Transport = &http.Transport{DialContext: dockerDial}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
-		held := r.Method == http.MethodPost && (p.service != "" && strings.Contains(r.URL.Path, "/services/"+p.service+"/update") ||
+		held := p.blind || r.Method == http.MethodPost && (p.service != "" && strings.Contains(r.URL.Path, "/services/"+p.service+"/update") ||
 			p.creates && strings.HasSuffix(r.URL.Path, "/services/create"))
 		if held {
 			p.waiting++
 		}
 		write := specWrite.FindStringSubmatch(r.URL.Path)
+		blinds := write != nil && r.Method == http.MethodPost && p.blindAfter != "" && write[1] == p.blindAfter
 		p.mu.Unlock()
 		if held {
 			// Read to the end first: only then does the server watch the
@@ -634,6 +641,11 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 			p.mu.Unlock()
 		}
 		rp.ServeHTTP(w, r)
+		if blinds {
+			p.mu.Lock()
+			p.blind = true
+			p.mu.Unlock()
+		}
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	t.Cleanup(func() { p.release(); srv.Close() })
@@ -654,6 +666,14 @@ func (p *dockerProxy) hold(serviceID string) { p.mu.Lock(); p.service = serviceI
 // holdCreates holds every service creation: the hook jobs.
 func (p *dockerProxy) holdCreates() { p.mu.Lock(); p.creates = true; p.mu.Unlock() }
 
+// blindAfterWrite holds every request once a spec write of serviceID has
+// passed: a test can then let Docker move on while the client sees nothing.
+func (p *dockerProxy) blindAfterWrite(serviceID string) {
+	p.mu.Lock()
+	p.blindAfter = serviceID
+	p.mu.Unlock()
+}
+
 func (p *dockerProxy) held() int { p.mu.Lock(); defer p.mu.Unlock(); return p.waiting }
 
 // abandoned is how many held requests were given up by their client.
@@ -662,9 +682,9 @@ func (p *dockerProxy) abandoned() int { p.mu.Lock(); defer p.mu.Unlock(); return
 func (p *dockerProxy) release() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.service != "" || p.creates {
+	if p.service != "" || p.creates || p.blindAfter != "" {
 		close(p.open)
-		p.service, p.creates = "", false
+		p.service, p.creates, p.blindAfter, p.blind = "", false, "", false
 	}
 }
 
