@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // HistoryEntry is one finished deploy of a service, as its durable
@@ -119,7 +121,174 @@ type Rolling struct {
 // returns why: ErrNotFound, ErrNoRollbackTarget, ErrBusy, or the
 // registry's error.
 func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Rolling, error) {
-	return Rolling{}, errors.New("rollback on demand: not built yet")
+	p.running.Lock()
+	defer p.running.Unlock()
+	if p.Acting != nil && !p.Acting() {
+		return Rolling{}, ErrStandby
+	}
+	if p.DryRun {
+		return Rolling{}, errors.New("a dry run changes nothing: no rollback")
+	}
+	base := ctx
+	ctx, unfence := p.fenced(ctx)
+	defer unfence()
+	// Records in flight go first, as for a deploy: one of this service's
+	// that no run carries on would make two deploys of one service.
+	_, left, err := p.resumeAll(ctx, base)
+	if err != nil {
+		return Rolling{}, err
+	}
+	t, err := p.watched(ctx, req.Service)
+	if err != nil {
+		return Rolling{}, err
+	}
+	if i := slices.IndexFunc(left, func(r Release) bool { return r.ServiceID == t.ID }); i >= 0 {
+		return Rolling{}, fmt.Errorf("rollback %s: deploy %s of it is in flight and could not be carried on now (Docker not answering); try again once it has ended: %w", t.Name, left[i].ID, ErrBusy)
+	}
+	to, ref, err := p.rollbackTarget(ctx, t, req.To)
+	if err != nil {
+		return Rolling{}, err
+	}
+	// A digest gone from the registry would leave tasks no node can pull:
+	// asked first, one HEAD, the service untouched when it fails.
+	if _, err := p.Registry.Digest(ctx, Pin(ref, to)); err != nil {
+		return Rolling{}, fmt.Errorf("rollback %s to %s: the registry does not serve it, nothing changed: %w", t.Name, to, err)
+	}
+	m := &member{t: t, want: to, prepared: true, rollback: &req, ref: ref}
+	keys, refs := keysOf([]Target{t})
+	f, in := p.launch(base, keys, refs, map[string]string{t.ID: to}, map[string]string{t.ID: t.Digest()}, nil, []Target{t}, func(ctx context.Context) []Event {
+		r := &run{p: p, lead: t}
+		if !r.record(ctx, []*member{m}) {
+			return r.events
+		}
+		return r.carry(ctx, []*member{m}, nil)
+	})
+	if in != nil {
+		return Rolling{}, fmt.Errorf("rollback %s: the deploy of %s runs; try again once it has ended: %w", t.Name, strings.Join(in.keys, ", "), ErrBusy)
+	}
+	done := make(chan Event, 1)
+	rel := t.release("", to, p.now())
+	rel.Ref, rel.Rollback, rel.By = ref, true, req.By
+	go func() {
+		<-f.done
+		for _, ev := range f.out {
+			if ev.Release.ServiceID == t.ID && !ev.waiting {
+				done <- ev
+				return
+			}
+		}
+		ev := Event{Kind: Failed, Release: rel, Phase: PhaseUpdate,
+			Reason: "no outcome yet: Docker did not answer or the updater is stopping; the next cycle carries the rollback on"}
+		if f.lost {
+			ev.Reason = "stopped where it was, for the lease holder to carry on"
+		}
+		done <- ev
+	}()
+	return Rolling{Release: rel, Done: done}, nil
+}
+
+// rollbackTarget is the digest a rollback of t returns to, and the tag
+// its record names: to when given (a digest of t's repository), else the
+// newest success in t's history that t does not run now and that is not
+// quarantined (a digest rolled away from before).
+func (p *Pipeline) rollbackTarget(ctx context.Context, t Target, to string) (digest, ref string, err error) {
+	ref, current := SplitImage(t.Image)
+	if !Tagged(ref) {
+		return "", "", fmt.Errorf("rollback %s: it runs %s, pinned without a tag: there is no tag to roll back on", t.Name, t.Image)
+	}
+	if to != "" && !isDigest(to) {
+		return "", "", fmt.Errorf("rollback %s: %q is not a digest: want sha256: and 64 hex digits, as `updater history %s` shows them", t.Name, to, t.Name)
+	}
+	if to != "" && to == current {
+		return "", "", fmt.Errorf("rollback %s: it runs %s already: nothing to do", t.Name, to)
+	}
+	var hist []HistoryEntry
+	if p.History != nil {
+		if hist, err = p.History.History(ctx, t.ID); err != nil && to == "" {
+			return "", "", fmt.Errorf("rollback %s: read its history: %w", t.Name, err)
+		}
+	}
+	same := func(e HistoryEntry) bool { return e.Ref != "" && Repository(e.Ref) == Repository(ref) }
+	if to != "" {
+		// The tag it was deployed with, when the history knows; else the
+		// spec's (a digest of another repository fails at the registry).
+		if i := slices.IndexFunc(hist, func(e HistoryEntry) bool { return e.To == to && same(e) }); i >= 0 {
+			ref = hist[i].Ref
+		}
+		return to, ref, nil
+	}
+	failed, err := p.Ledger.Failed(ctx)
+	if err != nil {
+		return "", "", fmt.Errorf("rollback %s: read its quarantined digests: %w", t.Name, err)
+	}
+	for _, e := range hist {
+		if e.Outcome == OutcomeSucceeded && e.To != current && !failed[t.ID][e.To] && same(e) {
+			return e.To, e.Ref, nil
+		}
+	}
+	return "", "", fmt.Errorf("rollback %s: %w in its history (%d deploys kept); name a digest with --to", t.Name, ErrNoRollbackTarget, len(hist))
+}
+
+// isDigest reports whether d is a sha256 digest as registries write it.
+func isDigest(d string) bool {
+	hexPart, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hexPart) != 64 {
+		return false
+	}
+	for _, c := range hexPart {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// quarantine remembers the digest a person's rollback returned from as
+// failed, so the next cycle does not deploy it again while the tag still
+// points to it; the tag moving on to a digest that deploys forgets it.
+func (p *Pipeline) quarantine(ctx context.Context, rel Release) {
+	if rel.From == "" {
+		return
+	}
+	why := "rolled back on request"
+	if rel.By != "" {
+		why += " by " + rel.By
+	}
+	if err := p.Ledger.MarkFailed(context.WithoutCancel(ctx), rel.ServiceID, rel.From, why); err != nil {
+		p.Log.Error("quarantine the digest rolled back from", "service", rel.ServiceName, "digest", rel.From, "err", err)
+	}
+}
+
+// remember puts a deploy's outcome into its service's history, on a fresh
+// context: an outcome reported must be kept even as the run's context
+// ends. A history that can't be written costs the record, not the deploy.
+func (p *Pipeline) remember(ev Event) {
+	if p.History == nil || (ev.Kind != Succeeded && ev.Kind != Failed) || ev.Release.ServiceID == "" {
+		return
+	}
+	rel := ev.Release
+	e := HistoryEntry{ID: rel.ID, Ref: rel.Ref, From: rel.From, To: rel.To, Started: rel.Started, Ended: p.now(),
+		Outcome: ev.Outcome(), Reason: capText(ev.Reason, HistoryReasonMax), Rollback: rel.Rollback, By: rel.By}
+	if ev.Kind == Failed {
+		e.Phase = ev.Phase
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.History.AddHistory(ctx, rel.ServiceID, e); err != nil {
+		p.Log.Warn("keep the deploy in the service's history", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
+	}
+}
+
+// capText cuts s to at most n bytes, on a rune boundary, marking the cut.
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // RollbackService is StartRollback waiting for the outcome.

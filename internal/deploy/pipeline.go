@@ -643,6 +643,9 @@ func (p *Pipeline) finish(rel Release, ev Event, journaled bool) Event {
 	ev.Release = rel
 	ev.Duration = p.now().Sub(rel.Started)
 	p.report(ev)
+	// Kept before the record goes: a restart between the two reports the
+	// deploy again, and its history entry is replaced, not doubled.
+	p.remember(ev)
 	if journaled {
 		p.end(rel)
 	}

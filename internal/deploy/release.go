@@ -44,6 +44,10 @@ type member struct {
 	// baking is when its bake began, as a resumed record says; zero
 	// when it was not baking.
 	baking time.Time
+	// rollback, for a person's rollback (StartRollback), is the request,
+	// with ref the tag its record names: it is begun as one.
+	rollback *RollbackRequest
+	ref      string
 }
 
 // run is one release run in progress.
@@ -96,7 +100,8 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		p.Log.Info("resuming deploy left in flight", "deploy_id", rel.ID, "service", rel.ServiceName, "to_digest", rel.To)
 		// The stage is the run's state, not the release's: reports carry
 		// the release as it was begun.
-		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared || rel.Stage == StageBaking}
+		// A rollback's hooks never run: it is prepared from the start.
+		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared || rel.Stage == StageBaking || rel.Rollback}
 		if rel.Stage == StageBaking {
 			m.baking = cmp.Or(rel.StageAt, p.now()) // unknown: bake in full
 		}
@@ -260,7 +265,7 @@ func (r *run) record(ctx context.Context, ms []*member) bool {
 		return false
 	}
 	for i, m := range ms {
-		rel, ev, ok := r.p.begin(ctx, m.t, m.want)
+		rel, ev, ok := r.p.begin(ctx, m)
 		if ok {
 			m.rel = rel
 			continue
@@ -443,6 +448,9 @@ func (r *run) close(ctx context.Context, written []*member) {
 				r.events = append(r.events, closed...)
 				return
 			}
+		}
+		if m.rel.Rollback && ev.Kind == Succeeded {
+			p.quarantine(ctx, m.rel)
 		}
 		closed = append(closed, p.finish(m.rel, ev, true))
 	}

@@ -10,10 +10,15 @@ import (
 	"time"
 )
 
-// begin records and announces a deploy. ok is false when it could not be
-// recorded; ev then is the reported failure.
-func (p *Pipeline) begin(ctx context.Context, t Target, want string) (rel Release, ev Event, ok bool) {
+// begin records and announces m's deploy (a person's rollback as one).
+// ok is false when it could not be recorded; ev then is the reported
+// failure.
+func (p *Pipeline) begin(ctx context.Context, m *member) (rel Release, ev Event, ok bool) {
+	t, want := m.t, m.want
 	rel = t.release(newID(), want, p.now())
+	if m.rollback != nil {
+		rel.Rollback, rel.By, rel.Ref = true, m.rollback.By, m.ref
+	}
 	// Labels only make reports richer: a registry that won't give them is
 	// no reason to hold a deploy back, and none is asked when no report
 	// shows them (a manifest and a config GET a metering registry counts).

@@ -34,6 +34,11 @@ func (l Log) Report(e deploy.Event) {
 	if r.Stack != "" {
 		attrs = append(attrs, slog.String("stack", r.Stack))
 	}
+	if r.Rollback {
+		// A person's rollback, not a new version: the same messages, so
+		// that whatever follows deploys follows this too.
+		attrs = append(attrs, slog.Bool("rollback", true), slog.String("by", r.By))
+	}
 	level := slog.LevelInfo
 	if e.Kind == deploy.Progress {
 		// A hook's start and end are worth reading; rollout counts are not.
