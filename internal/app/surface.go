@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/httpapi"
 	"github.com/updater-dev/updater/internal/metrics"
+	"github.com/updater-dev/updater/internal/registry"
 )
 
 // operating is what `updater run` serves over HTTP besides the pipeline:
@@ -41,6 +44,7 @@ func (o *operating) start(ctx context.Context, cfg config.Config, version string
 		WebhookSecretDistribution: cfg.WebhookSecretDistribution,
 		ReadyWithin:               readyWithin(cfg), Version: version, Log: log,
 		Pipeline: o.p, Docker: o.docker, Records: o.records, Requests: trigger, Decisions: trigger, History: o.history,
+		Histories: histories{o.p}, Rollbacks: rollbacks{ctx: ctx, p: o.p},
 		Metrics: o.metrics.Handler(), Webhooks: o.metrics, Refusals: o.metrics,
 	})
 	addr, err := srv.Start(ctx)
@@ -55,6 +59,41 @@ func (o *operating) start(ctx context.Context, cfg config.Config, version string
 		srv.Wait()
 		trigger.Stop()
 	}, nil
+}
+
+// histories are the pipeline's durable histories as the API (a watched
+// service by name) and the page (by the ID the last cycle saw) read them.
+type histories struct{ p *deploy.Pipeline }
+
+func (h histories) ServiceHistory(ctx context.Context, name string) ([]deploy.HistoryEntry, error) {
+	return h.p.ServiceHistory(ctx, name)
+}
+
+func (h histories) History(ctx context.Context, serviceID string) ([]deploy.HistoryEntry, error) {
+	if h.p.History == nil {
+		return nil, nil
+	}
+	return h.p.History.History(ctx, serviceID)
+}
+
+// rollbacks start the API's and the page's rollbacks on the updater's own
+// context, not the request's: the rollback runs on after the 202 (or the
+// page's redirect) is sent, and stops with the updater, to be resumed by
+// the next, like the deploys the trigger starts. Its checks are bounded
+// by the Docker and registry deadlines.
+type rollbacks struct {
+	ctx context.Context
+	p   *deploy.Pipeline
+}
+
+func (r rollbacks) StartRollback(_ context.Context, req deploy.RollbackRequest) (deploy.Rolling, error) {
+	rl, err := r.p.StartRollback(r.ctx, req)
+	if errors.Is(err, registry.ErrNotFound) {
+		// The API answers a digest the registry lacks apart (422) from an
+		// outage (500); it does not know the registry's errors.
+		err = fmt.Errorf("%w: %w", httpapi.ErrDigestUnknown, err)
+	}
+	return rl, err
 }
 
 // readyWithin is how old the last full check may be before /readyz says

@@ -10,7 +10,8 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 )
 
-// maxAPIBody bounds what the API reads; no endpoint needs a body.
+// maxAPIBody bounds what the API reads: a rollback's digest is the largest
+// body an endpoint takes.
 const maxAPIBody = 64 << 10
 
 // api wraps an API handler: the bearer token (or basic auth password) must
@@ -39,7 +40,7 @@ func (s *Server) api(h http.HandlerFunc) http.Handler {
 			}
 		}
 		if r.ContentLength > maxAPIBody {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes: the API takes none", maxAPIBody))
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes: no endpoint takes one that large", maxAPIBody))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)

@@ -53,6 +53,7 @@ func TestAPIAuth(t *testing.T) {
 	routes := []struct{ method, path string }{
 		{"GET", "/api/v1/services"}, {"GET", "/api/v1/deploys"}, {"POST", "/api/v1/check"},
 		{"POST", "/api/v1/services/web/deploy"}, {"POST", "/api/v1/deploys/abc/approve"}, {"POST", "/api/v1/deploys/abc/reject"},
+		{"GET", "/api/v1/services/web/history"}, {"POST", "/api/v1/services/web/rollback"},
 	}
 	basic := func(user, pw string) string {
 		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))

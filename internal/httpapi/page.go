@@ -50,6 +50,8 @@ type pageData struct {
 	Pending   []pendingApproval
 	Decided   []deploy.Approval
 	Deploys   []Deploy
+	// Histories are each service's last deploys, from its durable history.
+	Histories []serviceHistory
 	Message   string
 	// CanDecide is false for the read-only token: no buttons.
 	CanDecide bool
@@ -155,9 +157,15 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	if details != "" {
 		why += ": " + details // the page is for those who hold a token
 	}
-	d := pageData{Version: s.cfg.Version, Ready: ready, ReadyText: why, Services: s.services(),
-		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: outcomeMessage(r.URL.Query()),
-		CanDecide: sameSecret(token(r), s.cfg.APIToken), Rendered: s.cfg.Now(), Script: pageScriptJS}
+	services := s.services()
+	message := outcomeMessage(r.URL.Query())
+	if message == "" {
+		message = rollbackMessage(r.URL.Query(), services)
+	}
+	d := pageData{Version: s.cfg.Version, Ready: ready, ReadyText: why, Services: services,
+		Checked: ago(s.cfg.Now(), s.cfg.Pipeline.Status().Checked), Message: message,
+		CanDecide: sameSecret(token(r), s.cfg.APIToken), Rendered: s.cfg.Now(), Script: pageScriptJS,
+		Histories: s.histories(r.Context(), services)}
 	all := s.recent()
 	for _, a := range s.cfg.Pipeline.Approvals() {
 		switch {

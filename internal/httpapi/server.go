@@ -96,6 +96,11 @@ type Config struct {
 	Records   Records
 	Decisions Decisions
 	History   *History
+	// Histories are the services' durable histories (the API's and the
+	// page's); Rollbacks takes a person's rollback. Either nil leaves
+	// its part out (the API answers 501).
+	Histories Histories
+	Rollbacks Rollbacks
 	// Metrics serves /metrics; nil leaves it out.
 	Metrics  http.Handler
 	Webhooks WebhookCounter
@@ -208,13 +213,16 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /api/v1/services/{name}/deploy", s.api(s.deployService))
 	mux.Handle("POST /api/v1/deploys/{id}/approve", s.api(s.decide(true)))
 	mux.Handle("POST /api/v1/deploys/{id}/reject", s.api(s.decide(false)))
+	mux.Handle("GET /api/v1/services/{name}/history", s.api(s.serviceHistory))
+	mux.Handle("POST /api/v1/services/{name}/rollback", s.api(s.rollback))
 
 	mux.Handle("GET /{$}", s.page(s.statusPage))
 	mux.Handle("POST /ui/deploys/{id}/approve", s.page(s.decideForm(true)))
 	mux.Handle("POST /ui/deploys/{id}/reject", s.page(s.decideForm(false)))
+	mux.Handle("POST /ui/services/{name}/rollback", s.page(s.rollbackForm))
 
 	// A browser that holds the page's credentials must not be made to
-	// approve by another site's form: cross-origin requests that change
+	// approve or roll back by another site's form: cross-origin requests that change
 	// something are refused (Sec-Fetch-Site and Origin). Registries and
 	// API clients send neither header and pass.
 	return http.NewCrossOriginProtection().Handler(mux)
