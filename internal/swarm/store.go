@@ -43,6 +43,7 @@ const (
 	kindInFlight = "deploy-in-flight"
 	kindMigrated = "migrated"
 	kindPromoted = "promoted"
+	kindHistory  = "deploy-history"
 )
 
 // store is the one door to the records. Swarm configs are created and
@@ -256,23 +257,27 @@ func (s *Swarm) End(ctx context.Context, r deploy.Release) error {
 
 // capReason cuts reason to maxReason bytes, on a character boundary, and
 // says it was cut.
-func capReason(reason string) string {
+func capReason(reason string) string { return capText(reason, maxReason) }
+
+// capText cuts s to max bytes, on a character boundary, and says it was
+// cut.
+func capText(s string, max int) string {
 	const cut = " … (cut)"
-	if len(reason) <= maxReason {
-		return reason
+	if len(s) <= max {
+		return s
 	}
-	reason = reason[:maxReason-len(cut)]
+	s = s[:max-len(cut)]
 	// Only a character cut in two at the end goes; bytes that were invalid
 	// before the cut stay as they were.
-	for i := len(reason) - 1; i >= 0 && i >= len(reason)-utf8.UTFMax; i-- {
-		if utf8.RuneStart(reason[i]) {
-			if !utf8.FullRuneInString(reason[i:]) {
-				reason = reason[:i]
+	for i := len(s) - 1; i >= 0 && i >= len(s)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			if !utf8.FullRuneInString(s[i:]) {
+				s = s[:i]
 			}
 			break
 		}
 	}
-	return reason + cut
+	return s + cut
 }
 
 // InFlight returns the deploys this updater's scope begun and not ended.
@@ -477,8 +482,9 @@ func (s *Swarm) SetPromoted(ctx context.Context, serviceID string, digests []str
 	return nil
 }
 
-// Recorded returns the IDs of the services that failed-digest and
-// promoted records are about: for the sweep of services that are gone.
+// Recorded returns the IDs of the services that failed-digest, promoted,
+// first-seen and history records are about: for the sweep of services
+// that are gone.
 func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 	st := s.store()
 	failed, err := st.list(ctx, kindFailed)
@@ -493,8 +499,12 @@ func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	history, err := st.list(ctx, kindHistory, scopeLabel+"="+s.scope())
+	if err != nil {
+		return nil, err
+	}
 	var ids []string
-	for _, c := range slices.Concat(failed, promoted, seen) {
+	for _, c := range slices.Concat(failed, promoted, seen, history) {
 		if id := c.Spec.Labels[serviceLabel]; id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
@@ -503,8 +513,8 @@ func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 }
 
 // ForgetService removes every record about the service: its failed
-// digests, its promoted digests and its migration record (a group's stays
-// with the group).
+// digests, its promoted digests, its migration record (a group's stays
+// with the group), its first sighting and its history.
 func (s *Swarm) ForgetService(ctx context.Context, serviceID string) error {
 	st := s.store()
 	for _, r := range []struct{ kind, label string }{
@@ -512,6 +522,7 @@ func (s *Swarm) ForgetService(ctx context.Context, serviceID string) error {
 		{kindPromoted, serviceLabel + "=" + serviceID},
 		{kindMigrated, keyLabel + "=" + hashKey("service:"+serviceID)},
 		{kindSeen, serviceLabel + "=" + serviceID},
+		{kindHistory, serviceLabel + "=" + serviceID},
 	} {
 		if err := st.removeAll(ctx, r.kind, r.label); err != nil {
 			return fmt.Errorf("forget service %s: %w", serviceID, err)
