@@ -1,6 +1,6 @@
 // Package client talks to a running updater's API (internal/httpapi), for
 // the command line: with UPDATER_URL set, `updater check`, `deploy`,
-// `approve` and `reject` ask the updater that holds the lease instead of
+// `approve`, `reject`, `history` and `rollback` ask the updater that holds the lease instead of
 // acting on Docker themselves. Each endpoint is one method; the types are
 // the API's JSON as the CLI reads it.
 package client
@@ -26,7 +26,8 @@ var ErrAuth = errors.New("refused the token")
 // ErrNotFound is the API's 404: no such service watched, no such deploy.
 var ErrNotFound = errors.New("not found")
 
-// ErrConflict is the API's 409: the deploy was decided already.
+// ErrConflict is the API's 409: the deploy was decided already, a
+// rollback has nothing to return to or a deploy of the service runs.
 var ErrConflict = errors.New("no longer pending")
 
 // maxAnswer bounds what is read of an answer: the API's lists are bounded
@@ -159,10 +160,65 @@ func (c *Client) Reject(ctx context.Context, id string) (Approval, error) {
 	return out, c.do(ctx, http.MethodPost, nil, &out, "deploys", id, "reject")
 }
 
+// HistoryEntry is one finished deploy in a service's durable history.
+type HistoryEntry struct {
+	ID      string    `json:"id"`
+	Ref     string    `json:"ref"`
+	From    string    `json:"from_digest,omitempty"`
+	To      string    `json:"to_digest"`
+	Started time.Time `json:"started"`
+	Ended   time.Time `json:"ended"`
+	// Outcome is succeeded, failed or rolled_back.
+	Outcome string `json:"outcome"`
+	Phase   string `json:"phase,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	// Rollback is a rollback a person asked for; By names who.
+	Rollback bool   `json:"rollback,omitempty"`
+	By       string `json:"by,omitempty"`
+}
+
+// History is the answer of GET /api/v1/services/{name}/history.
+type History struct {
+	Service string         `json:"service"`
+	History []HistoryEntry `json:"history"` // newest first
+}
+
+// Rollback is the answer of POST /api/v1/services/{name}/rollback: the
+// rollback began; it lands in the service's history as an entry with
+// Rollback set and this To.
+type Rollback struct {
+	Service string `json:"service"`
+	ID      string `json:"id,omitempty"`
+	Ref     string `json:"ref,omitempty"`
+	From    string `json:"from_digest,omitempty"`
+	To      string `json:"to_digest"`
+	Status  string `json:"status"`
+}
+
+// History asks for service's durable history, newest first.
+// ErrNotFound: the service is not watched.
+func (c *Client) History(ctx context.Context, service string) (History, error) {
+	var out History
+	return out, c.do(ctx, http.MethodGet, nil, &out, "services", service, "history")
+}
+
+// Rollback asks for service's rollback to the digest to, or, with "",
+// to the last that succeeded before the one it runs. It answers once the
+// rollback began. ErrNotFound: not watched; ErrConflict: nothing to
+// return to, or a deploy of it runs.
+func (c *Client) Rollback(ctx context.Context, service, to string) (Rollback, error) {
+	var body any
+	if to != "" {
+		body = map[string]string{"to": to}
+	}
+	var out Rollback
+	return out, c.do(ctx, http.MethodPost, body, &out, "services", service, "rollback")
+}
+
 // do sends one request to /api/v1/ and the path's segments, below the
 // base (an updater behind a proxy's path prefix is reached there), and
 // decodes a 2xx answer into out, when out is not nil. body, when not nil,
-// is sent as JSON (no endpoint takes one yet; a rollback's target may).
+// is sent as JSON (a rollback's target).
 // Other answers become errors carrying the API's own message.
 func (c *Client) do(ctx context.Context, method string, body, out any, segments ...string) error {
 	path := strings.Join(segments, "/")

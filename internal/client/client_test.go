@@ -83,12 +83,37 @@ func (f *fakes) Reject(_ context.Context, id string) (deploy.Approval, error) {
 	return f.decide("reject", id)
 }
 
+func (f *fakes) ServiceHistory(_ context.Context, name string) ([]deploy.HistoryEntry, error) {
+	if name != "web" {
+		return nil, fmt.Errorf("service %q is not watched: %w", name, deploy.ErrNotFound)
+	}
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	return []deploy.HistoryEntry{
+		{ID: "h2", Ref: "r.example/web:1", From: newD, To: oldD, Started: at, Ended: at.Add(time.Minute), Outcome: deploy.OutcomeSucceeded, Rollback: true, By: "api"},
+		{ID: "h1", Ref: "r.example/web:1", From: oldD, To: newD, Started: at.Add(-time.Hour), Ended: at.Add(-time.Hour), Outcome: deploy.OutcomeFailed,
+			Phase: deploy.PhaseBake, Reason: "exited after 20s"},
+	}, nil
+}
+
+func (f *fakes) History(context.Context, string) ([]deploy.HistoryEntry, error) { return nil, nil }
+
+func (f *fakes) StartRollback(_ context.Context, req deploy.RollbackRequest) (deploy.Rolling, error) {
+	f.record(fmt.Sprintf("rollback %s to %q by %s", req.Service, req.To, req.By))
+	switch {
+	case req.Service != "web":
+		return deploy.Rolling{}, fmt.Errorf("service %q is not watched: %w", req.Service, deploy.ErrNotFound)
+	case req.To == "":
+		return deploy.Rolling{}, deploy.ErrNoRollbackTarget
+	}
+	return deploy.Rolling{Release: deploy.Release{ID: "r1", ServiceName: "web", Ref: "r.example/web:1", From: newD, To: req.To}}, nil
+}
+
 // serve starts the API with f behind it, under prefix, and returns its URL.
 func serve(t *testing.T, f *fakes, prefix string) (string, *httpapi.History) {
 	t.Helper()
 	hist := httpapi.NewHistory(10)
 	srv := httpapi.New(httpapi.Config{APIToken: token, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Pipeline: f, Requests: f, Decisions: f, History: hist})
+		Pipeline: f, Requests: f, Decisions: f, History: hist, Histories: f, Rollbacks: f})
 	var h http.Handler = srv.Handler()
 	if prefix != "" {
 		h = http.StripPrefix(strings.TrimSuffix(prefix, "/"), h)
@@ -189,6 +214,47 @@ func TestRequests(t *testing.T) {
 	checks, deploys, decisions := f.snapshot()
 	if checks != 1 || fmt.Sprint(deploys) != "[web a/b db]" || fmt.Sprint(decisions) != "[approve d1 reject d1 approve d2]" {
 		t.Errorf("the updater was asked %d checks, deploys %q, decisions %q", checks, deploys, decisions)
+	}
+}
+
+// TestHistoryAndRollback: the history as the API gives it, and a
+// rollback's digest sent in the body (none when not named), its refusals
+// the sentinels their statuses stand for.
+func TestHistoryAndRollback(t *testing.T) {
+	f := &fakes{}
+	url, _ := serve(t, f, "")
+	c := newClient(t, url, token)
+	ctx := context.Background()
+	h, err := c.History(ctx, "web")
+	if err != nil || h.Service != "web" || len(h.History) != 2 {
+		t.Fatalf("History(web) = %+v, %v", h, err)
+	}
+	if e := h.History[0]; e.ID != "h2" || !e.Rollback || e.By != "api" || e.To != oldD || e.From != newD || e.Outcome != "succeeded" || e.Ended.IsZero() {
+		t.Errorf("newest entry %+v", e)
+	}
+	if e := h.History[1]; e.Outcome != "failed" || e.Phase != "bake" || e.Reason != "exited after 20s" {
+		t.Errorf("older entry %+v", e)
+	}
+	if _, err := c.History(ctx, "db"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("History(db) = %v, want ErrNotFound", err)
+	}
+	rb, err := c.Rollback(ctx, "web", oldD)
+	if err != nil || rb.Service != "web" || rb.ID != "r1" || rb.From != newD || rb.To != oldD || rb.Status == "" {
+		t.Fatalf("Rollback(web, oldD) = %+v, %v", rb, err)
+	}
+	if _, err := c.Rollback(ctx, "web", ""); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "--to") {
+		t.Errorf("Rollback(web) with no target = %v, want ErrConflict saying --to", err)
+	}
+	if _, err := c.Rollback(ctx, "db", oldD); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Rollback(db) = %v, want ErrNotFound", err)
+	}
+	if _, err := c.Rollback(ctx, "web", "latest"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("Rollback(web, latest) = %v, want the API's 400", err)
+	}
+	_, _, asked := f.snapshot()
+	want := fmt.Sprintf(`[rollback web to %q by api rollback web to "" by api rollback db to %q by api]`, oldD, oldD)
+	if fmt.Sprint(asked) != want {
+		t.Errorf("the updater was asked %v, want %s", asked, want)
 	}
 }
 
