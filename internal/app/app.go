@@ -161,6 +161,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 		Jobs:              sw,
 		Migrations:        sw,
 		Sweeper:           sw,
+		History:           sw,
 		Reporter:          reporter,
 		ImageLabels:       imageLabels,
 		Log:               log,
