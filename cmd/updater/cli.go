@@ -61,6 +61,17 @@ func commands() []command {
 		{name: "reject", args: "ID", nargs: one, summary: "turn down a deploy waiting for approval (needs UPDATER_URL)",
 			about: "The digest is then not asked about again until the tag moves; `updater deploy` can still deploy it.",
 			flags: func(*flag.FlagSet) func(context.Context, streams, []string) int { return decideCmd(false) }},
+		{name: "history", args: "SERVICE", nargs: one, summary: "SERVICE's last deploys, newest first, as Swarm keeps them",
+			about: "Locally: read from Swarm, where every updater keeps each service's last 20 deploys. With UPDATER_URL:\n" +
+				"asks the running updater. The digests are what `updater rollback SERVICE --to` takes.",
+			flags: historyFlags},
+		{name: "rollback", args: "SERVICE", nargs: one, summary: "return SERVICE to an earlier digest that succeeded; exit 1 on failure",
+			about: "A deploy like any other (recorded, judged, probed and baked as labelled, reported as a rollback),\n" +
+				"without its hooks: no backup, no migration is run backwards (docs/rollback.md). The digest rolled away\n" +
+				"from is not deployed again until the tag moves. Locally: takes the lease like deploy (it stands by\n" +
+				"while a running updater holds it) and waits for the outcome. With UPDATER_URL: asks the running\n" +
+				"updater, and with --wait waits for the outcome in the service's history.",
+			flags: rollbackFlags},
 		{name: "healthcheck", nargs: none, summary: "ask the running updater's /healthz (UPDATER_LISTEN): exit 0 if it answers, 1 if not",
 			about: "For Docker's HEALTHCHECK in an image with no shell or curl.",
 			flags: func(*flag.FlagSet) func(context.Context, streams, []string) int { return healthcheckCmd }},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -74,6 +75,28 @@ type fakeAPI struct {
 	checked time.Time
 	deploys []map[string]any // newest first
 	polls   int
+	// rollbacks asked for, each one step further at each look at the
+	// history, shown there once ended; history is what it holds already.
+	rollbacks []map[string]any
+	history   []map[string]any // newest first
+	bodies    []string
+}
+
+var (
+	digestA = "sha256:" + strings.Repeat("a", 64) // web runs it
+	digestB = "sha256:" + strings.Repeat("b", 64)
+	digestC = "sha256:" + strings.Repeat("c", 64) // web's last good one before
+	digestD = "sha256:" + strings.Repeat("d", 64)
+)
+
+// webHistory is web's history before any rollback: a rollback to C that
+// failed (one --wait must not take for its own), the deploy of A.
+func webHistory() []map[string]any {
+	return []map[string]any{
+		{"id": "h2", "ref": "r.example/web:1", "from_digest": digestC, "to_digest": digestA, "ended": "2026-12-01T12:00:00Z", "outcome": "succeeded"},
+		{"id": "h1", "ref": "r.example/web:1", "from_digest": digestB, "to_digest": digestC, "ended": "2026-12-01T11:00:00Z", "outcome": "failed",
+			"phase": "rollout", "reason": "tasks failed", "rollback": true, "by": "page"},
+	}
 }
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -94,7 +117,41 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			d["state"] = f.outcome
 		}
 	}
+	if r.URL.Path == "/api/v1/services/web/history" && r.Method == "GET" {
+		for _, rb := range f.rollbacks {
+			switch rb["state"] {
+			case "queued":
+				rb["state"] = "running"
+			case "running":
+				if f.outcome != "" {
+					rb["state"], rb["outcome"] = "ended", f.outcome
+					f.history = append([]map[string]any{rb}, f.history...)
+				}
+			}
+		}
+	}
 	switch r.Method + " " + r.URL.Path {
+	case "GET /api/v1/services/web/history":
+		json.NewEncoder(w).Encode(map[string]any{"service": "web", "history": f.history})
+	case "GET /api/v1/services/db/history", "POST /api/v1/services/db/rollback":
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprint(w, `{"error":"service \"db\" is not watched: not found"}`)
+	case "POST /api/v1/services/web/rollback":
+		var body struct{ To string }
+		b, _ := io.ReadAll(r.Body)
+		f.bodies = append(f.bodies, string(b))
+		json.Unmarshal(b, &body)
+		if body.To == "" {
+			body.To = digestC
+		}
+		f.rollbacks = append(f.rollbacks, map[string]any{"id": fmt.Sprint("rb", len(f.rollbacks)), "ref": "r.example/web:1", "from_digest": digestA,
+			"to_digest": body.To, "ended": time.Now().UTC(), "rollback": true, "by": "api", "state": "queued",
+			"reason": map[string]string{"succeeded": "", "rolled_back": "tasks failed"}[f.outcome]})
+		w.WriteHeader(http.StatusAccepted)
+		json.NewEncoder(w).Encode(map[string]any{"service": "web", "from_digest": digestA, "to_digest": body.To, "status": "begun"})
+	case "POST /api/v1/services/api/rollback":
+		w.WriteHeader(http.StatusConflict)
+		fmt.Fprint(w, `{"error":"api has no earlier successful deploy in its history to roll back to: name one with --to"}`)
 	case "GET /api/v1/services":
 		json.NewEncoder(w).Encode(map[string]any{"checked": f.checked, "services": []map[string]any{{"name": "web", "id": "s1",
 			"ref": "r.example/web:1", "running_digest": "sha256:" + strings.Repeat("a", 64), "state": "up-to-date", "approval": "auto"}}})
@@ -144,6 +201,7 @@ func TestClientMode(t *testing.T) {
 		stdout  []string
 		stderr  []string
 		reqs    string // the requests the API saw, in order
+		body    string // the rollback's body the API saw; "(none)": an empty one
 	}
 	cases := []tc{
 		{name: "deploy queues", args: []string{"deploy", "web"}, outcome: "succeeded", code: 0,
@@ -168,12 +226,37 @@ func TestClientMode(t *testing.T) {
 			reqs: "[GET /api/v1/services]"},
 		{name: "check --now", args: []string{"check", "--now"}, code: 0, stdout: []string{"up-to-date"},
 			reqs: "[GET /api/v1/services POST /api/v1/check GET /api/v1/services]"},
+		{name: "history", args: []string{"history", "web"}, code: 0,
+			stdout: []string{"ENDED", "OUTCOME", "2026-12-01T12:00:00Z  succeeded", digestA, "sha256:cccccccccccc  deploy",
+				"failed (rollout)", digestC + "  sha256:bbbbbbbbbbbb  rollback by page  tasks failed"},
+			reqs: "[GET /api/v1/services/web/history]"},
+		{name: "history --format json", args: []string{"history", "--format", "json", "web"}, code: 0,
+			stdout: []string{`"service": "web"`, `"to_digest": "` + digestA, `"rollback": true`, `"by": "page"`}},
+		{name: "history of a service not watched", args: []string{"history", "db"}, code: 1, stderr: []string{"404 Not Found", "not watched"}},
+		{name: "history --format yaml", args: []string{"history", "--format", "yaml", "web"}, code: 2, stderr: []string{`--format "yaml"`}, reqs: "[]"},
+		{name: "rollback begins", args: []string{"rollback", "web"}, outcome: "succeeded", code: 0,
+			stdout: []string{"web: rollback sha256:aaaaaaaaaaaa -> sha256:cccccccccccc begun by the updater at http://"},
+			reqs:   "[POST /api/v1/services/web/rollback]", body: "(none)"},
+		{name: "rollback --to", args: []string{"rollback", "--to", digestD, "web"}, outcome: "succeeded", code: 0,
+			stdout: []string{"web: rollback sha256:aaaaaaaaaaaa -> sha256:dddddddddddd begun"}, body: `{"to":"` + digestD + `"}`},
+		{name: "rollback --wait succeeds", args: []string{"rollback", "web", "--wait"}, outcome: "succeeded", code: 0,
+			stdout: []string{"web rollback succeeded: sha256:aaaaaaaaaaaa -> sha256:cccccccccccc \n"},
+			reqs:   "[GET /api/v1/services/web/history POST /api/v1/services/web/rollback GET /api/v1/services/web/history GET /api/v1/services/web/history]"},
+		{name: "rollback --wait rolled back", args: []string{"rollback", "--wait", "web"}, outcome: "rolled_back", code: 1,
+			stdout: []string{"web rollback rolled_back: sha256:aaaaaaaaaaaa -> sha256:cccccccccccc tasks failed"}},
+		{name: "rollback --wait without an outcome", args: []string{"rollback", "--wait", "--timeout", "1500ms", "web"}, code: 1,
+			stderr: []string{"updater rollback: the rollback of web to sha256:cccccccccccc has no outcome after 1.5s"}},
+		{name: "rollback with nothing to return to", args: []string{"rollback", "api"}, code: 1,
+			stderr: []string{"409 Conflict: api has no earlier successful deploy in its history to roll back to: name one with --to"}},
+		{name: "rollback of a service not watched", args: []string{"rollback", "db"}, code: 1, stderr: []string{"404 Not Found"}},
+		{name: "rollback --to a tag", args: []string{"rollback", "--to", "latest", "web"}, code: 2,
+			stderr: []string{`updater rollback: --to "latest" is not a digest: use sha256: and 64 lowercase hex digits`}, reqs: "[]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			sock, conns := recorder(t)
 			isolate(t, sock)
-			api := &fakeAPI{outcome: c.outcome}
+			api := &fakeAPI{outcome: c.outcome, history: webHistory()}
 			srv := httptest.NewServer(api)
 			t.Cleanup(srv.Close)
 			token := apiToken
@@ -191,6 +274,9 @@ func TestClientMode(t *testing.T) {
 			}
 			if n := conns.Load(); n != 0 {
 				t.Errorf("%d connections to DOCKER_HOST; a client asks the API only", n)
+			}
+			if want := strings.TrimSuffix(c.body, "(none)"); c.body != "" && fmt.Sprint(api.bodies) != "["+want+"]" {
+				t.Errorf("the API got the bodies %q, want %s", api.bodies, c.body)
 			}
 		})
 	}

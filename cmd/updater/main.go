@@ -53,11 +53,12 @@ func usage() string {
 	b.WriteString("usage: updater [command] [flags] [arguments]\n\ncommands:\n")
 	for _, c := range commands() {
 		if !c.hidden {
-			fmt.Fprintf(&b, "  %-16s%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+			fmt.Fprintf(&b, "  %-18s%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
 		}
 	}
 	b.WriteString("\n`updater COMMAND --help` shows a command's flags. Settings come from the environment (see the README);\n" +
-		"with UPDATER_URL and UPDATER_API_TOKEN set, check, deploy, approve and reject ask that running updater's API.\n")
+		"with UPDATER_URL and UPDATER_API_TOKEN set, check, deploy, approve, reject, history and rollback ask that\n" +
+		"running updater's API.\n")
 	return b.String()
 }
 
