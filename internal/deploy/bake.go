@@ -289,7 +289,8 @@ func (r *run) bake(ctx context.Context, ms []*member) bool {
 	}
 	baked := p.now().Sub(start)
 	for _, m := range ms {
-		m.ev.Baked = baked
+		// Its success is the bake's now: the last step it passed.
+		m.ev.Baked, m.ev.Phase = baked, PhaseBake
 		p.report(Event{Kind: Progress, Release: m.rel, Phase: PhaseBake, Resumed: r.resumed, Step: &Step{Phase: PhaseBake, State: StepSucceeded, Until: until}})
 	}
 	return true

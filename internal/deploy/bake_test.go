@@ -134,8 +134,8 @@ func TestBakeIgnoresWhatFailedBeforeIt(t *testing.T) {
 
 	w.cycle(t.Context())
 
-	if ev := w.outcome(deploy.Succeeded); ev.Baked < tg.Bake {
-		t.Errorf("baked %s, want at least %s", ev.Baked, tg.Bake)
+	if ev := w.outcome(deploy.Succeeded); ev.Baked < tg.Bake || ev.Phase != deploy.PhaseBake {
+		t.Errorf("baked %s, step %s: want at least %s, and the bake the success's last step", ev.Baked, ev.Phase, tg.Bake)
 	}
 }
 
