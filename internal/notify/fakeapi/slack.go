@@ -20,6 +20,7 @@ type SlackCall struct {
 	Channel  string // as sent; see SlackMessage for the resolved ID
 	TS       string // chat.update: the message edited; chat.postMessage: the ts given to the new message
 	ThreadTS string
+	User     string // chat.postEphemeral: whom the message is shown to
 	Text     string
 	Blocks   json.RawMessage
 	At       time.Time
@@ -35,8 +36,10 @@ func (c SlackCall) Accepted() bool { return c.Status == http.StatusOK && c.Error
 // Content is the call's text and blocks together, for searching.
 func (c SlackCall) Content() string { return c.Text + "\n" + string(c.Blocks) }
 
-// Slack is a fake Slack: the Web API methods auth.test, chat.postMessage
-// and chat.update under APIURL, and one incoming webhook at WebhookURL.
+// Slack is a fake Slack: the Web API methods auth.test, chat.postMessage,
+// chat.update and chat.postEphemeral under APIURL, one incoming webhook
+// at WebhookURL and, once SocketMode is called, apps.connections.open and
+// the Socket Mode WebSocket it hands out (socket.go).
 type Slack struct {
 	// APIURL is the Web API base, ending in "/" as slack-go wants it.
 	APIURL string
@@ -52,6 +55,7 @@ type Slack struct {
 	calls  []SlackCall
 	faults faults
 	seq    int
+	sock   socket // guarded by mu
 }
 
 // NewSlack starts a fake Slack that accepts token and knows one channel,
@@ -64,6 +68,7 @@ func NewSlack(token string) (*Slack, error) {
 	webhookPath := "/services/T0FAKE/B0FAKE/" + hex.EncodeToString(secret)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/{method}", s.api)
+	mux.HandleFunc("/link/", s.serveSocket)
 	mux.HandleFunc(webhookPath, s.webhook)
 	mux.HandleFunc("/services/", func(w http.ResponseWriter, r *http.Request) {
 		s.record(SlackCall{Method: "webhook", At: time.Now(), Status: http.StatusNotFound, Error: "no_service"})
@@ -140,12 +145,30 @@ func (s *Slack) api(w http.ResponseWriter, r *http.Request) {
 		answer(http.StatusMethodNotAllowed, map[string]any{"ok": false, "error": "method_not_allowed"})
 		return
 	}
+	if method == "apps.connections.open" {
+		// The one method that takes the app-level token, and only it, in
+		// the header; slack-go sends no body at all.
+		s.mu.Lock()
+		app := s.sock.appToken
+		s.mu.Unlock()
+		switch token := bearer(r); {
+		case token == "":
+			fail("not_authed")
+		case strings.HasPrefix(token, "xox"):
+			fail("not_allowed_token_type")
+		case app == "" || token != app:
+			fail("invalid_auth")
+		default:
+			answer(http.StatusOK, map[string]any{"ok": true, "url": s.socketURL()})
+		}
+		return
+	}
 	p, isJSON, err := params(r)
 	if err != nil {
 		fail("invalid_form_data")
 		return
 	}
-	c.Channel, c.TS, c.ThreadTS, c.Text = p["channel"], p["ts"], p["thread_ts"], p["text"]
+	c.Channel, c.TS, c.ThreadTS, c.Text, c.User = p["channel"], p["ts"], p["thread_ts"], p["text"], p["user"]
 	if b := p["blocks"]; b != "" {
 		c.Blocks = json.RawMessage(b)
 	}
@@ -200,6 +223,21 @@ func (s *Slack) api(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		answer(http.StatusOK, map[string]any{"ok": true, "channel": id, "ts": c.TS,
 			"message": map[string]any{"type": "message", "text": c.Text, "ts": c.TS, "thread_ts": c.ThreadTS}})
+	case "chat.postEphemeral":
+		id, ok := s.channels[strings.TrimPrefix(c.Channel, "#")]
+		switch {
+		case !ok:
+			fail("channel_not_found")
+			return
+		case c.User == "":
+			fail("user_not_in_channel")
+			return
+		}
+		if msg := checkContent(c); msg != "" {
+			fail(msg)
+			return
+		}
+		answer(http.StatusOK, map[string]any{"ok": true, "channel": id, "message_ts": fmt.Sprintf("1700000001.%06d", time.Now().Nanosecond()/1000)})
 	case "chat.update":
 		// Unlike chat.postMessage, chat.update wants the channel ID: the
 		// one chat.postMessage answered with.

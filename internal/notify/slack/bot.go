@@ -30,6 +30,12 @@ type BotConfig struct {
 	// SourceHosts are the hosts besides github.com and gitlab.com whose
 	// repositories get commit links.
 	SourceHosts []string
+	// Buttons puts Approve and Reject on pending approvals and Roll back
+	// on finished deploys: set when Socket Mode (Listener) takes presses.
+	Buttons bool
+	// StatusURL is the status page, linked from a pending approval's
+	// message when there are no buttons; "" when unknown.
+	StatusURL string
 }
 
 // Bot posts one message per deploy with a bot token, edits it as the
@@ -41,6 +47,8 @@ type Bot struct {
 	now     func() time.Time
 	memo    notify.Memo
 	hosts   []string
+	buttons bool
+	status  string
 
 	// Only the dispatcher's one worker calls Notify, so these maps need no
 	// lock (see notify.Notifier).
@@ -71,6 +79,8 @@ func NewBot(cfg BotConfig) *Bot {
 		now:     time.Now,
 		memo:    cfg.Memo,
 		hosts:   cfg.SourceHosts,
+		buttons: cfg.Buttons,
+		status:  cfg.StatusURL,
 		deploys: map[string]*thread{},
 		outages: map[string]time.Time{},
 	}
@@ -100,6 +110,14 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	switch e.Kind {
 	case deploy.Outage, deploy.Recovered:
 		return b.outage(ctx, e)
+	case deploy.Pending:
+		// Its own message, not a deploy's living one: the deploy an
+		// approval lets go gets its own ID and message.
+		text, blocks := pending(e, b.buttons, b.status)
+		if _, _, err := b.api.PostMessageContext(ctx, b.channel, slackgo.MsgOptionText(text, false), slackgo.MsgOptionBlocks(blocks...)); err != nil {
+			return classify(b.redact.Error(fmt.Errorf("post slack message to %s: %w", b.channel, err)))
+		}
+		return false, nil
 	case deploy.Started, deploy.Progress, deploy.Succeeded, deploy.Failed:
 	default:
 		return false, notify.ErrSkipped
@@ -119,8 +137,11 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	}
 	th.apply(e)
 	text, blocks := th.render()
-	shown := fingerprint(text, blocks)
 	final := e.Kind == deploy.Succeeded || e.Kind == deploy.Failed
+	if final && b.buttons && rollbackable(e) {
+		blocks = append(blocks, rollbackActions(th.rel))
+	}
+	shown := fingerprint(text, blocks)
 	if !final && th.ts != "" && shown == th.shown {
 		return false, notify.ErrSkipped
 	}

@@ -63,6 +63,11 @@ func (w *Webhook) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 			delete(w.outages, key)
 		}
 		return false, nil
+	case deploy.Pending:
+		// A webhook takes no presses: the message says how to decide.
+		text, blocks := pending(e, false, "")
+		msg.Text, msg.Blocks = text, &slackgo.Blocks{BlockSet: blocks}
+		return w.post(ctx, &msg)
 	case deploy.Progress:
 		// Kept for the final message's list of steps; not posted.
 		w.story(e).apply(e)
