@@ -101,7 +101,8 @@ func (p *Pipeline) watched(ctx context.Context, name string) (Target, error) {
 // Rolling is a rollback RollbackService or StartRollback began.
 type Rolling struct {
 	// Release names the service, the ref, the digest rolled away from
-	// (From) and the one returned to (To); its ID is set once recorded.
+	// (From) and the one returned to (To); its ID is "" (the run records
+	// it later): the outcome on Done carries it.
 	Release Release
 	// Done gets the rollback's outcome once, when it lands (buffered: no
 	// one need read it).
@@ -154,9 +155,17 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 	if _, err := p.Registry.Digest(ctx, Pin(ref, to)); err != nil {
 		return Rolling{}, fmt.Errorf("rollback %s to %s: the registry does not serve it, nothing changed: %w", t.Name, to, err)
 	}
-	m := &member{t: t, want: to, prepared: true, rollback: &req, ref: ref}
+	// What it rolls away from is quarantined once it lands: a spec not
+	// pinned yet runs what its tag points to now.
+	from := t.Digest()
+	if from == "" {
+		if from, err = p.Registry.Digest(ctx, ref); err != nil {
+			return Rolling{}, fmt.Errorf("rollback %s: look up the digest it rolls away from, nothing changed: %w", t.Name, err)
+		}
+	}
+	m := &member{t: t, want: to, prepared: true, rollback: &req, ref: ref, from: from}
 	keys, refs := keysOf([]Target{t})
-	f, in := p.launch(base, keys, refs, map[string]string{t.ID: to}, map[string]string{t.ID: t.Digest()}, nil, []Target{t}, func(ctx context.Context) []Event {
+	f, in := p.launch(base, keys, refs, map[string]string{t.ID: to}, map[string]string{t.ID: from}, nil, []Target{t}, func(ctx context.Context) []Event {
 		r := &run{p: p, lead: t}
 		if !r.record(ctx, []*member{m}) {
 			return r.events
@@ -168,7 +177,7 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 	}
 	done := make(chan Event, 1)
 	rel := t.release("", to, p.now())
-	rel.Ref, rel.Rollback, rel.By = ref, true, req.By
+	rel.Ref, rel.From, rel.Rollback, rel.By = ref, from, true, req.By
 	go func() {
 		<-f.done
 		for _, ev := range f.out {

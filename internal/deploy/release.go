@@ -45,9 +45,11 @@ type member struct {
 	// when it was not baking.
 	baking time.Time
 	// rollback, for a person's rollback (StartRollback), is the request,
-	// with ref the tag its record names: it is begun as one.
+	// with ref the tag its record names and from what it rolls away
+	// from: it is begun as one.
 	rollback *RollbackRequest
 	ref      string
+	from     string // the digest it rolls away from
 }
 
 // run is one release run in progress.

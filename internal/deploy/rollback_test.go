@@ -198,3 +198,18 @@ func TestResumedRollbackRunsNoHooks(t *testing.T) {
 		t.Errorf("marked %v, want newD quarantined", w.marked)
 	}
 }
+
+// A spec not pinned yet runs what its tag points to: that digest is the
+// one quarantined, or the next cycle would deploy it straight back.
+func TestRollbackOfAnUnpinnedSpecQuarantinesTheTagsDigest(t *testing.T) {
+	w, _ := rollbackWorld(t)
+	w.targets[0].Image = ref // never deployed by the updater: no digest
+	w.script = []deploy.Rollout{rollout("completed", midD, task(midD, "running"))}
+	ev, err := w.p.RollbackService(t.Context(), deploy.RollbackRequest{Service: "web", To: midD})
+	if err != nil || ev.Kind != deploy.Succeeded || ev.Release.From != newD {
+		t.Fatalf("RollbackService = %s from %q, %v: want a success from the tag's newD", ev.Kind, ev.Release.From, err)
+	}
+	if !slices.ContainsFunc(w.marked, func(m mark) bool { return m.digest == newD }) {
+		t.Errorf("marked %v, want the tag's newD quarantined", w.marked)
+	}
+}

@@ -17,7 +17,7 @@ func (p *Pipeline) begin(ctx context.Context, m *member) (rel Release, ev Event,
 	t, want := m.t, m.want
 	rel = t.release(newID(), want, p.now())
 	if m.rollback != nil {
-		rel.Rollback, rel.By, rel.Ref = true, m.rollback.By, m.ref
+		rel.Rollback, rel.By, rel.Ref, rel.From = true, m.rollback.By, m.ref, m.from
 	}
 	// Labels only make reports richer: a registry that won't give them is
 	// no reason to hold a deploy back, and none is asked when no report
