@@ -253,6 +253,7 @@ func (a *App) Serve(ctx context.Context) error {
 		return err
 	}
 	a.push("http", stopHTTP)
+	a.listenSlack(ctx)
 	return nil
 }
 

@@ -28,7 +28,11 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 	var ns []notify.Named
 	switch s := cfg.Slack; {
 	case s.Token != "":
-		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL, Memo: memo, SourceHosts: cfg.SourceHosts})
+		// With an app token the messages carry buttons, which `updater
+		// run` takes presses of (listenSlack); UPDATER_URL, when set, is
+		// where people find the status page otherwise.
+		bot := slack.NewBot(slack.BotConfig{Token: s.Token, Channel: s.Channel, APIURL: s.APIURL, Memo: memo, SourceHosts: cfg.SourceHosts,
+			Buttons: s.AppToken != "", StatusURL: cfg.URL})
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := bot.Check(cctx)
 		cancel()
@@ -64,7 +68,7 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 	}
 	// The notifiers leave the host: hook output goes only when asked
 	// for, and no secret of the updater's goes at all.
-	secrets := append([]string{cfg.Slack.Token, cfg.Slack.WebhookURL, cfg.Rollbar.Token, cfg.APIToken, cfg.APIReadToken,
+	secrets := append([]string{cfg.Slack.Token, cfg.Slack.AppToken, cfg.Slack.WebhookURL, cfg.Rollbar.Token, cfg.APIToken, cfg.APIReadToken,
 		cfg.WebhookSecret, cfg.WebhookSecretGitHub, cfg.WebhookSecretDockerHub, cfg.WebhookSecretDistribution,
 		cfg.Notify.WebhookURL, cfg.Notify.WebhookSecret}, cfg.Notify.URLs...)
 	red := notify.NewRedactor(secrets...)

@@ -1,0 +1,76 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/updater-dev/updater/internal/deploy"
+	"github.com/updater-dev/updater/internal/notify/slack"
+)
+
+// listenSlack takes presses of the Slack buttons over Socket Mode when
+// SLACK_APP_TOKEN is set, until Close. Only `updater run` listens (a
+// one-off command must not take presses meant for the updater that stays
+// up), and not in a dry run, which holds no approvals. An app token Slack
+// refuses turns the buttons off with an ERROR line; deploys go on.
+func (a *App) listenSlack(ctx context.Context) {
+	s, p := a.cfg.Slack, a.Pipeline
+	if s.AppToken == "" || s.Token == "" || p == nil || p.DryRun {
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	dec := &slackDecisions{ctx: ctx, p: p}
+	l := slack.NewListener(slack.ListenerConfig{Token: s.Token, AppToken: s.AppToken, APIURL: s.APIURL,
+		Approvers: s.Approvers, Decisions: dec, Log: a.Log})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := l.Run(ctx)
+		switch {
+		case errors.Is(err, slack.ErrRejected):
+			a.Log.Error("slack buttons off: Slack refused SLACK_APP_TOKEN; approve with `updater approve` or the status page", "err", err)
+		case err != nil:
+			a.Log.Error("slack buttons off", "err", err)
+		}
+	}()
+	// Pushed after the pipeline's own stop, so it runs first: no press is
+	// acted on once the deploys are being stopped.
+	a.push("slack buttons", func() { cancel(); <-done; dec.wg.Wait() })
+}
+
+// slackDecisions are the pipeline's decisions as the buttons ask for them.
+type slackDecisions struct {
+	ctx context.Context // the listener's: the checks an approval asks for live on it
+	p   *deploy.Pipeline
+	wg  sync.WaitGroup
+}
+
+var _ slack.Decisions = (*slackDecisions)(nil)
+
+// Approve approves and asks for a check of the service's tag at once, as
+// the API's approve does, rather than leaving the deploy to the next
+// scheduled cycle. A check that fails (the lease not held, Docker gone)
+// leaves it to that cycle.
+func (d *slackDecisions) Approve(_ context.Context, id string) (deploy.Approval, error) {
+	a, err := d.p.Approve(id)
+	if err != nil {
+		return a, err
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if _, err := d.p.CycleFor(d.ctx, []deploy.Push{deploy.PushOf(a.Ref)}); err != nil {
+			d.p.Log.Debug("check after a slack approval failed; the next cycle deploys it", "deploy_id", a.ID, "err", err)
+		}
+	}()
+	return a, nil
+}
+
+func (d *slackDecisions) Reject(ctx context.Context, id string) (deploy.Approval, error) {
+	return d.p.Reject(ctx, id)
+}
+
+func (d *slackDecisions) StartRollback(ctx context.Context, req deploy.RollbackRequest) (deploy.Rolling, error) {
+	return d.p.StartRollback(ctx, req)
+}
