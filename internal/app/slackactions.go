@@ -19,8 +19,10 @@ func (a *App) listenSlack(ctx context.Context) {
 	if s.AppToken == "" || s.Token == "" || p == nil || p.DryRun {
 		return
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	// Deploys and rollbacks a press starts live on ctx, like the API's:
+	// stopping the listener must not stop them.
 	dec := &slackDecisions{ctx: ctx, p: p}
+	ctx, cancel := context.WithCancel(ctx)
 	l := slack.NewListener(slack.ListenerConfig{Token: s.Token, AppToken: s.AppToken, APIURL: s.APIURL,
 		Approvers: s.Approvers, Decisions: dec, Log: a.Log})
 	done := make(chan struct{})
@@ -41,7 +43,7 @@ func (a *App) listenSlack(ctx context.Context) {
 
 // slackDecisions are the pipeline's decisions as the buttons ask for them.
 type slackDecisions struct {
-	ctx context.Context // the listener's: the checks an approval asks for live on it
+	ctx context.Context // Serve's: the checks and rollbacks a press starts live on it
 	p   *deploy.Pipeline
 	wg  sync.WaitGroup
 }
@@ -71,6 +73,8 @@ func (d *slackDecisions) Reject(ctx context.Context, id string) (deploy.Approval
 	return d.p.Reject(ctx, id)
 }
 
-func (d *slackDecisions) StartRollback(ctx context.Context, req deploy.RollbackRequest) (deploy.Rolling, error) {
-	return d.p.StartRollback(ctx, req)
+// StartRollback starts the rollback on Serve's context, not the press's,
+// which ends long before the rollback does.
+func (d *slackDecisions) StartRollback(_ context.Context, req deploy.RollbackRequest) (deploy.Rolling, error) {
+	return d.p.StartRollback(d.ctx, req)
 }
