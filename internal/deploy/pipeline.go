@@ -221,6 +221,7 @@ func (p *Pipeline) cycle(ctx context.Context, pushes []Push) (plans []Plan, err 
 		}
 		deploys += len(g)
 	}
+	p.resendCredentials(ctx, plans)
 	p.held(plans)
 	if full && p.Schedules != nil {
 		targets := make([]Target, len(plans))

@@ -483,8 +483,8 @@ func (s *Swarm) SetPromoted(ctx context.Context, serviceID string, digests []str
 }
 
 // Recorded returns the IDs of the services that failed-digest, promoted,
-// first-seen and history records are about: for the sweep of services
-// that are gone.
+// first-seen, history and registry-auth records are about: for the sweep
+// of services that are gone.
 func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 	st := s.store()
 	failed, err := st.list(ctx, kindFailed)
@@ -503,8 +503,12 @@ func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	auth, err := st.list(ctx, kindAuth, scopeLabel+"="+s.scope())
+	if err != nil {
+		return nil, err
+	}
 	var ids []string
-	for _, c := range slices.Concat(failed, promoted, seen, history) {
+	for _, c := range slices.Concat(failed, promoted, seen, history, auth) {
 		if id := c.Spec.Labels[serviceLabel]; id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
@@ -514,7 +518,8 @@ func (s *Swarm) Recorded(ctx context.Context) ([]string, error) {
 
 // ForgetService removes every record about the service: its failed
 // digests, its promoted digests, its migration record (a group's stays
-// with the group), its first sighting and its history.
+// with the group), its first sighting, its history and the registry auth
+// last sent.
 func (s *Swarm) ForgetService(ctx context.Context, serviceID string) error {
 	st := s.store()
 	for _, r := range []struct{ kind, label string }{
@@ -523,6 +528,7 @@ func (s *Swarm) ForgetService(ctx context.Context, serviceID string) error {
 		{kindMigrated, keyLabel + "=" + hashKey("service:"+serviceID)},
 		{kindSeen, serviceLabel + "=" + serviceID},
 		{kindHistory, serviceLabel + "=" + serviceID},
+		{kindAuth, serviceLabel + "=" + serviceID},
 	} {
 		if err := st.removeAll(ctx, r.kind, r.label); err != nil {
 			return fmt.Errorf("forget service %s: %w", serviceID, err)

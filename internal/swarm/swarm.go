@@ -65,6 +65,7 @@ type Swarm struct {
 	aside map[string]string // deploy records InFlight could not use, by name: why
 
 	nodes nodeNames // node IDs to hostnames, for reports
+	auth  authBook  // the registry auth each spec last carried (reauth.go)
 }
 
 // New connects with Docker's own environment (DOCKER_HOST, DOCKER_TLS_*,
@@ -162,7 +163,7 @@ func (s *Swarm) Update(ctx context.Context, t deploy.Target, image string, creds
 	if err != nil {
 		return err
 	}
-	return s.retry(ctx, t.ID, func(svc swarm.Service) error {
+	err = s.retry(ctx, t.ID, func(svc swarm.Service) error {
 		spec := svc.Spec
 		if spec.TaskTemplate.ContainerSpec == nil {
 			return fmt.Errorf("service %s has no container spec", t.Name)
@@ -178,6 +179,10 @@ func (s *Swarm) Update(ctx context.Context, t deploy.Target, image string, creds
 		})
 		return err
 	})
+	if err == nil {
+		s.sentAuth(ctx, t.ID, image, creds)
+	}
+	return err
 }
 
 // Rollback asks Swarm to put the previous spec back.
