@@ -36,24 +36,7 @@ func TestCLIClient(t *testing.T) {
 	v2 := push(t, repo, "v2")
 
 	sock, conns := countingSocket(t)
-	cli := func(token string, args ...string) (code int, stdout, stderr string) {
-		t.Helper()
-		cmd := exec.Command(env.bin, args...)
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "UPDATER_URL=" + base, "UPDATER_API_TOKEN=" + token,
-			"DOCKER_HOST=unix://" + sock}
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
-		var exit *exec.ExitError
-		switch {
-		case errors.As(err, &exit):
-			code = exit.ExitCode()
-		case err != nil:
-			t.Fatalf("updater %q: %v", args, err)
-		}
-		return code, out.String(), errb.String()
-	}
+	cli := clientCLI(t, base, sock)
 
 	// A wrong token first: refused, exit 2, the service untouched.
 	const wrong = "wrong-token-0123456789abcdef"
@@ -116,6 +99,138 @@ func TestCLIClient(t *testing.T) {
 		t.Errorf("approve of an unknown deploy = %d, want 1 and the API's 404\nstderr: %s", code, errOut)
 	}
 
+	if n := conns.Load(); n != 0 {
+		t.Errorf("the CLI made %d connections to its DOCKER_HOST; as a client it asks the API only", n)
+	}
+}
+
+// clientCLI runs the updater binary as a client of the updater at base,
+// with token, its DOCKER_HOST the socket sock (countingSocket): it
+// returns the exit code and what it printed.
+func clientCLI(t *testing.T, base, sock string) func(token string, args ...string) (code int, stdout, stderr string) {
+	return func(token string, args ...string) (code int, stdout, stderr string) {
+		t.Helper()
+		cmd := exec.Command(env.bin, args...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "UPDATER_URL=" + base, "UPDATER_API_TOKEN=" + token,
+			"DOCKER_HOST=unix://" + sock}
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+		var exit *exec.ExitError
+		switch {
+		case errors.As(err, &exit):
+			code = exit.ExitCode()
+		case err != nil:
+			t.Fatalf("updater %q: %v", args, err)
+		}
+		return code, out.String(), errb.String()
+	}
+}
+
+// TestCLIHistoryAndRollback: `updater history` and `updater rollback`
+// as clients of the running updater on the real swarm. After two deploys
+// (v1 -> v2 -> v3) the history lists both, newest first; `rollback
+// --wait` returns the service to v2 (the spec pins v2, every task runs
+// it: read from Docker), its history says so, and a full check leaves v3,
+// still the tag's, alone (quarantined); `rollback --to v1` without
+// --wait answers at once and the service then moves to v1. A digest of
+// the wrong shape is refused before any request, a service not watched
+// is the API's 404. The CLI never connects to its DOCKER_HOST.
+func TestCLIHistoryAndRollback(t *testing.T) {
+	const stack, repo = "e2eclirb", "e2e/clirb"
+	svc := stack + "_app"
+	v1 := push(t, repo, "v1")
+	app := createService(t, svc, repo, v1, svcOpts{stack: stack, optIn: true})
+	// Polling an hour away: only the CLI's requests deploy.
+	u := startUpdater(t, stack, httpEnv("UPDATER_SCHEDULE=@every 1h")...)
+	base := u.base(t)
+	waitFor(t, 30*time.Second, "the first cycle", func() bool { return u.cycles() >= 1 })
+	sock, conns := countingSocket(t)
+	cli := clientCLI(t, base, sock)
+	run := func(want int, args ...string) (string, string) {
+		t.Helper()
+		code, out, errOut := cli(apiToken, args...)
+		if code != want {
+			t.Fatalf("updater %q = %d, want %d\nstdout: %s\nstderr: %s", args, code, want, out, errOut)
+		}
+		return out, errOut
+	}
+	type entry struct {
+		ID       string `json:"id"`
+		From     string `json:"from_digest"`
+		To       string `json:"to_digest"`
+		Outcome  string `json:"outcome"`
+		Rollback bool   `json:"rollback"`
+		By       string `json:"by"`
+	}
+	history := func() []entry {
+		t.Helper()
+		out, _ := run(0, "history", "--format", "json", svc)
+		var h struct {
+			Service string  `json:"service"`
+			History []entry `json:"history"`
+		}
+		if err := json.Unmarshal([]byte(out), &h); err != nil || h.Service != svc {
+			t.Fatalf("history --format json: %v\n%s", err, out)
+		}
+		return h.History
+	}
+
+	v2 := push(t, repo, "v2")
+	run(0, "deploy", "--wait", "3m", svc)
+	v3 := push(t, repo, "v3")
+	run(0, "deploy", "--wait", "3m", svc)
+	waitFor(t, deployLimit, "every task on v3", func() bool { return allRunning(t, app, v3) })
+	h := history()
+	if len(h) != 2 || h[0].To != v3 || h[0].From != v2 || h[1].To != v2 || h[1].From != v1 || h[0].Outcome != "succeeded" || h[0].Rollback {
+		t.Fatalf("history after v2 and v3: %+v", h)
+	}
+	table, _ := run(0, "history", svc)
+	if !strings.HasPrefix(table, "ENDED") || !strings.Contains(table, v3) || !strings.Contains(table, v2) || strings.Count(table, "succeeded") != 2 {
+		t.Errorf("history's table:\n%s", table)
+	}
+
+	// Back to the last success before v3, followed to its outcome.
+	out, _ := run(0, "rollback", "--wait", "--timeout", "3m", svc)
+	if !strings.Contains(out, svc+": rollback "+v3[:19]+" -> "+v2[:19]+" begun") || !strings.Contains(out, svc+" rollback succeeded: "+v3[:19]+" -> "+v2[:19]) {
+		t.Fatalf("rollback --wait printed:\n%s", out)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("after the rollback the spec pins %s, want v2 %s", d, v2)
+	}
+	waitFor(t, deployLimit, "every task on v2", func() bool { return allRunning(t, app, v2) })
+	if h := history(); len(h) != 3 || !h[0].Rollback || h[0].By != "api" || h[0].To != v2 || h[0].From != v3 || h[0].Outcome != "succeeded" {
+		t.Fatalf("history after the rollback: %+v", h)
+	}
+	// v3 is still the tag's, and quarantined: a full check leaves it be.
+	run(0, "check", "--now")
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("a check after the rollback moved the spec to %s, want v2 %s (v3 is quarantined)", d, v2)
+	}
+
+	// Refusals: nothing asked, nothing changed.
+	if _, errOut := run(2, "rollback", "--to", "v1", svc); !strings.Contains(errOut, `--to "v1" is not a digest`) {
+		t.Errorf("rollback --to v1 said:\n%s", errOut)
+	}
+	if _, errOut := run(1, "rollback", stack+"_nope"); !strings.Contains(errOut, "404 Not Found") || !strings.Contains(errOut, "not watched") {
+		t.Errorf("rollback of a service not watched said:\n%s", errOut)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("a refused rollback moved the spec to %s", d)
+	}
+
+	// --to an older digest, without --wait: begun, then read from Docker.
+	out, _ = run(0, "rollback", "--to", v1, svc)
+	if !strings.Contains(out, svc+": rollback "+v2[:19]+" -> "+v1[:19]+" begun") {
+		t.Fatalf("rollback --to v1 printed:\n%s", out)
+	}
+	waitFor(t, deployLimit, "the spec pinned to v1", func() bool { return specDigest(t, app) == v1 })
+	waitFor(t, deployLimit, "every task on v1", func() bool { return allRunning(t, app, v1) })
+	waitFor(t, deployLimit, "the rollback to v1 in the history", func() bool {
+		h := history()
+		return len(h) == 4 && h[0].Rollback && h[0].To == v1 && h[0].From == v2 && h[0].Outcome == "succeeded"
+	})
 	if n := conns.Load(); n != 0 {
 		t.Errorf("the CLI made %d connections to its DOCKER_HOST; as a client it asks the API only", n)
 	}
