@@ -144,7 +144,7 @@ func probeFailure(spec Probe, x ProbeResult) string {
 // its outcome; the run's other members are unwound by close. false: the
 // run stopped during the rollback (its records stay).
 func (r *run) reject(ctx context.Context, m *member, phase Phase, why string) bool {
-	ev := r.p.unwind(ctx, m.rel, why)
+	ev := r.p.unwind(ctx, m.rel, why, r.revert(m))
 	if ctx.Err() != nil {
 		return false
 	}

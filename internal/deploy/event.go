@@ -164,6 +164,9 @@ type Step struct {
 	Done, Total int
 	// Until is when a bake under way ends (PhaseBake).
 	Until time.Time
+	// Detail says, in words, how a canary's evaluation went (PhaseCanary):
+	// the value, the bound, the time left.
+	Detail string
 	// ExitCode and LogTail tell how a hook job ended.
 	ExitCode int
 	LogTail  []string

@@ -37,6 +37,10 @@ type Pipeline struct {
 	// Prober probes new tasks (updater.probe.*); nil when this updater
 	// runs no probes: a service labelled with one then fails its deploy.
 	Prober Prober
+	// Canaries and Metrics run and judge canaries (updater.canary); a
+	// service labelled with one fails its deploy when either is nil.
+	Canaries Canaries
+	Metrics  Metrics
 	// Sightings remembers when each digest was first seen on its tag,
 	// for cooldowns (updater.cooldown); nil: a cooldown holds forever.
 	Sightings Sightings
@@ -441,6 +445,7 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev
 		return Event{}, nil, nil, fmt.Errorf("service %q is not watched: it must exist, carry the opt-in label and belong to the configured stack: %w", name, ErrNotFound)
 	}
 	p.unprobed(targets)
+	p.uncanaried(targets)
 	tagErrs := p.follow(ctx, targets)
 	t := targets[i]
 	if err := tagErrs[t.ID]; err != nil {
@@ -514,7 +519,11 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev
 // settle watches a written rollout to its end and rolls back what is not
 // healthy: the outcome, and whether it is final (false when the updater
 // is stopping or Docker stopped answering; the record then stays).
-func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event, bool) {
+//
+// revert, when set, is how the service goes back (a canary's: Swarm's
+// previous spec is the canary's own): then every failure, Swarm's own
+// rollback included, is written back with it.
+func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool, revert func(context.Context) error) (Event, bool) {
 	last := Step{Phase: PhaseRollout, Done: -1}
 	var seen Rollout // the last look: what held the rollout up, at the deadline
 	v, why, err := p.watch(ctx, rel.ServiceID, rel.Started.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
@@ -540,6 +549,9 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 		// or failing on one say why the deadline passed.
 		v, ev.Reason = failing, err.Error()+taskErrors(seen, rel.To)
 	}
+	if revert != nil && v != healthy && v != superseded {
+		v = failing
+	}
 	switch v {
 	case healthy:
 		if err := p.Ledger.Forget(ctx, rel.ServiceID); err != nil {
@@ -558,7 +570,11 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool) (Event
 			if !p.confirm(ctx) {
 				return stopping(rel, PhaseRollback, resumed), false
 			}
-			if err := p.Services.Rollback(ctx, rel.ServiceID); errors.Is(err, ErrUnavailable) {
+			back := func(ctx context.Context) error { return p.Services.Rollback(ctx, rel.ServiceID) }
+			if revert != nil {
+				back = revert
+			}
+			if err := back(ctx); errors.Is(err, ErrUnavailable) {
 				return dockerGone(rel, PhaseRollback, resumed, err), false
 			} else if err != nil {
 				ev.Phase, ev.Reason = PhaseRollback, ev.Reason+"; roll back: "+err.Error()

@@ -50,6 +50,7 @@ func (p *Pipeline) plan(ctx context.Context, pushes []Push) ([]Plan, map[string]
 	}
 	p.warn(targets)
 	p.unprobed(targets)
+	p.uncanaried(targets)
 	if len(pushes) > 0 {
 		targets = slices.DeleteFunc(targets, func(t Target) bool {
 			// A service with a tag policy may follow any tag of its

@@ -107,6 +107,9 @@ type Rollout struct {
 	// UpdateStarted is when Swarm began that update or rollback; zero when
 	// unknown. A rollback that began before a deploy is not the deploy's.
 	UpdateStarted time.Time
+	// Canary is true while the spec is in a canary's form
+	// (Canaries.Canary, not promoted or reverted since).
+	Canary bool
 	// Desired is how many tasks should run (replicas, or one per eligible
 	// node for a global service).
 	Desired int

@@ -50,6 +50,11 @@ type member struct {
 	rollback *RollbackRequest
 	ref      string
 	from     string // the digest it rolls away from
+	// canary: written as a canary (canary.go), so its rollbacks are
+	// Canaries.Revert; promoted once its update was let finish.
+	// canaryAt is when its analysis began, as a resumed record says.
+	canary, promoted bool
+	canaryAt         time.Time
 }
 
 // run is one release run in progress.
@@ -103,7 +108,7 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		// The stage is the run's state, not the release's: reports carry
 		// the release as it was begun.
 		// A rollback's hooks never run: it is prepared from the start.
-		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared || rel.Stage == StageBaking || rel.Rollback}
+		m := &member{rel: rel, want: rel.To, prepared: rel.Stage == StagePrepared || rel.Stage == StageBaking || rel.Stage == StageCanary || rel.Rollback}
 		if rel.Stage == StageBaking {
 			m.baking = cmp.Or(rel.StageAt, p.now()) // unknown: bake in full
 		}
@@ -111,6 +116,16 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		i := slices.IndexFunc(targets, func(t Target) bool { return t.ID == rel.ServiceID })
 		if i >= 0 {
 			m.t = targets[i]
+		}
+		// A canary: its spec in the canary's form, or a record that says
+		// its analysis began. Out of that form past its write, it was
+		// promoted (or someone wrote it: its rollbacks are writes anyway).
+		if ro.Canary || rel.Stage == StageCanary || rel.Stage == StageBaking && m.t.Canary.Tasks > 0 {
+			m.canary = true
+			m.promoted = !ro.Canary
+			if rel.Stage == StageCanary && ro.Canary {
+				m.canaryAt = rel.StageAt // zero: the whole window again
+			}
 		}
 		if past(ro, rel) {
 			written = append(written, m)
@@ -179,7 +194,7 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 	// Members written before (a resumed run) go with the first wave left
 	// when they are of it; of an earlier wave, they are judged first.
 	if len(written) > 0 && (len(waves) == 0 || slices.ContainsFunc(written, func(m *member) bool { return m.t.Hooks.Wave != waves[0][0].t.Hooks.Wave })) {
-		if !r.follow(ctx, written) || !r.verify(ctx, written) {
+		if !r.canaries(ctx, written) || !r.follow(ctx, written) || !r.verify(ctx, written) {
 			return r.events
 		}
 		done, written = written, nil
@@ -209,7 +224,7 @@ func (r *run) carry(ctx context.Context, unwritten, written []*member) []Event {
 		if i == 0 {
 			w = append(written, w...)
 		}
-		if !r.follow(ctx, w) || !r.verify(ctx, w) {
+		if !r.canaries(ctx, w) || !r.follow(ctx, w) || !r.verify(ctx, w) {
 			return r.events
 		}
 		done = append(done, w...)
@@ -367,7 +382,13 @@ func (r *run) write(ctx context.Context, ms []*member) (written []*member, ok bo
 		if !p.confirm(ctx) {
 			return written, false
 		}
-		err := p.Services.Update(ctx, m.t, Pin(m.rel.Ref, m.rel.To), m.creds)
+		var err error
+		if m.t.Canary.Tasks > 0 && p.Canaries != nil {
+			m.canary = true
+			err = p.Canaries.Canary(ctx, m.t, Pin(m.rel.Ref, m.rel.To), m.creds, m.t.Canary.Tasks)
+		} else {
+			err = p.Services.Update(ctx, m.t, Pin(m.rel.Ref, m.rel.To), m.creds)
+		}
 		if err != nil && ctx.Err() != nil {
 			return written, false // stopping mid-write: the spec says, on restart
 		}
@@ -418,7 +439,10 @@ func (r *run) stopped(ms, written []*member) {
 // healthy. false: the updater is stopping, every record stays.
 func (r *run) follow(ctx context.Context, written []*member) bool {
 	for _, m := range written {
-		ev, final := r.p.settle(ctx, m.rel, r.resumed)
+		if m.ev.Kind == Failed {
+			continue // its canary failed, and was reverted
+		}
+		ev, final := r.p.settle(ctx, m.rel, r.resumed, r.revert(m))
 		if !final {
 			if ev.waiting {
 				r.events = append(r.events, ev) // Docker gone: counted, not reported
@@ -442,7 +466,7 @@ func (r *run) close(ctx context.Context, written []*member) {
 	for _, m := range written {
 		ev := m.ev
 		if r.failed != "" && ev.Kind == Succeeded {
-			ev = p.unwind(ctx, m.rel, fmt.Sprintf("rolled back with its group: %s failed", r.failed))
+			ev = p.unwind(ctx, m.rel, fmt.Sprintf("rolled back with its group: %s failed", r.failed), r.revert(m))
 			ev.Resumed = r.resumed
 			if ctx.Err() != nil {
 				// Stopping, or the lease lost: the rest resume from their

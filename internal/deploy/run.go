@@ -242,7 +242,8 @@ func migrationKey(t Target) string {
 // unwind rolls back a promoted release of a group that failed elsewhere.
 // Its digest is remembered as failed too: deploying it alone next cycle
 // would leave the group half old, half new.
-func (p *Pipeline) unwind(ctx context.Context, rel Release, reason string) Event {
+// revert, when set, is how it goes back (see settle).
+func (p *Pipeline) unwind(ctx context.Context, rel Release, reason string, revert func(context.Context) error) Event {
 	ev := Event{Kind: Failed, Phase: PhaseRollback, Reason: reason}
 	if !p.confirm(ctx) {
 		return ev // not rolled back, and not for this updater to remember
@@ -252,7 +253,11 @@ func (p *Pipeline) unwind(ctx context.Context, rel Release, reason string) Event
 			p.Log.Error("remember failed digest", "service", rel.ServiceName, "to_digest", rel.To, "err", err)
 		}
 	}()
-	if err := p.Services.Rollback(ctx, rel.ServiceID); err != nil {
+	back := func(ctx context.Context) error { return p.Services.Rollback(ctx, rel.ServiceID) }
+	if revert != nil {
+		back = revert
+	}
+	if err := back(ctx); err != nil {
 		ev.Reason += "; roll back: " + err.Error()
 	} else if _, _, err := p.watch(ctx, rel.ServiceID, p.now().Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
 		return restored(r, rel.To), rolledBack, ""

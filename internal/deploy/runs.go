@@ -107,7 +107,7 @@ func (p *Pipeline) pruningOf(refs []string) *flight {
 // as one running.
 func (p *Pipeline) bound(targets []Target) time.Duration {
 	rollouts := time.Duration(len(targetWaves(targets))) * p.Timeout // one per wave, waves one after another
-	return 2*hookTimeout(targets) + rollouts + p.Timeout + verifyTime(targets) + time.Minute
+	return 2*hookTimeout(targets) + rollouts + p.Timeout + verifyTime(targets) + p.canaryTime(targets) + time.Minute
 }
 
 // launch starts fn as a run claiming keys, once a slot is free, and

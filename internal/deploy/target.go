@@ -32,6 +32,9 @@ type Target struct {
 	// it is done (verify.go): nil and 0 when not labelled.
 	Probe *Probe
 	Bake  time.Duration
+	// Canary is its metric-gated canary (updater.canary, canary.go); the
+	// zero Canary is none.
+	Canary Canary
 	// Policy is the release policy that may hold a new digest (its
 	// deploy windows and freezes, policy.go), Freeze its freezes alone
 	// (what holds a person's deploy too): nil when none applies. Cooldown
