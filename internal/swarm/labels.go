@@ -70,13 +70,15 @@ func parseHooks(labels map[string]string, optIn string) (deploy.Hooks, error) {
 	}
 	var unknown []string
 	for l := range labels {
-		if strings.HasPrefix(l, "updater.") && !known[l] {
+		// The canary's are deploy.ParseCanary's to check (withCanary).
+		canary := l == deploy.LabelCanary || strings.HasPrefix(l, deploy.LabelCanary+".")
+		if strings.HasPrefix(l, "updater.") && !known[l] && !canary {
 			unknown = append(unknown, l)
 		}
 	}
 	sort.Strings(unknown)
 	for _, l := range unknown {
-		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule,window}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.window, updater.freeze, updater.cooldown or updater.policy{,.prerelease,.order}", l))
+		errs = append(errs, fmt.Errorf("label %s is not an updater label: use updater.backup.{image,command,mounts,env,schedule,window}, updater.migrate.{image,command,env}, updater.hooks.timeout, updater.group, updater.wave, updater.approve, updater.probe.{url,network,expect,count,interval,timeout,header}, updater.bake, updater.canary{,.window,.query,.max,.min,.interval,.failures,.on-error}, updater.window, updater.freeze, updater.cooldown or updater.policy{,.prerelease,.order}", l))
 	}
 
 	h := deploy.Hooks{Timeout: defaultHookTimeout, Group: labels[labelGroup], BackupSchedule: labels[labelBackupSchedule]}

@@ -142,7 +142,7 @@ func target(svc swarm.Service, label string, a Authority) deploy.Target {
 		Healthcheck: hasHealthcheck(svc.Spec.TaskTemplate.ContainerSpec),
 	}
 	t.Hooks, t.HooksErr = hooks(svc.Spec.Labels, label, t.Stack, t.Image, a)
-	t = withVerification(t, svc.Spec)
+	t = withCanary(withVerification(t, svc.Spec), svc.Spec)
 	if uc := svc.Spec.UpdateConfig; uc != nil {
 		t.StartFirst = uc.Order == swarm.UpdateOrderStartFirst
 		t.RollbackOnFailure = uc.FailureAction == swarm.UpdateFailureActionRollback
@@ -158,7 +158,19 @@ func hasHealthcheck(c *swarm.ContainerSpec) bool {
 // Update writes the pinned image into the service spec, re-reading the spec
 // and trying again when Swarm answers "update out of sequence" (a 500, not
 // a conflict), which happens whenever the version moved, a rollout included.
+//
+// A spec left in a canary's form (canary.go: a canary whose run ended
+// with neither its promotion nor its revert) gets the service's own update
+// settings back: else every later update would stop after its first tasks.
 func (s *Swarm) Update(ctx context.Context, t deploy.Target, image string, creds deploy.Credentials) error {
+	return s.write(ctx, t, image, creds, func(spec *swarm.ServiceSpec) error {
+		uncanary(spec, s.log())
+		return nil
+	})
+}
+
+// write is Update's spec write with edit's changes besides the image.
+func (s *Swarm) write(ctx context.Context, t deploy.Target, image string, creds deploy.Credentials, edit func(*swarm.ServiceSpec) error) error {
 	auth, err := encodeAuth(creds)
 	if err != nil {
 		return err
@@ -167,6 +179,9 @@ func (s *Swarm) Update(ctx context.Context, t deploy.Target, image string, creds
 		spec := svc.Spec
 		if spec.TaskTemplate.ContainerSpec == nil {
 			return fmt.Errorf("service %s has no container spec", t.Name)
+		}
+		if err := edit(&spec); err != nil { // it sees the image as read
+			return err
 		}
 		spec.TaskTemplate.ContainerSpec.Image = image
 		// Sent every time, like --with-registry-auth: without it Swarm keeps
@@ -242,7 +257,7 @@ func (s *Swarm) Rollout(ctx context.Context, serviceID string) (deploy.Rollout, 
 	if svc == nil || svc.Spec.TaskTemplate.ContainerSpec == nil {
 		return deploy.Rollout{}, fmt.Errorf("service %s: %w", serviceID, deploy.ErrNotFound)
 	}
-	r := deploy.Rollout{Image: svc.Spec.TaskTemplate.ContainerSpec.Image}
+	r := deploy.Rollout{Image: svc.Spec.TaskTemplate.ContainerSpec.Image, Canary: canaryForm(svc.Spec)}
 	if svc.UpdateStatus != nil {
 		r.UpdateState, r.UpdateMessage = string(svc.UpdateStatus.State), svc.UpdateStatus.Message
 		if svc.UpdateStatus.StartedAt != nil {
