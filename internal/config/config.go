@@ -75,6 +75,11 @@ type Config struct {
 	// service with updater.probe.url runs on that service's network; "" is
 	// the updater's own.
 	ProbeImage string
+	// PrometheusURL (UPDATER_PROMETHEUS_URL) is the Prometheus that judges
+	// canaries (updater.canary), a base URL ending in "/"; "": none, and a
+	// service labelled with a canary fails its deploy. PrometheusToken
+	// (UPDATER_PROMETHEUS_TOKEN or _FILE) is sent as its bearer token.
+	PrometheusURL, PrometheusToken string
 
 	Slack   Slack   // SLACK_*: deploy messages, off unless a token or webhook is set
 	Rollbar Rollbar // ROLLBAR_*: deploy tracking and the updater's own errors, off unless a token is set
@@ -151,7 +156,7 @@ func secret(name string) bool {
 	switch name {
 	case "SLACK_TOKEN", "SLACK_APP_TOKEN", "SLACK_WEBHOOK_URL", "ROLLBAR_TOKEN", "UPDATER_API_TOKEN", "UPDATER_WEBHOOK_SECRET",
 		"UPDATER_API_READ_TOKEN", "UPDATER_WEBHOOK_SECRET_GITHUB", "UPDATER_WEBHOOK_SECRET_DOCKERHUB", "UPDATER_WEBHOOK_SECRET_DISTRIBUTION",
-		"UPDATER_NOTIFY_WEBHOOK_URL", "UPDATER_NOTIFY_WEBHOOK_SECRET", "UPDATER_NOTIFY_URLS":
+		"UPDATER_NOTIFY_WEBHOOK_URL", "UPDATER_NOTIFY_WEBHOOK_SECRET", "UPDATER_NOTIFY_URLS", "UPDATER_PROMETHEUS_TOKEN":
 		return true
 	}
 	return false
@@ -333,6 +338,17 @@ func settings() []setting {
 				return errors.New("not an image reference: use the updater's image as the nodes pull it, like ghcr.io/you/updater:1.4@sha256:…, or leave unset for the image the updater runs in")
 			}
 			c.ProbeImage = v
+			return nil
+		}},
+		{"UPDATER_PROMETHEUS_URL", func(c *Config, v string) (err error) {
+			c.PrometheusURL, err = parseURL(v, true, `the Prometheus server's base URL, like "http://prometheus:9090"`)
+			return err
+		}},
+		{"UPDATER_PROMETHEUS_TOKEN", func(c *Config, v string) error {
+			if strings.ContainsFunc(v, unicode.IsSpace) {
+				return errors.New(`contains whitespace: use the bearer token alone, without "Bearer "`)
+			}
+			c.PrometheusToken = v
 			return nil
 		}},
 		{"SLACK_TOKEN", func(c *Config, v string) error {
@@ -586,6 +602,14 @@ func (c Config) check(given map[string]bool) []error {
 		if given[name] && !given["ROLLBAR_TOKEN"] {
 			errs = append(errs, &Error{Var: name, Reason: "is set without ROLLBAR_TOKEN: set ROLLBAR_TOKEN (or ROLLBAR_TOKEN_FILE) to turn Rollbar on"})
 		}
+	}
+	if u, err := url.Parse(c.PrometheusURL); err == nil && u.User != nil {
+		// Not shown: the password is in it.
+		errs = append(errs, &Error{Var: "UPDATER_PROMETHEUS_URL", Reason: "carries a user name or password: the URL is quoted in logs and reports; " +
+			"put a bearer token in UPDATER_PROMETHEUS_TOKEN (or UPDATER_PROMETHEUS_TOKEN_FILE) instead"})
+	}
+	if given["UPDATER_PROMETHEUS_TOKEN"] && c.PrometheusURL == "" {
+		errs = append(errs, &Error{Var: "UPDATER_PROMETHEUS_TOKEN", Reason: "is set without UPDATER_PROMETHEUS_URL: set the Prometheus server's URL, or unset the token"})
 	}
 	if given["UPDATER_NOTIFY_WEBHOOK_SECRET"] && !given["UPDATER_NOTIFY_WEBHOOK_URL"] {
 		errs = append(errs, &Error{Var: "UPDATER_NOTIFY_WEBHOOK_SECRET", Reason: "is set without UPDATER_NOTIFY_WEBHOOK_URL: it signs the posts to that URL; set the URL (or UPDATER_NOTIFY_WEBHOOK_URL_FILE) or unset the secret"})

@@ -400,8 +400,8 @@ func TestNames(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("Names() not sorted: %v", names)
 	}
-	if len(names) != 58 {
-		t.Errorf("got %d names, want 58: %v", len(names), names)
+	if len(names) != 61 {
+		t.Errorf("got %d names, want 61: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "UPDATER_") && !strings.HasPrefix(n, "SLACK_") && !strings.HasPrefix(n, "ROLLBAR_") {
