@@ -54,6 +54,16 @@ type Bot struct {
 	// lock (see notify.Notifier).
 	deploys map[string]*thread
 	outages map[string]time.Time
+	// undoable is, by service ID, the last finished deploy's message that
+	// carries Roll back: the next deploy of the service takes it off, so
+	// only the message of what runs now offers to undo it.
+	undoable map[string]shownMessage
+}
+
+// shownMessage is a posted message as it would be without its buttons.
+type shownMessage struct {
+	channel, ts, text string
+	blocks            []slackgo.Block
 }
 
 // thread is a deploy's message in Slack.
@@ -73,16 +83,17 @@ func NewBot(cfg BotConfig) *Bot {
 		opts = append(opts, slackgo.OptionAPIURL(cfg.APIURL))
 	}
 	return &Bot{
-		api:     slackgo.New(cfg.Token, opts...),
-		channel: cfg.Channel,
-		redact:  notify.NewRedactor(cfg.Token),
-		now:     time.Now,
-		memo:    cfg.Memo,
-		hosts:   cfg.SourceHosts,
-		buttons: cfg.Buttons,
-		status:  cfg.StatusURL,
-		deploys: map[string]*thread{},
-		outages: map[string]time.Time{},
+		api:      slackgo.New(cfg.Token, opts...),
+		channel:  cfg.Channel,
+		redact:   notify.NewRedactor(cfg.Token),
+		now:      time.Now,
+		memo:     cfg.Memo,
+		hosts:    cfg.SourceHosts,
+		buttons:  cfg.Buttons,
+		status:   cfg.StatusURL,
+		deploys:  map[string]*thread{},
+		outages:  map[string]time.Time{},
+		undoable: map[string]shownMessage{},
 	}
 }
 
@@ -138,9 +149,11 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 	th.apply(e)
 	text, blocks := th.render()
 	final := e.Kind == deploy.Succeeded || e.Kind == deploy.Failed
-	if final && b.buttons && rollbackable(e) {
+	undo := final && b.buttons && rollbackable(e)
+	if undo {
 		blocks = append(blocks, rollbackActions(th.rel))
 	}
+	b.retire(ctx, e.Release.ServiceID, th)
 	shown := fingerprint(text, blocks)
 	if !final && th.ts != "" && shown == th.shown {
 		return false, notify.ErrSkipped
@@ -177,6 +190,9 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		}
 		th.replied = true
 	}
+	if undo {
+		b.undoable[e.Release.ServiceID] = shownMessage{channel: th.channel, ts: th.ts, text: text, blocks: blocks[:len(blocks)-1]}
+	}
 	if final {
 		delete(b.deploys, e.Release.ID)
 		if b.memo != nil {
@@ -184,6 +200,20 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// retire takes Roll back off the service's previous deploy's message once
+// another deploy of it (th) is under way: that button would undo a
+// version the service no longer runs. Best effort: a failed edit leaves a
+// button whose press names the digest it returns to, and is asked to
+// confirm.
+func (b *Bot) retire(ctx context.Context, serviceID string, th *thread) {
+	m, ok := b.undoable[serviceID]
+	if !ok || m.ts == th.ts {
+		return
+	}
+	delete(b.undoable, serviceID)
+	_, _, _, _ = b.api.UpdateMessageContext(ctx, m.channel, m.ts, slackgo.MsgOptionText(m.text, false), slackgo.MsgOptionBlocks(m.blocks...))
 }
 
 // memoKey names the Bot's entries in the memo.

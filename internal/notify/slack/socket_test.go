@@ -476,3 +476,31 @@ func blocksOf(t *testing.T, raw json.RawMessage) []slackgo.Block {
 	}
 	return bs.BlockSet
 }
+
+// The next deploy of a service takes Roll back off the message of the
+// one before: only what runs now may be undone from Slack.
+func TestBotRetiresOldRollbackButton(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "#deploys", APIURL: fake.APIURL, Buttons: true})
+	first := release()
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: first}, deploy.Event{Kind: deploy.Succeeded, Release: first})
+	ts := firstPost(t, fake)
+	next := release()
+	next.ID, next.From, next.To = "d2", first.To, "sha256:"+strings.Repeat("c", 64)
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: next})
+	var last fakeapi.SlackCall
+	for _, c := range fake.Accepted() {
+		if c.TS == ts && c.ThreadTS == "" {
+			last = c
+		}
+	}
+	if last.Method != "chat.update" || len(buttonsOf(t, blocksOf(t, last.Blocks))) != 0 || !strings.Contains(last.Content(), "deploy succeeded") {
+		t.Fatalf("the first deploy's message, last sent: %s %s", last.Method, last.Content())
+	}
+	// The new deploy's own message keeps its button when it ends.
+	notifyAll(t, b, deploy.Event{Kind: deploy.Succeeded, Release: next})
+	calls := fake.Accepted()
+	if got := buttonsOf(t, blocksOf(t, calls[len(calls)-1].Blocks)); len(got) != 1 || got[0].ActionID != ActionRollback {
+		t.Errorf("the new deploy's final message: buttons %v", got)
+	}
+}
