@@ -115,6 +115,12 @@ func (l *Listener) Run(ctx context.Context) error {
 					l.log.Warn("slack socket mode connection failed; reconnecting", "err", l.redact.Error(eventErr(evt)))
 				}
 				down = true
+			case socketmode.EventTypeEventsAPI, socketmode.EventTypeSlashCommand:
+				// Not the updater's (an app with events or commands turned
+				// on too): acked, so Slack does not send them again.
+				if evt.Request != nil {
+					_ = sm.AckCtx(ctx, evt.Request.EnvelopeID, nil)
+				}
 			case socketmode.EventTypeInteractive:
 				if evt.Request == nil {
 					continue
