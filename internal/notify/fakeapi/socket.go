@@ -270,6 +270,27 @@ func (s *Slack) Press(p Press) (string, error) {
 	return id, s.sendLocked(id)
 }
 
+// Send sends an envelope of another type ("events_api", "slash_commands")
+// with payload, as Slack does for an app with events or commands on; it
+// returns the envelope ID.
+func (s *Slack) Send(kind string, payload any) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	id := "env-" + hex.EncodeToString(b)
+	body, err := json.Marshal(map[string]any{"envelope_id": id, "type": kind, "payload": payload,
+		"accepts_response_payload": false, "retry_attempt": 0, "retry_reason": ""})
+	if err != nil {
+		return "", err
+	}
+	if s.sock.sent == nil {
+		s.sock.sent = map[string]envelope{}
+	}
+	s.sock.sent[id] = envelope{body: body}
+	return id, s.sendLocked(id)
+}
+
 // Resend sends envelope id again, with retry_attempt counted up, as Slack
 // does when an ack did not arrive; on the live connection, which may be
 // a newer one than the first sending went to.

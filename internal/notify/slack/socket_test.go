@@ -504,3 +504,31 @@ func TestBotRetiresOldRollbackButton(t *testing.T) {
 		t.Errorf("the new deploy's final message: buttons %v", got)
 	}
 }
+
+// Envelopes that are not presses (an app with events or slash commands
+// on too) are acked, so Slack does not send them again, and do nothing.
+func TestListenerAcksOtherEnvelopes(t *testing.T) {
+	fake := newSlack(t)
+	fake.SocketMode(appToken)
+	d := &decisions{}
+	listen(t, fake, d, "U0ALICE")
+	ev, err := fake.Send("events_api", map[string]any{"type": "event_callback", "team_id": "T0FAKE", "api_app_id": "A0FAKE",
+		"event": map[string]any{"type": "app_mention", "user": "U0ALICE", "text": "<@U0UPDATER> approve", "ts": "1700000000.000100", "channel": "C0DEPLOYS"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := fake.Send("slash_commands", map[string]any{"command": "/deploy", "text": "shop_web", "user_id": "U0ALICE", "channel_id": "C0DEPLOYS"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "both acked", func() bool {
+		got := map[string]bool{}
+		for _, a := range fake.Acks() {
+			got[a.EnvelopeID] = true
+		}
+		return got[ev] && got[cmd]
+	})
+	if a, r, rb := d.calls(); len(a)+len(r)+len(rb) != 0 {
+		t.Errorf("an event decided something: %v %v %v", a, r, rb)
+	}
+}
