@@ -532,3 +532,20 @@ func TestListenerAcksOtherEnvelopes(t *testing.T) {
 		t.Errorf("an event decided something: %v %v %v", a, r, rb)
 	}
 }
+
+// An incoming webhook takes no presses: its pending approval says how
+// to decide, with no button.
+func TestWebhookPending(t *testing.T) {
+	fake := newSlack(t)
+	w := NewWebhook(fake.WebhookURL)
+	rel := release()
+	rel.ID = "ap7"
+	notifyAll(t, w, deploy.Event{Kind: deploy.Pending, Release: rel, Reason: "waits for approval until 2026-12-02T18:00:00Z"})
+	calls := fake.Accepted()
+	if len(calls) != 1 || calls[0].Method != "webhook" {
+		t.Fatalf("calls %v, want one webhook post", methods(calls))
+	}
+	if c := calls[0]; !strings.Contains(c.Text, "updater approve ap7") || len(buttonsOf(t, blocksOf(t, c.Blocks))) != 0 {
+		t.Errorf("pending post: %s", c.Content())
+	}
+}
