@@ -55,6 +55,11 @@ type Histories interface {
 // the service's history has no earlier success to return to.
 var ErrNoRollbackTarget = errors.New("no earlier successful deploy to roll back to")
 
+// ErrInvalid marks a person's request that cannot be done as asked (a
+// rollback to what runs already, to something that is not a digest, of a
+// service pinned without a tag): the error says what would be right.
+var ErrInvalid = errors.New("cannot be done as asked")
+
 // RollbackRequest is a person's rollback of one service (the API, the
 // CLI, the status page, a Slack button).
 type RollbackRequest struct {
@@ -128,7 +133,7 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 		return Rolling{}, ErrStandby
 	}
 	if p.DryRun {
-		return Rolling{}, errors.New("a dry run changes nothing: no rollback")
+		return Rolling{}, fmt.Errorf("a dry run changes nothing: no rollback: %w", ErrInvalid)
 	}
 	base := ctx
 	ctx, unfence := p.fenced(ctx)
@@ -203,13 +208,13 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 func (p *Pipeline) rollbackTarget(ctx context.Context, t Target, to string) (digest, ref string, err error) {
 	ref, current := SplitImage(t.Image)
 	if !Tagged(ref) {
-		return "", "", fmt.Errorf("rollback %s: it runs %s, pinned without a tag: there is no tag to roll back on", t.Name, t.Image)
+		return "", "", fmt.Errorf("rollback %s: it runs %s, pinned without a tag: there is no tag to roll back on: %w", t.Name, t.Image, ErrInvalid)
 	}
 	if to != "" && !isDigest(to) {
-		return "", "", fmt.Errorf("rollback %s: %q is not a digest: want sha256: and 64 hex digits, as `updater history %s` shows them", t.Name, to, t.Name)
+		return "", "", fmt.Errorf("rollback %s: %q is not a digest: want sha256: and 64 hex digits, as `updater history %s` shows them: %w", t.Name, to, t.Name, ErrInvalid)
 	}
 	if to != "" && to == current {
-		return "", "", fmt.Errorf("rollback %s: it runs %s already: nothing to do", t.Name, to)
+		return "", "", fmt.Errorf("rollback %s: it runs %s already, nothing to do: %w", t.Name, to, ErrInvalid)
 	}
 	var hist []HistoryEntry
 	if p.History != nil {

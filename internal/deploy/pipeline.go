@@ -554,6 +554,11 @@ func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool, revert
 	}
 	switch v {
 	case healthy:
+		// A person's rollback lands on an older digest, not on the one the
+		// tag names: what was quarantined before it stays quarantined.
+		if rel.Rollback {
+			return Event{Kind: Succeeded, Phase: PhaseRollout, Resumed: resumed}, true
+		}
 		if err := p.Ledger.Forget(ctx, rel.ServiceID); err != nil {
 			p.Log.Warn("forget failed digests", "service", rel.ServiceName, "err", err)
 		}

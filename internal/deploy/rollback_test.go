@@ -142,8 +142,8 @@ func TestRollbackServiceRefusals(t *testing.T) {
 		{name: "earlier ones quarantined", service: "web", setup: func(w *world, h *memHistory) {
 			w.failed = map[string]map[string]bool{"svc1": {oldD: true, midD: true}}
 		}, want: deploy.ErrNoRollbackTarget},
-		{name: "not a digest", service: "web", to: "latest", says: "64 hex"},
-		{name: "the digest it runs", service: "web", to: newD, says: "already"},
+		{name: "not a digest", service: "web", to: "latest", want: deploy.ErrInvalid, says: "64 hex"},
+		{name: "the digest it runs", service: "web", to: newD, want: deploy.ErrInvalid, says: "already"},
 		{name: "gone from the registry", service: "web", to: oldD, setup: func(w *world, h *memHistory) { delete(w.digests, pinned(oldD)) }, want: deploy.ErrNotFound, says: "nothing changed"},
 		{name: "a deploy in flight", service: "web", setup: func(w *world, h *memHistory) {
 			w.open = []deploy.Release{{ID: "x1", ServiceID: "svc1", ServiceName: "web", Ref: ref, To: newD}}
@@ -211,5 +211,24 @@ func TestRollbackOfAnUnpinnedSpecQuarantinesTheTagsDigest(t *testing.T) {
 	}
 	if !slices.ContainsFunc(w.marked, func(m mark) bool { return m.digest == newD }) {
 		t.Errorf("marked %v, want the tag's newD quarantined", w.marked)
+	}
+}
+
+// Two rollbacks in a row: the first one's digest stays quarantined (a
+// rollback's success is not the tag's digest deployed, which would
+// forget every quarantined one).
+func TestSecondRollbackKeepsTheFirstQuarantined(t *testing.T) {
+	w, _ := rollbackWorld(t)
+	w.script = []deploy.Rollout{rollout("completed", midD, task(midD, "running"))}
+	if _, err := w.p.RollbackService(t.Context(), deploy.RollbackRequest{Service: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	w.targets[0].Image = pinned(midD)
+	w.script, w.served = []deploy.Rollout{rollout("completed", oldD, task(oldD, "running"))}, 0
+	if _, err := w.p.RollbackService(t.Context(), deploy.RollbackRequest{Service: "web", To: oldD}); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.forgets) != 0 {
+		t.Errorf("quarantined digests forgotten %d times by rollbacks, want never (the tag has not moved)", len(w.forgets))
 	}
 }
