@@ -144,6 +144,7 @@ type rig struct {
 	pipeline  *fakePipeline
 	requests  *fakeRequests
 	decisions *fakeDecisions
+	rollbacks *fakeRollbacks
 	counter   *fakeCounter
 	history   *History
 	logs      *lockedBuffer
@@ -156,13 +157,13 @@ func (r *rig) advance(d time.Duration) { r.skew.Add(int64(d)) }
 
 func newRig(t *testing.T, edit ...func(*Config)) *rig {
 	t.Helper()
-	r := &rig{t: t, pipeline: &fakePipeline{}, requests: &fakeRequests{}, decisions: &fakeDecisions{},
+	r := &rig{t: t, pipeline: &fakePipeline{}, requests: &fakeRequests{}, decisions: &fakeDecisions{}, rollbacks: &fakeRollbacks{},
 		counter: &fakeCounter{}, history: NewHistory(10), logs: &lockedBuffer{},
 		now: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
 	r.cfg = Config{
 		Addr: "127.0.0.1:0", APIToken: apiToken, WebhookSecret: secret, ReadyWithin: 3 * time.Minute,
 		Version: "test", Log: slog.New(slog.NewJSONHandler(r.logs, nil)), Now: func() time.Time { return r.now.Add(time.Duration(r.skew.Load())) },
-		Pipeline: r.pipeline, Requests: r.requests, Decisions: r.decisions, History: r.history,
+		Pipeline: r.pipeline, Requests: r.requests, Decisions: r.decisions, History: r.history, Rollbacks: r.rollbacks,
 		Webhooks: r.counter, Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "metrics\n") }),
 	}
 	for _, e := range edit {

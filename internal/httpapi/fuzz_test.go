@@ -191,7 +191,7 @@ func FuzzAPIAuth(f *testing.F) {
 		f.Add(uint8(i), "0a1b", a)
 	}
 	routes := []string{"/api/v1/check", "/api/v1/services/{}/deploy", "/api/v1/deploys/{}/approve", "/api/v1/deploys/{}/reject",
-		"/ui/deploys/{}/approve", "/ui/deploys/{}/reject"}
+		"/ui/deploys/{}/approve", "/ui/deploys/{}/reject", "/api/v1/services/{}/rollback", "/ui/services/{}/rollback"}
 	f.Fuzz(func(t *testing.T, route uint8, id, auth string) {
 		r := newRig(t)
 		decided := r.decided()

@@ -45,6 +45,7 @@ func (r *rig) decided() *atomic.Int32 {
 		n.Add(1)
 		return deploy.Approval{ID: id, State: deploy.ApprovalRejected}, nil
 	}
+	r.rollbacks.onStart = func() { n.Add(1) }
 	return &n
 }
 
@@ -84,7 +85,7 @@ func TestMutatingRoutesNeedTheToken(t *testing.T) {
 		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))
 	}
 	paths := []string{"/api/v1/check", "/api/v1/services/web/deploy", "/api/v1/deploys/0a1b/approve", "/api/v1/deploys/0a1b/reject",
-		"/ui/deploys/0a1b/approve", "/ui/deploys/0a1b/reject"}
+		"/ui/deploys/0a1b/approve", "/ui/deploys/0a1b/reject", "/api/v1/services/web/rollback", "/ui/services/web/rollback"}
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	do := func(method, path, auth string) int {
 		t.Helper()
@@ -143,8 +144,8 @@ func TestMutatingRoutesNeedTheToken(t *testing.T) {
 			t.Errorf("POST %s with the token: %d", path, got)
 		}
 	}
-	if _, c, d := r.requests.asked(); c != 1 || len(d) != 1 || decided.Load() != 4 {
-		t.Fatalf("with the token: %d checks, deploys %v, %d decisions", c, d, decided.Load())
+	if _, c, d := r.requests.asked(); c != 1 || len(d) != 1 || decided.Load() != 6 {
+		t.Fatalf("with the token: %d checks, deploys %v, %d decisions and rollbacks, want 4 and 2", c, d, decided.Load())
 	}
 }
 

@@ -455,7 +455,8 @@ func TestReadToken(t *testing.T) {
 	if page := as("GET", "/", apiToken).Body.String(); !strings.Contains(page, "/ui/deploys/0a1b/approve") {
 		t.Error("the page shows the API token no approve button")
 	}
-	for _, path := range []string{"/api/v1/check", "/api/v1/services/web/deploy", "/api/v1/deploys/0a1b/approve", "/ui/deploys/0a1b/reject"} {
+	for _, path := range []string{"/api/v1/check", "/api/v1/services/web/deploy", "/api/v1/deploys/0a1b/approve", "/ui/deploys/0a1b/reject",
+		"/api/v1/services/web/rollback", "/ui/services/web/rollback"} {
 		if rec := as("POST", path, readToken); rec.Code != http.StatusForbidden {
 			t.Errorf("POST %s with the read token: %d, want 403", path, rec.Code)
 		}

@@ -36,6 +36,8 @@ type fakeRollbacks struct {
 	mu   sync.Mutex
 	reqs []deploy.RollbackRequest
 	err  error
+	// onStart, when set, is called on each request (rig.decided counts).
+	onStart func()
 }
 
 var _ Rollbacks = (*fakeRollbacks)(nil)
@@ -44,6 +46,9 @@ func (f *fakeRollbacks) StartRollback(_ context.Context, req deploy.RollbackRequ
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reqs = append(f.reqs, req)
+	if f.onStart != nil {
+		f.onStart()
+	}
 	if f.err != nil {
 		return deploy.Rolling{}, f.err
 	}
