@@ -5,6 +5,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -13,11 +14,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"sort"
@@ -36,6 +39,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
@@ -459,7 +463,8 @@ func (mn *multiNode) startUpdaterService(tb testing.TB) string {
 type mnService struct {
 	constraint string // a placement constraint; "" with global
 	global     bool
-	auth       bool // the image is in the auth registry: create with its credentials
+	auth       bool   // the image is in the auth registry: create with its credentials
+	replicas   uint64 // 0: one
 	failure    swarm.FailureAction
 	// Another registry (host:port, as both nodes reach it) and the
 	// credentials to create with there, instead of open or auth.
@@ -478,7 +483,7 @@ func (mn *multiNode) createOn(tb testing.TB, svcName, repo, digest string, o mnS
 	if o.reg != "" {
 		reg = o.reg
 	}
-	one := uint64(1)
+	one := max(o.replicas, 1)
 	failure := o.failure
 	if failure == "" {
 		failure = swarm.UpdateFailureActionRollback
@@ -754,6 +759,206 @@ func TestMultiNode(t *testing.T) {
 			t.Fatalf("%d failed deploys", n)
 		}
 		t.Logf("the worker pulled v2 with the old password, v3 with the new one (the nodes' requests since the rotation: %v)", tally(d.since(from, "node")))
+	})
+
+	// 1c. The registry password rotated and no deploy follows: the updater
+	// re-sends the new credentials with a spec write that changes nothing
+	// else, the running tasks keep their containers, and a task Swarm
+	// moves to the worker later (the manager drained) pulls with the new
+	// password, the old one refused. The worker has never pulled the image,
+	// and the service was created with the old password: only what the
+	// re-send gave Swarm can let it pull. Unchanged credentials, and an
+	// updater restarted, cost no spec write.
+	t.Run("ResentCredentialsOnReschedule", func(t *testing.T) {
+		const repo = "e2e/mnresend"
+		const pusher, pusherPass = "mn-resend-pusher", "mn-resend-pusher-pass-3301"
+		const watcher, oldPass, newPass = "mn-resend-watcher", "mn-resend-old-pass-4417", "mn-resend-new-pass-5923"
+		const idle = 5 // cycles that must write nothing
+		addSecret("multi-node resend pusher password", pusherPass)
+		addSecret("multi-node resend old password", oldPass)
+		addSecret("multi-node resend new password", newPass)
+		ctx := t.Context()
+		d := newDist(t)
+		htpasswd := htpasswdFile(t, map[string]string{pusher: pusherPass, watcher: oldPass})
+		d.start(t, distOpts{htpasswd: htpasswd})
+		serveMN(t, mn.netns, d.addr, d.proxy)
+		cfgDir := authConfigDir(t, d.addr, watcher, oldPass)
+		v1 := d.pushTo(t, repo, "v1", pusher, pusherPass)
+
+		info, err := env.docker.Info(ctx, client.InfoOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		managerNode := info.Info.Swarm.NodeID
+		availability := func(node string, a swarm.NodeAvailability) {
+			t.Helper()
+			res, err := env.docker.NodeInspect(context.Background(), node, client.NodeInspectOptions{})
+			if err == nil {
+				spec := res.Node.Spec
+				spec.Availability = a
+				_, err = env.docker.NodeUpdate(context.Background(), node, client.NodeUpdateOptions{Version: res.Node.Version, Spec: spec})
+			}
+			if err != nil {
+				t.Fatalf("set node %s %s: %v", node, a, err)
+			}
+		}
+		// Both tasks start on the manager: the worker is drained meanwhile.
+		t.Cleanup(func() {
+			availability(mn.workerNode, swarm.NodeAvailabilityActive)
+			availability(managerNode, swarm.NodeAvailabilityActive)
+		})
+		availability(mn.workerNode, swarm.NodeAvailabilityDrain)
+		app := mn.createOn(t, mnStack+"_resend", repo, v1, mnService{replicas: 2, reg: d.addr, user: watcher, pass: oldPass})
+		availability(mn.workerNode, swarm.NodeAvailabilityActive)
+		// The running tasks, from Docker: task ID to container ID, by node.
+		running := func() map[string]string {
+			t.Helper()
+			res, err := env.docker.TaskList(ctx, client.TaskListOptions{
+				Filters: make(client.Filters).Add("service", app).Add("desired-state", "running")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := map[string]string{}
+			for _, tk := range res.Items {
+				if tk.Status.State == swarm.TaskStateRunning && tk.Status.ContainerStatus != nil {
+					out[tk.ID] = tk.NodeID + "/" + tk.Status.ContainerStatus.ContainerID
+				}
+			}
+			return out
+		}
+		var tasks map[string]string
+		waitFor(t, 90*time.Second, "both tasks running on the manager", func() bool {
+			tasks = running()
+			return len(tasks) == 2 && !slices.ContainsFunc(slices.Collect(maps.Values(tasks)), func(v string) bool {
+				return !strings.HasPrefix(v, managerNode+"/")
+			})
+		})
+		if got := repoDigests(t, mn.worker, d.addr+"/"+repo); len(got) != 0 {
+			t.Fatalf("the worker holds %v of %s before anything moved there", got, repo)
+		}
+
+		// The service's spec writes, from Docker's events.
+		evs := recordEvents(t)
+		writes := func() int {
+			n := 0
+			for _, m := range evs.snapshot(t) {
+				if m.Actor.ID == app && m.Action == events.ActionUpdate {
+					n++
+				}
+			}
+			return n
+		}
+		version := func() uint64 { return inspect(t, app).Version.Index }
+		// idleCycles waits for n more cycles of u and checks they wrote
+		// nothing: the spec version and Docker's events say so.
+		idleCycles := func(u *updater, n int, what string) {
+			t.Helper()
+			v, w, after := version(), writes(), u.cycles()
+			waitFor(t, 30*time.Second, fmt.Sprintf("%d more cycles", n), func() bool { return u.cycles() >= after+n })
+			if got := version(); got != v || writes() != w {
+				t.Fatalf("%s: %d cycles wrote the spec (version %d -> %d, %d update events)", what, n, v, got, writes()-w)
+			}
+		}
+
+		// No record of what the spec carries yet: sent once, then nothing.
+		u := mn.startMN(t, "DOCKER_CONFIG="+cfgDir)
+		u.waitLog(t, 30*time.Second, 1, "registry credentials re-sent", "service", mnStack+"_resend")
+		waitFor(t, 15*time.Second, "the first re-send in Docker's events", func() bool { return writes() == 1 })
+		idleCycles(u, idle, "unchanged credentials")
+		// Restarted, the updater finds what was sent in Swarm.
+		if err := u.stop(syscall.SIGTERM); err != nil {
+			t.Fatalf("stop the updater: %v", err)
+		}
+		u = mn.startMN(t, "DOCKER_CONFIG="+cfgDir)
+		waitFor(t, 30*time.Second, "a first cycle", func() bool { return u.cycles() >= 1 })
+		idleCycles(u, idle, "a restarted updater")
+		if n := u.count("registry credentials re-sent"); n != 0 {
+			t.Fatalf("the restarted updater re-sent unchanged credentials %d times", n)
+		}
+
+		// Rotate: the registry first (old password refused), then the
+		// updater's config.json, each file replaced whole.
+		replace := func(path string, b []byte) {
+			t.Helper()
+			if err := os.WriteFile(path+".new", b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(path+".new", path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := inspect(t, app)
+		b, err := os.ReadFile(htpasswdFile(t, map[string]string{pusher: pusherPass, watcher: newPass}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		replace(htpasswd, b)
+		status := func(pass string) int {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+d.addr+"/v2/", nil)
+			req.SetBasicAuth(watcher, pass)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return 0
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		waitFor(t, 30*time.Second, "the registry refusing the old password", func() bool {
+			return status(oldPass) == http.StatusUnauthorized && status(newPass) == http.StatusOK
+		})
+		if b, err = os.ReadFile(filepath.Join(authConfigDir(t, d.addr, watcher, newPass), "config.json")); err != nil {
+			t.Fatal(err)
+		}
+		w0, rotated := writes(), time.Now()
+		replace(filepath.Join(cfgDir, "config.json"), b)
+
+		// One auth-only write: the version moved, the spec is as it was,
+		// the same tasks run in the same containers.
+		waitFor(t, 30*time.Second, "a spec write after the rotation", func() bool { return writes() > w0 })
+		u.waitLog(t, 15*time.Second, 1, "registry credentials re-sent", "service", mnStack+"_resend")
+		after := inspect(t, app)
+		if after.Version.Index == before.Version.Index || !reflect.DeepEqual(after.Spec, before.Spec) {
+			t.Fatalf("after the re-send: version %d -> %d, spec changed %v: want the version moved and the spec as it was",
+				before.Version.Index, after.Version.Index, !reflect.DeepEqual(after.Spec, before.Spec))
+		}
+		// Swarm keeps the spec written over as PreviousSpec: `docker service
+		// rollback` now returns to this same spec (docs/registries.md).
+		if after.PreviousSpec == nil || !reflect.DeepEqual(*after.PreviousSpec, before.Spec) {
+			t.Errorf("PreviousSpec after the re-send is not the spec before it")
+		}
+		idleCycles(u, idle, "after the re-send")
+		if n := writes() - w0; n != 1 {
+			t.Fatalf("%d spec writes after the rotation, want one", n)
+		}
+		if got := running(); !maps.Equal(got, tasks) {
+			t.Fatalf("running tasks after the re-send %v, want the same tasks in the same containers %v", got, tasks)
+		}
+		if n := u.count("deploy started"); n != 0 {
+			t.Fatalf("%d deploys started: nothing moved", n)
+		}
+
+		// The manager drained: Swarm moves both tasks to the worker, which
+		// pulls with what the re-send gave Swarm.
+		availability(managerNode, swarm.NodeAvailabilityDrain)
+		waitFor(t, 90*time.Second, "both tasks running on the worker", func() bool {
+			got := running()
+			return len(got) == 2 && !slices.ContainsFunc(slices.Collect(maps.Values(got)), func(v string) bool {
+				return !strings.HasPrefix(v, mn.workerNode+"/")
+			})
+		})
+		if got := repoDigests(t, mn.worker, d.addr+"/"+repo); !slices.Equal(got, []string{v1}) {
+			t.Fatalf("the worker's dockerd holds %v of %s, want %s", got, repo, v1)
+		}
+		names := map[string]string{basicOf(watcher, oldPass): "old", basicOf(watcher, newPass): "new"}
+		var whose []string
+		for _, a := range nodeAuths(d.since(rotated, "node")) {
+			whose = append(whose, cmp.Or(names[a], "other"))
+		}
+		if !slices.Equal(whose, []string{"new"}) {
+			t.Fatalf("the worker pulled with the %v password, want the new one only (requests since the rotation: %v)", whose, tally(d.since(rotated, "node")))
+		}
+		t.Logf("re-sent once after the rotation (spec version %d -> %d), tasks kept; the worker pulled with the new password (the nodes' requests since the rotation: %v)",
+			before.Version.Index, after.Version.Index, tally(d.since(rotated, "node")))
 	})
 
 	// 2. The same without credentials: the registry refuses the updater's
