@@ -17,6 +17,7 @@ SCENARIOS=(
   "TestWebhookTriggersDeploy|webhook deploy"
   "TestGroupDeploysTogether|a group deploys together"
   "TestSocketProxyAllowlist|socket-proxy allowlist (docs/socket-proxy.md's endpoints)"
+  "TestCanaryOnSwarmUpdate|canary on Swarm's own rolling update (docs/canary-swarm.md)"
 )
 
 run_regex() {
