@@ -19,6 +19,7 @@ import (
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify"
 	"github.com/updater-dev/updater/internal/notify/rollbar"
+	"github.com/updater-dev/updater/internal/prometheus"
 	"github.com/updater-dev/updater/internal/registry"
 	"github.com/updater-dev/updater/internal/schedule"
 	"github.com/updater-dev/updater/internal/swarm"
@@ -162,6 +163,7 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 		Migrations:        sw,
 		Sweeper:           sw,
 		History:           sw,
+		Canaries:          sw,
 		Reporter:          reporter,
 		ImageLabels:       imageLabels,
 		Log:               log,
@@ -173,6 +175,13 @@ func (a *App) Open(ctx context.Context, mode Mode) error {
 		ApprovalTimeout:   cfg.ApprovalTimeout,
 	}
 	a.Pipeline = p
+	if cfg.PrometheusURL != "" {
+		// Built in every mode, a check too: without it a service labelled
+		// with a canary is a label error. It asks the server nothing yet.
+		if p.Metrics, err = prometheus.New(prometheus.Options{URL: cfg.PrometheusURL, Token: cfg.PrometheusToken}); err != nil {
+			return err
+		}
+	}
 	regCfg := registry.Config{Timeout: cfg.RegistryTimeout, Insecure: cfg.InsecureRegistries}
 	if mode == Run {
 		// Metrics and the deploy history watch the pipeline they serve.
