@@ -3,9 +3,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -188,4 +192,157 @@ func TestHistorySurvivesKill(t *testing.T) {
 		return len(historyRecords(t, app, stack)) == 0
 	})
 	u3.waitLog(t, 10*time.Second, 1, "removed the records of a service that no longer exists", "service_id", app)
+}
+
+// historyCLI runs the updater binary as a command-line tool: with base,
+// as a client of the updater there (UPDATER_URL); without, locally
+// against the suite's swarm as an operator would, with the settings of
+// startUpdater's updaters. It returns the exit code and the outputs.
+func historyCLI(t testing.TB, stack, base string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(env.bin, args...)
+	cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"DOCKER_CONFIG=" + t.TempDir(),
+		"UPDATER_STACK=" + stack,
+		"UPDATER_LOG_FORMAT=json",
+		"UPDATER_DEPLOY_TIMEOUT=90s",
+		"UPDATER_WATCH_INTERVAL=200ms",
+		"UPDATER_REGISTRY_TIMEOUT=3s",
+		"UPDATER_LEASE_TTL=3s",
+		"UPDATER_HOOK_IMAGES=" + env.faulty + "/e2e/pgdump",
+		"UPDATER_HOOK_MOUNT_ROOTS=" + os.TempDir(),
+	}, dockerHostEnv()...)
+	if base != "" {
+		cmd.Env = append(cmd.Env, "UPDATER_URL="+base, "UPDATER_API_TOKEN="+apiToken)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("updater %q: %v", args, err)
+	}
+	return code, out.String(), errb.String()
+}
+
+// A person's rollback, on a service with a backup hook, read from Docker:
+//   - through the running updater's API (`updater rollback` with
+//     UPDATER_URL): back to the last success before the running digest;
+//     the spec pinned to it and every task on it; the digest rolled away
+//     from quarantined: three cycles later the tag still names it and
+//     nothing was written; no backup job ran for it;
+//   - locally (`updater rollback --to DIGEST`, the updater stopped): back
+//     to that digest, no backup job either;
+//   - to a digest the registry no longer has (deleted there), locally and
+//     through the API: refused, the service's spec untouched (its version
+//     too), no image written.
+func TestRollbackOnDemand(t *testing.T) {
+	const stack, repo = "e2erb", "e2e/rollback"
+	svcName := stack + "_app"
+	v1 := push(t, repo, "v1")
+	labels := map[string]string{
+		"updater.backup.image":   backupImage(t),
+		"updater.backup.command": `sh -c 'exit 0'`,
+		"updater.hooks.timeout":  "60s",
+	}
+	evs := recordEvents(t)
+	app := createService(t, svcName, repo, v1, svcOpts{stack: stack, optIn: true, labels: labels})
+	u := startUpdater(t, stack, httpEnv()...)
+	base := u.base(t)
+	waitFor(t, 30*time.Second, "the first cycle", func() bool { return u.cycles() >= 1 })
+	v2 := push(t, repo, "v2")
+	waitHistory(t, app, stack, 1)
+	waitFor(t, deployLimit, "every task on v2", func() bool { return allRunning(t, app, v2) })
+	v3 := push(t, repo, "v3")
+	waitHistory(t, app, stack, 2)
+	waitFor(t, deployLimit, "every task on v3", func() bool { return allRunning(t, app, v3) })
+	backups := func() int { return len(evs.jobs(t, svcName, "backup")) }
+	waitFor(t, 15*time.Second, "a backup job for each deploy in Docker's events", func() bool { return backups() >= 2 })
+	if n := backups(); n != 2 {
+		t.Fatalf("%d backup jobs for two deploys, want 2", n)
+	}
+
+	// Through the API, to the last success before v3: v2.
+	code, out, errOut := historyCLI(t, stack, base, "rollback", "--wait", "--timeout", "3m", svcName)
+	if code != 0 || !strings.Contains(out, "rollback succeeded") {
+		t.Fatalf("rollback through the API = %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("after the rollback the spec pins %s, want v2 %s", d, v2)
+	}
+	waitFor(t, deployLimit, "every task on v2", func() bool { return allRunning(t, app, v2) })
+	h, _ := recordedHistory(t, app, stack)
+	if len(h) != 3 || !h[0].Rollback || h[0].By != "api" || h[0].From != v3 || h[0].To != v2 || h[0].Outcome != deploy.OutcomeSucceeded {
+		t.Fatalf("history record after the rollback: %+v, want a rollback by api v3 → v2 first", h)
+	}
+	// v3 is still what the tag names: quarantined, not deployed again.
+	n := u.cycles()
+	waitFor(t, 30*time.Second, "three more cycles", func() bool { return u.cycles() >= n+3 })
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("%d cycles after the rollback the spec pins %s, want v2 %s: v3 is quarantined", u.cycles()-n, d, v2)
+	}
+	evs.wantImageWrites(t, app, v2, v3, v2)
+	if n := backups(); n != 2 {
+		t.Errorf("%d backup jobs after the rollback, want still 2: a rollback runs no hook", n)
+	}
+	if err := u.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("stop the updater: %v", err)
+	}
+
+	// Locally, to a digest named: v1.
+	code, out, errOut = historyCLI(t, stack, "", "rollback", "--to", v1, svcName)
+	if code != 0 || !strings.Contains(out, svcName+" rollback") {
+		t.Fatalf("local rollback --to v1 = %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v1 {
+		t.Fatalf("after the local rollback the spec pins %s, want v1 %s", d, v1)
+	}
+	waitFor(t, deployLimit, "every task on v1", func() bool { return allRunning(t, app, v1) })
+	evs.wantImageWrites(t, app, v2, v3, v2, v1)
+	h, _ = recordedHistory(t, app, stack)
+	if len(h) != 4 || !h[0].Rollback || h[0].By != "cli" || h[0].From != v2 || h[0].To != v1 || h[0].Outcome != deploy.OutcomeSucceeded {
+		t.Fatalf("history record after the local rollback: %+v, want a rollback by cli v2 → v1 first", h)
+	}
+	if n := backups(); n != 2 {
+		t.Errorf("%d backup jobs after the local rollback, want still 2", n)
+	}
+
+	// v2 deleted from the registry: a rollback to it is refused, locally
+	// and through the API, and the service is left as it was.
+	deleteManifest(t, repo, v2)
+	before := inspect(t, app)
+	code, out, errOut = historyCLI(t, stack, "", "rollback", "--to", v2, svcName)
+	if code != 1 || !strings.Contains(errOut, "the registry does not serve it") {
+		t.Errorf("local rollback to a deleted digest = %d, want 1 and why\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	u2 := startUpdater(t, stack, httpEnv()...)
+	base = u2.base(t)
+	waitFor(t, 30*time.Second, "the new updater's first cycle", func() bool { return u2.cycles() >= 1 })
+	r := call(t, "POST", base+"/api/v1/services/"+svcName+"/rollback", "Bearer "+apiToken, nil, `{"to": "`+v2+`"}`)
+	if r.status != http.StatusUnprocessableEntity || !strings.Contains(r.body, "the registry does not have") {
+		t.Errorf("rollback through the API to a deleted digest: %d %s, want 422 saying the registry does not have it", r.status, r.body)
+	}
+	code, _, errOut = historyCLI(t, stack, base, "rollback", "--to", v2, svcName)
+	if code != 1 || !strings.Contains(errOut, "422") {
+		t.Errorf("rollback through the CLI client to a deleted digest = %d, want 1 and the API's 422\nstderr: %s", code, errOut)
+	}
+	n = u2.cycles()
+	waitFor(t, 30*time.Second, "two more cycles", func() bool { return u2.cycles() >= n+2 })
+	after := inspect(t, app)
+	if after.Version.Index != before.Version.Index || specDigest(t, app) != v1 {
+		t.Errorf("after the refused rollbacks the spec is at version %d pinning %s, want version %d pinning v1 %s, untouched",
+			after.Version.Index, specDigest(t, app), before.Version.Index, v1)
+	}
+	evs.wantImageWrites(t, app, v2, v3, v2, v1)
+	if !allRunning(t, app, v1) {
+		t.Error("the service's tasks are no longer all running v1")
+	}
+	if h, _ := recordedHistory(t, app, stack); len(h) != 4 {
+		t.Errorf("history after the refused rollbacks: %+v, want the four deploys before them (a refusal is no deploy)", h)
+	}
 }
