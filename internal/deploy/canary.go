@@ -46,6 +46,12 @@ type Canaries interface {
 	// with the service's own update settings: every task of the new
 	// digest is replaced.
 	Revert(ctx context.Context, t Target, image string, creds Credentials) error
+	// Seal writes the spec again as it is (image, pinned, what it runs
+	// now) once the decision's rollout was judged: Swarm's previous spec
+	// is then the decided one, so `docker service rollback` restarts
+	// nothing, where it would else return to the canary's (after a revert,
+	// start the rejected version again). It refuses a spec not on image.
+	Seal(ctx context.Context, t Target, image string, creds Credentials) error
 }
 
 // Metrics evaluates a canary's query (Prometheus in production).
@@ -253,6 +259,28 @@ func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 // unwound by close. false: the run stopped during the rollback.
 func (r *run) abort(ctx context.Context, m *member, why string) bool {
 	return r.reject(ctx, m, PhaseCanary, why)
+}
+
+// seal leaves m's spec as the run decided it (Canaries.Seal) once its
+// outcome is known: promoted, or back on the digest it ran. A failure to
+// seal costs only what `docker service rollback` would do: logged.
+func (r *run) seal(ctx context.Context, m *member, ev Event) {
+	p := r.p
+	if !m.canary || p.Canaries == nil || !p.confirm(ctx) {
+		return
+	}
+	var image string
+	switch {
+	case ev.Kind == Succeeded:
+		image = Pin(m.rel.Ref, m.rel.To)
+	case ev.RolledBack && m.rel.From != "":
+		image = Pin(m.rel.Ref, m.rel.From)
+	default:
+		return // not known to be on either: a person must look, not a write
+	}
+	if err := p.Canaries.Seal(ctx, m.t, image, m.creds); err != nil {
+		p.Log.Warn("seal the spec after a canary: `docker service rollback` would return to the canary's spec", "deploy_id", m.rel.ID, "service", m.rel.ServiceName, "err", err)
+	}
 }
 
 // canaryReady judges a canary's first tasks: healthy once at least n of

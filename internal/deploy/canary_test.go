@@ -53,6 +53,13 @@ func (c *canarySwarm) Revert(_ context.Context, t deploy.Target, image string, _
 	return nil
 }
 
+func (c *canarySwarm) Seal(_ context.Context, t deploy.Target, image string, _ deploy.Credentials) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, "seal "+image)
+	return nil
+}
+
 func (c *canarySwarm) Query(_ context.Context, expr string, _ time.Time) (float64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -134,7 +141,7 @@ func TestCanaryPromotedWhenTheQueryHolds(t *testing.T) {
 	w, c := canaryWorld(t, 0.01)
 	w.cycle(t.Context())
 	ev := w.outcome(deploy.Succeeded)
-	if got, want := c.called(), []string{"canary " + pinned(newD) + " 1", "promote " + pinned(newD)}; !slices.Equal(got, want) {
+	if got, want := c.called(), []string{"canary " + pinned(newD) + " 1", "promote " + pinned(newD), "seal " + pinned(newD)}; !slices.Equal(got, want) {
 		t.Fatalf("calls %q, want %q", got, want)
 	}
 	if ev.Release.To != newD {
@@ -159,7 +166,7 @@ func TestCanaryOutOfBoundReverted(t *testing.T) {
 	w, c := canaryWorld(t, 0.3)
 	w.cycle(t.Context())
 	ev := w.outcome(deploy.Failed)
-	if got, want := c.called(), []string{"canary " + pinned(newD) + " 1", "revert " + pinned(oldD)}; !slices.Equal(got, want) {
+	if got, want := c.called(), []string{"canary " + pinned(newD) + " 1", "revert " + pinned(oldD), "seal " + pinned(oldD)}; !slices.Equal(got, want) {
 		t.Fatalf("calls %q, want %q", got, want)
 	}
 	if !ev.RolledBack || ev.Phase != deploy.PhaseCanary || !strings.Contains(ev.Reason, "0.3, not ≤ 0.05") {
@@ -176,7 +183,7 @@ func TestCanaryFailuresAllowed(t *testing.T) {
 	w.targets[0].Canary.Failures = 2
 	w.cycle(t.Context())
 	w.outcome(deploy.Succeeded)
-	if got := c.called(); len(got) != 2 || !strings.HasPrefix(got[1], "promote") {
+	if got := c.called(); len(got) != 3 || !strings.HasPrefix(got[1], "promote") {
 		t.Fatalf("calls %q, want the canary promoted after one failed evaluation of 2 allowed", got)
 	}
 }
@@ -206,8 +213,8 @@ func TestCanaryFailureAfterPromotionReverted(t *testing.T) {
 	c.failAfterPromote = true
 	w.cycle(t.Context())
 	ev := w.outcome(deploy.Failed)
-	if got := c.called(); len(got) != 3 || got[2] != "revert "+pinned(oldD) {
-		t.Fatalf("calls %q, want canary, promote, revert to the old digest", got)
+	if got := c.called(); len(got) != 4 || got[2] != "revert "+pinned(oldD) || got[3] != "seal "+pinned(oldD) {
+		t.Fatalf("calls %q, want canary, promote, revert to the old digest, seal on it", got)
 	}
 	if !ev.RolledBack || ev.Phase != deploy.PhaseRollout {
 		t.Errorf("outcome %+v, want the rollout's failure, rolled back", ev)
@@ -228,7 +235,7 @@ func TestResumedCanaryJudgesTheRestOfItsWindow(t *testing.T) {
 	if len(ev) != 1 || ev[0].Kind != deploy.Succeeded || !ev[0].Resumed {
 		t.Fatalf("events %+v, want the resumed canary's success", ev)
 	}
-	if got := c.called(); len(got) != 1 || !strings.HasPrefix(got[0], "promote") {
+	if got := c.called(); len(got) != 2 || !strings.HasPrefix(got[0], "promote") {
 		t.Fatalf("calls %q, want the promotion only (no second canary write)", got)
 	}
 	if n := len(c.queries); n > 10 {

@@ -478,6 +478,7 @@ func (r *run) close(ctx context.Context, written []*member) {
 		if m.rel.Rollback && ev.Kind == Succeeded {
 			p.quarantine(ctx, m.rel)
 		}
+		r.seal(ctx, m, ev)
 		closed = append(closed, p.finish(m.rel, ev, true))
 	}
 	r.events = append(r.events, closed...)
