@@ -329,23 +329,10 @@ func TestDeployForceThroughFreeze(t *testing.T) {
 	app := createService(t, stack+"_app", repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{"updater.freeze": freeze}})
 	v2 := push(t, repo, "v2")
 
+	local := localCLI(t, stack)
 	deploy := func(args ...string) (int, string, string) {
 		t.Helper()
-		cmd := exec.Command(env.bin, append([]string{"deploy"}, args...)...)
-		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir(),
-			"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=90s", "UPDATER_LOG_FORMAT=json"}, dockerHostEnv()...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
-		var exit *exec.ExitError
-		if err != nil && !errors.As(err, &exit) {
-			t.Fatalf("updater deploy %q: %v", args, err)
-		}
-		if exit != nil {
-			return exit.ExitCode(), out.String(), errb.String()
-		}
-		return 0, out.String(), errb.String()
+		return local(append([]string{"deploy"}, args...)...)
 	}
 	code, out, errOut := deploy(stack + "_app")
 	if code != 1 || !strings.Contains(errOut, "deploy it with --force to go through the freeze") {
@@ -362,4 +349,87 @@ func TestDeployForceThroughFreeze(t *testing.T) {
 		t.Fatalf("after deploy --force the spec pins %s, want v2 %s", d, v2)
 	}
 	waitFor(t, deployLimit, "every task on v2", func() bool { return allRunning(t, app, v2) })
+}
+
+// localCLI runs the updater binary acting on the real swarm itself (no
+// UPDATER_URL), for stack: it returns the exit code and what it printed.
+func localCLI(t *testing.T, stack string) func(args ...string) (code int, stdout, stderr string) {
+	return func(args ...string) (int, string, string) {
+		t.Helper()
+		cmd := exec.Command(env.bin, args...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "UPDATER_STACK=" + stack, "DOCKER_CONFIG=" + t.TempDir(),
+			"UPDATER_WATCH_INTERVAL=200ms", "UPDATER_DEPLOY_TIMEOUT=90s", "UPDATER_LOG_FORMAT=json"}, dockerHostEnv()...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("updater %q: %v", args, err)
+		}
+		if exit != nil {
+			return exit.ExitCode(), out.String(), errb.String()
+		}
+		return 0, out.String(), errb.String()
+	}
+}
+
+// TestCLIRollbackLocal: without UPDATER_URL, `updater history` reads the
+// service's history from Swarm and `updater rollback` rolls back itself,
+// taking the lease as a local deploy does: after a deploy of v2, a
+// rollback without --to has nothing to return to (v1 was never deployed
+// by an updater) and says to name one, changing nothing; `--to v1`
+// returns the service to v1 (spec and tasks, read from Docker), kept in
+// the history as a rollback by the cli.
+func TestCLIRollbackLocal(t *testing.T) {
+	const stack, repo = "e2eclirbl", "e2e/clirbl"
+	svc := stack + "_app"
+	v1 := push(t, repo, "v1")
+	app := createService(t, svc, repo, v1, svcOpts{stack: stack, optIn: true})
+	v2 := push(t, repo, "v2")
+	local := localCLI(t, stack)
+	if code, out, errOut := local("deploy", svc); code != 0 {
+		t.Fatalf("deploy = %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("after the deploy the spec pins %s, want v2 %s", d, v2)
+	}
+	code, out, errOut := local("history", svc)
+	if code != 0 || !strings.HasPrefix(out, "ENDED") || !strings.Contains(out, "succeeded  "+v2+"  "+v1[:19]+"  deploy") {
+		t.Fatalf("history = %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+
+	code, out, errOut = local("rollback", svc)
+	if code != 1 || !strings.Contains(errOut, "no earlier successful deploy to roll back to") || !strings.Contains(errOut, "name the digest to return to with --to") {
+		t.Fatalf("rollback with nothing to return to = %d, want 1 and the hint\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v2 {
+		t.Fatalf("a refused rollback moved the spec to %s", d)
+	}
+
+	code, out, errOut = local("rollback", "--to", v1, svc)
+	if code != 0 || !strings.HasPrefix(out, svc+" rollback succeeded: "+v2[:19]+" -> "+v1[:19]) {
+		t.Fatalf("rollback --to v1 = %d, want 0 and its success\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if d := specDigest(t, app); d != v1 {
+		t.Fatalf("after the rollback the spec pins %s, want v1 %s", d, v1)
+	}
+	waitFor(t, deployLimit, "every task on v1", func() bool { return allRunning(t, app, v1) })
+	code, out, errOut = local("history", "--format", "json", svc)
+	var h struct {
+		History []struct {
+			From     string `json:"from_digest"`
+			To       string `json:"to_digest"`
+			Outcome  string `json:"outcome"`
+			Rollback bool   `json:"rollback"`
+			By       string `json:"by"`
+		} `json:"history"`
+	}
+	if err := json.Unmarshal([]byte(out), &h); code != 0 || err != nil {
+		t.Fatalf("history --format json = %d, %v\nstdout: %s\nstderr: %s", code, err, out, errOut)
+	}
+	if len(h.History) != 2 || !h.History[0].Rollback || h.History[0].By != "cli" || h.History[0].To != v1 || h.History[0].From != v2 ||
+		h.History[0].Outcome != "succeeded" || h.History[1].To != v2 || h.History[1].Rollback {
+		t.Errorf("history after the rollback: %+v", h.History)
+	}
 }
