@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Credentials kept fresh for the workers. Swarm keeps the registry auth
@@ -33,8 +34,12 @@ import (
 // updater does not send again what Swarm has. A record made for another
 // image than the spec carries now says nothing about what Swarm holds (a
 // rollback restored the previous spec and its credentials, someone else
-// wrote the spec): the credentials are sent again then, as they are for a
-// service without a record.
+// wrote the spec): the credentials are sent again then. A service with no
+// record at all (one this updater never wrote, or an updater upgraded to
+// this version) is adopted: the credentials it would send are recorded,
+// nothing is written. Writing every such spec at first sight would cost
+// each service a spec write (and its PreviousSpec) for credentials that
+// most likely did not change; what changes from then on is re-sent.
 
 // SentAuth is what a spec write of a service last carried: the
 // fingerprint of its registry credentials (Fingerprint) and the image the
@@ -61,6 +66,9 @@ type Resender interface {
 	// service or rolling it back (Settled false): a write then would
 	// restart Swarm's update, or resume a paused one.
 	Resend(ctx context.Context, serviceID string, creds Credentials, sent SentAuth) error
+	// Adopt records sent as what the service's spec carries, writing
+	// nothing to the spec: the baseline for a service with no record.
+	Adopt(ctx context.Context, serviceID string, sent SentAuth) error
 }
 
 // ErrUnsettled means a service is being updated or rolled back, or its
@@ -109,7 +117,8 @@ func resendable(pl Plan) bool {
 
 // resendCredentials sends the registry credentials of the cycle's settled
 // services again when they differ from those their spec last carried (a
-// rotated password, a refreshed cloud token), or when that is not known.
+// rotated password, a refreshed cloud token), or when the spec's image
+// is not the one their record names; a service with no record is adopted.
 // An idle cycle costs no Docker call and no registry request: the
 // credentials come from the keychain (a file read; a cloud keychain keeps
 // its token until half its life), and what was sent is read from Swarm
@@ -147,12 +156,13 @@ func (p *Pipeline) resendCredentials(ctx context.Context, plans []Plan) {
 		}
 		todo = append(todo, due{pl.Target, c, SentAuth{Fingerprint(pl.Target.ID, c), pl.Target.Image}})
 	}
+	var sent map[string]SentAuth
 	for _, fresh := range []bool{false, true} {
 		if len(todo) == 0 {
 			return
 		}
-		sent, err := rs.Sent(ctx, fresh)
-		if err != nil {
+		var err error
+		if sent, err = rs.Sent(ctx, fresh); err != nil {
 			p.Log.Warn("read the registry credentials last sent", "err", err)
 			return
 		}
@@ -164,6 +174,18 @@ func (p *Pipeline) resendCredentials(ctx context.Context, plans []Plan) {
 		}
 		todo = differ
 	}
+	// No record at all, even in Swarm: adopted, not written.
+	todo = slices.DeleteFunc(todo, func(d due) bool {
+		if _, known := sent[d.t.ID]; known {
+			return false
+		}
+		if err := rs.Adopt(ctx, d.t.ID, d.want); err != nil {
+			p.Log.Warn("record the registry credentials a service's spec carries", "service", d.t.Name, "err", err)
+		} else {
+			p.Log.Debug("registry credentials adopted as sent", "service", d.t.Name)
+		}
+		return true
+	})
 	// No run starts meanwhile: runs start only under p.running, which the
 	// cycle holds; one started before is planned ActDeploying (inFlight).
 	for _, d := range todo {

@@ -20,6 +20,7 @@ type resender struct {
 	records map[string]deploy.SentAuth
 	reads   []bool // Sent's fresh argument, per call
 	resends []resend
+	adopted []string
 	// ResendFn, when set, answers Resend instead of recording.
 	ResendFn func(serviceID string, sent deploy.SentAuth) error
 }
@@ -55,6 +56,17 @@ func (r *resender) Resend(_ context.Context, serviceID string, creds deploy.Cred
 	return nil
 }
 
+func (r *resender) Adopt(_ context.Context, serviceID string, sent deploy.SentAuth) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.adopted = append(r.adopted, serviceID)
+	if r.records == nil {
+		r.records = map[string]deploy.SentAuth{}
+	}
+	r.records[serviceID] = sent
+	return nil
+}
+
 func (r *resender) counts() (resends, freshReads int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -67,7 +79,8 @@ func (r *resender) counts() (resends, freshReads int) {
 }
 
 // resending is a world whose services can re-send credentials, with web
-// up to date on oldD and the registry's credentials creds (changeable).
+// up to date on oldD and the registry's credentials creds (changeable);
+// web's record in Swarm says its spec carries an older password.
 func resending(t *testing.T) (*world, *resender, *atomic.Pointer[deploy.Credentials]) {
 	w := newWorld(t)
 	w.targets = []deploy.Target{web(oldD)}
@@ -77,13 +90,16 @@ func resending(t *testing.T) (*world, *resender, *atomic.Pointer[deploy.Credenti
 	c := testCreds
 	creds.Store(&c)
 	w.registry.CredentialsFn = func(context.Context, string) (deploy.Credentials, error) { return *creds.Load(), nil }
-	rs := &resender{fakeServices: w.services}
+	older := testCreds
+	older.Password = "older-pass"
+	rs := &resender{fakeServices: w.services, records: map[string]deploy.SentAuth{
+		"svc1": {Fingerprint: deploy.Fingerprint("svc1", older), Image: pinned(oldD)}}}
 	w.p.Services = rs
 	return w, rs, creds
 }
 
-// A service with no record of what its spec carried gets the credentials
-// once; unchanged credentials cost nothing after that (no write, no look
+// A service whose record names other credentials gets them once;
+// unchanged credentials cost nothing after that (no write, no look
 // at Swarm); changed ones are re-sent once, and what was sent is a
 // fingerprint, never the secret.
 func TestResendCredentialsWhenTheyChange(t *testing.T) {
@@ -265,5 +281,25 @@ func TestFingerprint(t *testing.T) {
 	id := deploy.Fingerprint("svc1", deploy.Credentials{IdentityToken: "t"})
 	if reg := deploy.Fingerprint("svc1", deploy.Credentials{RegistryToken: "t"}); reg == id {
 		t.Errorf("one token as identity and as registry token: same fingerprint %s", id)
+	}
+}
+
+// A service with no record (never written by this updater) is adopted:
+// its credentials recorded, its spec not written; a rotation is re-sent.
+func TestResendCredentialsAdoptsAServiceWithoutRecord(t *testing.T) {
+	w, rs, creds := resending(t)
+	rs.records = nil
+	for range 3 {
+		w.cycle(t.Context())
+	}
+	if n, _ := rs.counts(); n != 0 || len(rs.adopted) != 1 {
+		t.Fatalf("3 cycles of a service without record: %d re-sends, adopted %v: want none and web adopted once", n, rs.adopted)
+	}
+	rotated := testCreds
+	rotated.Password = "rotated-pass"
+	creds.Store(&rotated)
+	w.cycle(t.Context())
+	if n, _ := rs.counts(); n != 1 || rs.resends[0].creds != rotated {
+		t.Fatalf("after the rotation: re-sends %+v, want one with the new password", rs.resends)
 	}
 }

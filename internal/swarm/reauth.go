@@ -114,6 +114,12 @@ func (s *Swarm) Resend(ctx context.Context, serviceID string, creds deploy.Crede
 	return s.noteAuth(ctx, serviceID, sent)
 }
 
+// Adopt records a as what the service's spec carries, writing nothing to
+// the spec (deploy.Resender): the baseline of a service with no record.
+func (s *Swarm) Adopt(ctx context.Context, serviceID string, a deploy.SentAuth) error {
+	return s.noteAuth(ctx, serviceID, a)
+}
+
 // sentAuth records, after a deploy's spec write, the credentials it
 // carried (deploy.Services.Update): a re-send would otherwise follow
 // every deploy whose credentials changed since the last record, and make

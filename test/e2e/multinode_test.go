@@ -860,11 +860,17 @@ func TestMultiNode(t *testing.T) {
 			}
 		}
 
-		// No record of what the spec carries yet: sent once, then nothing.
+		// No record of what the spec carries yet: adopted (recorded), not
+		// written, then nothing.
 		u := mn.startMN(t, "DOCKER_CONFIG="+cfgDir)
-		u.waitLog(t, 30*time.Second, 1, "registry credentials re-sent", "service", mnStack+"_resend")
-		waitFor(t, 15*time.Second, "the first re-send in Docker's events", func() bool { return writes() == 1 })
+		waitFor(t, 30*time.Second, "a first cycle", func() bool { return u.cycles() >= 1 })
 		idleCycles(u, idle, "unchanged credentials")
+		if n, r := writes(), u.count("registry credentials re-sent"); n != 0 || r != 0 {
+			t.Fatalf("a service without record: %d spec writes, %d re-sends: want it adopted, not written", n, r)
+		}
+		if n := records(t, app, "registry-auth"); n != 1 {
+			t.Fatalf("%d registry-auth records of the adopted service, want 1", n)
+		}
 		// Restarted, the updater finds what was sent in Swarm.
 		if err := u.stop(syscall.SIGTERM); err != nil {
 			t.Fatalf("stop the updater: %v", err)
