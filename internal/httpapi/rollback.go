@@ -33,8 +33,8 @@ type Rollbacks interface {
 	// StartRollback checks req and starts the rollback, and returns
 	// (deploy.Pipeline.StartRollback): the outcome lands in the
 	// service's history. A refusal changed nothing and is
-	// deploy.ErrNotFound, deploy.ErrNoRollbackTarget, deploy.ErrBusy,
-	// deploy.ErrStandby, deploy.ErrFrozen, ErrDigestUnknown or another
+	// deploy.ErrNotFound, deploy.ErrNoRollbackTarget, deploy.ErrInvalid,
+	// deploy.ErrBusy, deploy.ErrStandby, ErrDigestUnknown or another
 	// error.
 	StartRollback(ctx context.Context, req deploy.RollbackRequest) (deploy.Rolling, error)
 }
@@ -180,8 +180,10 @@ func refusal(err error, name, to string) rollbackRefusal {
 			`name one with --to (updater rollback %s --to sha256:…, or the body {"to": "sha256:…"}); its history: updater history %s`, name, name, name), "no-target"}
 	case errors.Is(err, deploy.ErrBusy):
 		return rollbackRefusal{http.StatusConflict, fmt.Sprintf("a deploy of %s is running: nothing was changed; roll back once it has landed (GET /api/v1/deploys)", name), "busy"}
-	case errors.Is(err, deploy.ErrFrozen):
-		return rollbackRefusal{http.StatusConflict, fmt.Sprintf("a freeze holds the deploys of %s: nothing was changed", name), "frozen"}
+	case errors.Is(err, deploy.ErrInvalid):
+		// Its words say what would be right (the digest it runs already,
+		// a service pinned without a tag): the pipeline's, for a person.
+		return rollbackRefusal{http.StatusConflict, err.Error(), "invalid"}
 	case errors.Is(err, ErrDigestUnknown):
 		// 422, not 409: nothing about the service's state is in the way,
 		// the request names a digest that can't be deployed at all.
@@ -246,8 +248,8 @@ func rollbackMessage(q url.Values, services []Service) string {
 		return fmt.Sprintf("%s was not rolled back: its history has no earlier successful deploy. Pick a digest in its history (Roll back to this).", name)
 	case "busy":
 		return fmt.Sprintf("%s was not rolled back: a deploy of it is running. Try again once it has landed.", name)
-	case "frozen":
-		return fmt.Sprintf("%s was not rolled back: a freeze holds its deploys.", name)
+	case "invalid":
+		return fmt.Sprintf("%s was not rolled back: not as asked (it runs that digest already, say); the updater's log says why. Nothing was changed.", name)
 	case "digest-unknown":
 		return fmt.Sprintf("%s was not rolled back: the registry does not have %s any more. Nothing was changed.", name, digest)
 	case "standby":
