@@ -3,13 +3,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
 
 	"github.com/updater-dev/updater/internal/deploy"
 	updaterswarm "github.com/updater-dev/updater/internal/swarm"
@@ -18,7 +21,8 @@ import (
 // The swarm adapter's canary (internal/swarm/canary.go) on the real
 // swarm: Canary moves exactly its tasks and Swarm then waits; Promote
 // moves the others and leaves the canary running; Revert replaces only
-// the canary. Every claim is read from Docker (the spec, the tasks and
+// the canary; Seal, after either, leaves `docker service rollback`
+// nothing to undo. Every claim is read from Docker (the spec, the tasks and
 // their containers), never from the adapter's word. The Swarm facts it
 // builds on are test/e2e/canary_swarm_test.go's; this proves the
 // adapter's writes use them right.
@@ -169,6 +173,62 @@ func decided(t *testing.T, sw *updaterswarm.Swarm, id string, own swarm.UpdateCo
 	}
 }
 
+// sealed runs the adapter's Seal (the run's third write, once the
+// decision's rollout was judged) on a spec decided on img (digest) and
+// checks, from Docker, that Swarm's previous spec is then the decided
+// one, that nothing restarted, and that `docker service rollback`
+// (Rollback: "previous") then moves nothing: no task of newD is started
+// again, no running task replaced.
+func sealed(t *testing.T, sw *updaterswarm.Swarm, id, img, digest, newD string, own swarm.UpdateConfig, w *canaryWatch, what string) {
+	t.Helper()
+	target := deploy.Target{ID: id, Name: inspect(t, id).Spec.Name}
+	running, ever := w.look(digest), w.ever(newD)
+	if err := sw.Seal(t.Context(), target, img, deploy.Credentials{}); err != nil {
+		t.Fatalf("%s: seal: %v", what, err)
+	}
+	prev := inspect(t, id).PreviousSpec
+	if prev == nil || prev.TaskTemplate.ContainerSpec.Image != img || prev.UpdateConfig == nil || *prev.UpdateConfig != own || prev.Labels["io.updater.canary.update"] != "" {
+		var got any = prev
+		if prev != nil {
+			got = fmt.Sprintf("image %s, update config %+v, labels %v", prev.TaskTemplate.ContainerSpec.Image, prev.UpdateConfig, prev.Labels)
+		}
+		t.Errorf("%s: PreviousSpec after the seal: %v; want %s with the service's own update config %+v and no canary label", what, got, img, own)
+	}
+	unmoved := func() string {
+		if n := w.ever(newD); n != ever {
+			return fmt.Sprintf("%d tasks ever on v2, %d before", n, ever)
+		}
+		if got := w.look(digest); !maps.Equal(got, running) {
+			return fmt.Sprintf("running %v, want the same tasks and containers as before %v", got, running)
+		}
+		return ""
+	}
+	start := time.Now()
+	steady(t, 5*time.Second, what+": the seal restarts nothing", unmoved)
+	var err error
+	for range 5 {
+		s := inspect(t, id)
+		_, err = env.docker.ServiceUpdate(context.Background(), id, client.ServiceUpdateOptions{Version: s.Version, Spec: s.Spec, Rollback: "previous"})
+		if err == nil || !strings.Contains(err.Error(), "out of sequence") {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("%s: docker service rollback: %v", what, err)
+	}
+	steady(t, 8*time.Second, what+": docker service rollback after the seal moves nothing", func() string {
+		s := inspect(t, id)
+		if got := s.Spec.TaskTemplate.ContainerSpec.Image; got != img {
+			return "the spec runs " + got + ", want " + img
+		}
+		if uc := s.Spec.UpdateConfig; uc == nil || *uc != own {
+			return fmt.Sprintf("update config %+v, want the service's own", uc)
+		}
+		return unmoved()
+	})
+	t.Logf("%s: sealed; nothing moved for %s, then `docker service rollback` moved nothing", what, time.Since(start).Round(100*time.Millisecond))
+}
+
 func TestCanaryAdapterPromote(t *testing.T) {
 	sw, target, oldD, newD := canaryService(t, "p")
 	own := *inspect(t, target.ID).Spec.UpdateConfig
@@ -195,6 +255,7 @@ func TestCanaryAdapterPromote(t *testing.T) {
 		t.Errorf("%d tasks ever ran v2, want 4 (the canary and the 3 others)", n)
 	}
 	decided(t, sw, target.ID, own, "after the promotion")
+	sealed(t, sw, target.ID, newImg, newD, newD, own, w, "after the promotion")
 }
 
 func TestCanaryAdapterRevert(t *testing.T) {
@@ -234,4 +295,5 @@ func TestCanaryAdapterRevert(t *testing.T) {
 	if d := specDigest(t, target.ID); d != oldD {
 		t.Errorf("the spec is pinned to %s, want v1's %s", d, oldD)
 	}
+	sealed(t, sw, target.ID, image(repo)+"@"+oldD, oldD, newD, own, w, "after the revert")
 }
