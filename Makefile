@@ -18,7 +18,7 @@ PLATFORMS ?= linux/amd64,linux/arm64,linux/arm/v7
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-demo: ## the demo: a stack with the updater rolling v2 forward and a broken v3 back
+demo: ## the demo: a stack with the updater rolling v2 forward and a broken v3 back; its status page and Slack messages
 	demo/demo.sh
 
 demo-down: ## remove everything make demo created

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo-down: remove everything `make demo` created, and nothing else:
-# the stack, its volumes and the updater's records about its services, the
-# registry container, the images it built and pushed, and the swarm if the
+# the stack, its volumes, secrets and the updater's records about its
+# services, the registry and Slack containers, the images it built and
+# pushed (the tagged build stage among them), and the swarm if the
 # demo initialised it. The base images it made (Go builder, PostgreSQL)
 # stay cached for the next run, as does the build cache (docker image
 # prune --filter label=org.updater.stage=build removes it).
@@ -27,6 +28,9 @@ if [ -n "$ids" ]; then
   gone docker ps -aq --filter "label=com.docker.stack.namespace=$STACK"
   gone docker network ls -q --filter "label=com.docker.stack.namespace=$STACK"
 fi
+# The tokens' secrets go with the stack; a deploy that stopped halfway may
+# have left them alone.
+for s in $(docker secret ls -q --filter "label=com.docker.stack.namespace=$STACK"); do docker secret rm "$s" >/dev/null; done
 # Hook jobs carry the stack label too; a killed updater may leave one.
 for j in $(docker service ls -q --filter label=io.updater.job --filter "label=com.docker.stack.namespace=$STACK"); do docker service rm "$j" >/dev/null; done
 # The demo updater's own objects (deploys in flight, notifier references,
@@ -46,9 +50,15 @@ for c in $(docker ps -aq --filter "name=^${STACK}_"); do docker rm -f -v "$c" >/
 for v in "${STACK}_data" "${STACK}_backups"; do
   docker volume inspect "$v" >/dev/null 2>&1 && docker volume rm "$v" >/dev/null
 done
-docker rm -f updater-demo-registry >/dev/null 2>&1
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}' | grep -E '^(updater-demo/|127\.0\.0\.1:[0-9]+/(demo-app|updater):|updater:demo )' |
-  awk '{print $2}' | sort -u | xargs -r docker rmi -f >/dev/null 2>&1
+docker rm -f updater-demo-registry updater-demo-slack >/dev/null 2>&1
+# By ID, which takes every tag and the untagged pushes; a tag is then
+# removed by name where its image can't go (updater-demo/build has the
+# demo's build stage as a child, so only its tag can).
+demo_images() {
+  docker image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}' | grep -E '^(updater-demo/|127\.0\.0\.1:[0-9]+/(demo-app|updater):|updater:demo )'
+}
+demo_images | awk '{print $2}' | sort -u | xargs -r docker rmi -f >/dev/null 2>&1
+demo_images | awk '$1 !~ /:<none>$/ {print $1}' | xargs -r docker rmi >/dev/null 2>&1
 if [ -f "$STATE" ] && grep -qx swarm-initialised "$STATE"; then
   echo "demo-down: leaving the single-node swarm the demo initialised"
   docker swarm leave --force >/dev/null
