@@ -45,7 +45,13 @@ func TestCanaryOnSwarmUpdate(t *testing.T) {
 			if promote {
 				end = "promote"
 			}
-			t.Run(fmt.Sprintf("%s/%d/%s", c.order, c.canary, end), func(t *testing.T) { canaryScenario(t, c, promote) })
+			// Side by side: each case has its own repository and service,
+			// and most of a case is waiting on Swarm (108 s one after
+			// another on 2 cores).
+			t.Run(fmt.Sprintf("%s/%d/%s", c.order, c.canary, end), func(t *testing.T) {
+				t.Parallel()
+				canaryScenario(t, c, promote)
+			})
 		}
 	}
 }
