@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/updater-dev/updater/internal/deploy"
 	"github.com/updater-dev/updater/internal/notify/slack"
@@ -28,12 +29,45 @@ func (a *App) listenSlack(ctx context.Context) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		err := l.Run(ctx)
-		switch {
-		case errors.Is(err, slack.ErrRejected):
-			a.Log.Error("slack buttons off: Slack refused SLACK_APP_TOKEN; approve with `updater approve` or the status page", "err", err)
-		case err != nil:
-			a.Log.Error("slack buttons off", "err", err)
+		// Connected only while this updater holds the lease: Slack spreads
+		// the presses over an app's connections, and one reaching an
+		// updater standing by (the old one during the updater's own
+		// start-first update, say) would find no deploy to decide.
+		acting := func() bool { return p.Acting == nil || p.Acting() }
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			for !acting() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+			held, lost := context.WithCancel(ctx)
+			go func() {
+				for acting() {
+					select {
+					case <-held.Done():
+						return
+					case <-tick.C:
+					}
+				}
+				lost()
+			}()
+			err := l.Run(held)
+			lost()
+			switch {
+			case ctx.Err() != nil:
+				return
+			case errors.Is(err, slack.ErrRejected):
+				a.Log.Error("slack buttons off: Slack refused SLACK_APP_TOKEN; approve with `updater approve` or the status page", "err", err)
+				return
+			case err != nil:
+				a.Log.Error("slack buttons off", "err", err)
+				return
+			}
+			a.Log.Info("slack socket mode closed: the lease went to another updater")
 		}
 	}()
 	// Pushed after the pipeline's own stop, so it runs first: no press is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,5 +68,52 @@ func TestNotifiersSlackButtons(t *testing.T) {
 				t.Errorf("a token left in the message: %s", msg.Content())
 			}
 		})
+	}
+}
+
+// The Socket Mode connection is open only while this updater holds the
+// lease: Slack spreads presses over an app's connections, and one that
+// reached an updater standing by would find nothing to decide.
+func TestSlackListensOnlyWithTheLease(t *testing.T) {
+	const bot, appTok = "xoxb-lease-test-0000-s3cr3t", "xapp-1-A0APP-0001-s3cr3t"
+	fake, err := fakeapi.NewSlack(bot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	fake.SocketMode(appTok)
+	env := map[string]string{"SLACK_TOKEN": bot, "SLACK_CHANNEL": "#deploys", "SLACK_API_URL": fake.APIURL,
+		"SLACK_APP_TOKEN": appTok, "SLACK_APPROVERS": "U0ALICE"}
+	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(cfg, Options{Stderr: io.Discard})
+	var held atomic.Bool
+	a.Pipeline = &deploy.Pipeline{Acting: held.Load, Log: a.Log}
+	a.listenSlack(t.Context())
+	defer a.Close()
+	within := func(d time.Duration, what string, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(d); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s: not within %s", what, d)
+			}
+		}
+	}
+	// Standing by for three of the listener's looks at the lease.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if n := fake.Connections(); n != 0 {
+			t.Fatalf("%d Socket Mode connections while standing by, want none", n)
+		}
+	}
+	held.Store(true)
+	within(5*time.Second, "connected once the lease is held", fake.Connected)
+	held.Store(false)
+	within(5*time.Second, "disconnected once the lease is lost", func() bool { return !fake.Connected() })
+	held.Store(true)
+	within(5*time.Second, "connected again with the lease back", fake.Connected)
+	if n := fake.Connections(); n != 2 {
+		t.Errorf("%d connections opened, want 2 (one per time the lease was held)", n)
 	}
 }
