@@ -70,7 +70,7 @@ func (a *App) notifiers(ctx context.Context) (*notify.Dispatcher, error) {
 	// for, and no secret of the updater's goes at all.
 	secrets := append([]string{cfg.Slack.Token, cfg.Slack.AppToken, cfg.Slack.WebhookURL, cfg.Rollbar.Token, cfg.APIToken, cfg.APIReadToken,
 		cfg.WebhookSecret, cfg.WebhookSecretGitHub, cfg.WebhookSecretDockerHub, cfg.WebhookSecretDistribution,
-		cfg.Notify.WebhookURL, cfg.Notify.WebhookSecret}, cfg.Notify.URLs...)
+		cfg.Notify.WebhookURL, cfg.Notify.WebhookSecret, cfg.PrometheusToken}, cfg.Notify.URLs...)
 	red := notify.NewRedactor(secrets...)
 	for i := range ns {
 		ns[i].Notifier = notify.HookLogs{Notifier: ns[i].Notifier, Report: cfg.ReportHookLogs, Redactor: red}

@@ -104,7 +104,13 @@ func (r *run) revert(m *member) func(context.Context) error {
 	}
 	return func(ctx context.Context) error {
 		if m.rel.From == "" {
-			return fmt.Errorf("no digest to return to: the spec was not pinned before the deploy")
+			// Unpinned before: no digest to write back. Before the
+			// promotion Swarm's previous spec is the one before the
+			// canary, so its rollback is the way back.
+			if !m.promoted {
+				return r.p.Services.Rollback(ctx, m.rel.ServiceID)
+			}
+			return fmt.Errorf("no digest to return to: the spec was not pinned before the deploy, and Swarm's previous spec is the canary's")
 		}
 		return r.p.Canaries.Revert(ctx, m.t, Pin(m.rel.Ref, m.rel.From), m.creds)
 	}
@@ -126,10 +132,15 @@ func (r *run) canaries(ctx context.Context, ms []*member) bool {
 			r.failed = failed
 			continue
 		}
-		if m.t.Canary.Tasks == 0 {
+		if m.t.Canary.Tasks == 0 || r.p.Metrics == nil {
 			// A resumed canary whose service lost its label (or is no
-			// longer watched): nothing to judge it by, so back it goes.
-			if !r.abort(ctx, m, "the service is no longer labelled with a canary to judge it by") {
+			// longer watched), or an updater without a Prometheus now:
+			// nothing to judge it by, so back it goes.
+			why := "the service is no longer labelled with a canary to judge it by"
+			if r.p.Metrics == nil {
+				why = "this updater has no Prometheus to judge the canary by (UPDATER_PROMETHEUS_URL is not set)"
+			}
+			if !r.abort(ctx, m, why) {
 				return false
 			}
 			continue
@@ -155,7 +166,7 @@ func (r *run) canaries(ctx context.Context, ms []*member) bool {
 			}
 			continue
 		}
-		m.promoted = true
+		m.promoted, m.promotedAt = true, r.p.now()
 	}
 	return true
 }
@@ -166,7 +177,9 @@ func (r *run) canaries(ctx context.Context, ms []*member) bool {
 func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 	p, c := r.p, m.t.Canary
 	var tasks, baseline []string
+	var last Rollout
 	v, why, err := p.watch(ctx, m.rel.ServiceID, p.now().Add(p.Timeout), func(ro Rollout) (bool, verdict, string) {
+		last = ro
 		v, why := canaryReady(recent(ro, m.rel.Started), m.rel.To, c.Tasks)
 		if v == healthy {
 			tasks, baseline = splitTasks(ro, m.rel.To)
@@ -182,7 +195,7 @@ func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 	case err != nil:
 		return false, !r.abort(ctx, m, "the canary's tasks did not run the new version: "+err.Error())
 	case v == superseded:
-		m.ev, r.failed = Event{Kind: Failed, Phase: PhaseCanary, Reason: why, Resumed: r.resumed}, m.rel.ServiceName
+		r.superseded(ctx, m, last, why)
 		return false, false
 	case v != healthy:
 		return false, !r.abort(ctx, m, "the canary's tasks failed: "+why)
@@ -213,7 +226,7 @@ func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 			// judge the ones left.
 			if v, why := canaryReady(recent(ro, m.rel.Started), m.rel.To, c.Tasks); v != healthy && v != pending {
 				if v == superseded {
-					m.ev, r.failed = Event{Kind: Failed, Phase: PhaseCanary, Reason: why, Resumed: r.resumed}, m.rel.ServiceName
+					r.superseded(ctx, m, ro, why)
 					return false, false
 				}
 				return false, !r.abort(ctx, m, fmt.Sprintf("the canary's tasks failed %s into its analysis: %s", now.Sub(start).Round(time.Second), why))
@@ -252,6 +265,23 @@ func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 		case <-t.C:
 		}
 	}
+}
+
+// superseded ends m's canary when someone else wrote the spec (another
+// image): theirs now, so it is not rolled back, but the canary's update
+// settings would hold their update after its first tasks for a year:
+// their image is written with the service's own settings (Revert).
+func (r *run) superseded(ctx context.Context, m *member, ro Rollout, why string) {
+	m.ev, r.failed = Event{Kind: Failed, Phase: PhaseCanary, Reason: why, Resumed: r.resumed}, m.rel.ServiceName
+	if !ro.Canary || ro.Image == "" || !r.p.confirm(ctx) {
+		return
+	}
+	if err := r.p.Canaries.Revert(ctx, m.t, ro.Image, m.creds); err != nil {
+		m.ev.Reason += "; give the spec its own update settings back: " + err.Error()
+	} else {
+		m.ev.Reason += "; its own update settings are back, with the image written"
+	}
+	m.canary = false // not ours to seal
 }
 
 // abort writes m back to the digest it ran, quarantines the new one and

@@ -257,3 +257,95 @@ func TestCanaryWithoutMetricsRefused(t *testing.T) {
 		t.Errorf("outcome %+v, want a label error before anything ran, naming UPDATER_PROMETHEUS_URL", ev)
 	}
 }
+
+// The promoted rollout gets the whole timeout from its promotion: the
+// canary's wait and window come before it (a window longer than the
+// timeout reverted a canary that passed).
+func TestCanaryRolloutTimedFromThePromotion(t *testing.T) {
+	w, c := canaryWorld(t, 0.01)
+	w.p.Timeout = 30 * time.Millisecond // the window is 40ms
+	looks := 0
+	w.services.RolloutFn = func(ctx context.Context, id string) (deploy.Rollout, error) {
+		ro, err := c.rollout(ctx, id)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.state == "promoted" {
+			if looks++; looks == 1 { // Swarm has just been told: still updating
+				ro.UpdateState = "updating"
+				ro.Tasks[2].Image, ro.Tasks[3].Image = pinned(oldD), pinned(oldD)
+			}
+		}
+		return ro, err
+	}
+	w.p.Timeout = 40 * time.Millisecond
+	w.targets[0].Canary.Window = 60 * time.Millisecond
+	w.cycle(t.Context())
+	if ev := w.outcome(deploy.Succeeded); ev.Release.To != newD {
+		t.Fatalf("outcome %+v", ev)
+	}
+}
+
+// A canary found in flight by an updater that has no Prometheus now is
+// written back, not left waiting (nor a panic every cycle).
+func TestResumedCanaryWithoutMetricsReverted(t *testing.T) {
+	w, c := canaryWorld(t, 0.01)
+	w.p.Metrics = nil
+	c.state = "canary"
+	w.open = []deploy.Release{{ID: "c1", ServiceID: "svc1", ServiceName: "web", Stack: "site", Ref: ref, From: oldD, To: newD,
+		Started: time.Now(), Stage: deploy.StageCanary, StageAt: time.Now()}}
+	w.cycle(t.Context())
+	if got := c.called(); len(got) < 1 || got[0] != "revert "+pinned(oldD) {
+		t.Fatalf("calls %q, want the canary written back", got)
+	}
+	ev := w.milestones()
+	if len(ev) != 1 || ev[0].Kind != deploy.Failed || !ev[0].RolledBack || !strings.Contains(ev[0].Reason, "UPDATER_PROMETHEUS_URL") {
+		t.Fatalf("events %+v, want one failure, rolled back, naming UPDATER_PROMETHEUS_URL", ev)
+	}
+	if len(w.open) != 0 || strings.Contains(w.logs.String(), "panic") {
+		t.Errorf("records left %v; panic logged: %v", ids(w.open), strings.Contains(w.logs.String(), "panic"))
+	}
+}
+
+// A canary of a spec that was not pinned has no digest to write back:
+// before its promotion Swarm's previous spec is the one before it.
+func TestUnpinnedCanaryGoesBackBySwarmsRollback(t *testing.T) {
+	w, c := canaryWorld(t, 0.5)
+	w.targets[0].Image = ref
+	rolled := 0
+	w.services.RollbackFn = func(context.Context, string) error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		rolled++
+		c.state = "old"
+		return nil
+	}
+	w.cycle(t.Context())
+	ev := w.outcome(deploy.Failed)
+	if rolled != 1 || !ev.RolledBack {
+		t.Fatalf("Swarm's rollback asked %d times, outcome %+v: want once, rolled back", rolled, ev)
+	}
+}
+
+// Someone writing another image during the canary owns the spec: not
+// rolled back, but their update must not keep the canary's year-long
+// delay after its first tasks.
+func TestCanarySupersededGetsItsOwnSettingsBack(t *testing.T) {
+	w, c := canaryWorld(t, 0.01)
+	other := deploy.Pin(ref, "sha256:"+strings.Repeat("e", 64))
+	inner := c.rollout
+	w.services.RolloutFn = func(ctx context.Context, id string) (deploy.Rollout, error) {
+		ro, err := inner(ctx, id)
+		if ro.Canary {
+			ro.Image = other // a person's docker service update --image
+		}
+		return ro, err
+	}
+	w.cycle(t.Context())
+	ev := w.outcome(deploy.Failed)
+	if got := c.called(); len(got) != 2 || got[1] != "revert "+other {
+		t.Fatalf("calls %q, want the person's image written with the service's own settings", got)
+	}
+	if ev.RolledBack {
+		t.Errorf("outcome %+v: not ours to roll back", ev)
+	}
+}

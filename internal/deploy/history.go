@@ -151,7 +151,16 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 	if i := slices.IndexFunc(left, func(r Release) bool { return r.ServiceID == t.ID }); i >= 0 {
 		return Rolling{}, fmt.Errorf("rollback %s: deploy %s of it is in flight and could not be carried on now (Docker not answering); try again once it has ended: %w", t.Name, left[i].ID, ErrBusy)
 	}
-	to, ref, err := p.rollbackTarget(ctx, t, req.To)
+	ref, _ := SplitImage(t.Image)
+	// What it rolls away from is quarantined once it lands: a spec not
+	// pinned yet runs what its tag points to now.
+	from := t.Digest()
+	if from == "" && Tagged(ref) {
+		if from, err = p.Registry.Digest(ctx, ref); err != nil {
+			return Rolling{}, fmt.Errorf("rollback %s: look up the digest it rolls away from, nothing changed: %w", t.Name, err)
+		}
+	}
+	to, ref, err := p.rollbackTarget(ctx, t, req.To, from)
 	if err != nil {
 		return Rolling{}, err
 	}
@@ -159,14 +168,6 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 	// asked first, one HEAD, the service untouched when it fails.
 	if _, err := p.Registry.Digest(ctx, Pin(ref, to)); err != nil {
 		return Rolling{}, fmt.Errorf("rollback %s to %s: the registry does not serve it, nothing changed: %w", t.Name, to, err)
-	}
-	// What it rolls away from is quarantined once it lands: a spec not
-	// pinned yet runs what its tag points to now.
-	from := t.Digest()
-	if from == "" {
-		if from, err = p.Registry.Digest(ctx, ref); err != nil {
-			return Rolling{}, fmt.Errorf("rollback %s: look up the digest it rolls away from, nothing changed: %w", t.Name, err)
-		}
 	}
 	m := &member{t: t, want: to, prepared: true, rollback: &req, ref: ref, from: from}
 	keys, refs := keysOf([]Target{t})
@@ -205,8 +206,10 @@ func (p *Pipeline) StartRollback(ctx context.Context, req RollbackRequest) (Roll
 // its record names: to when given (a digest of t's repository), else the
 // newest success in t's history that t does not run now and that is not
 // quarantined (a digest rolled away from before).
-func (p *Pipeline) rollbackTarget(ctx context.Context, t Target, to string) (digest, ref string, err error) {
-	ref, current := SplitImage(t.Image)
+//
+// current is the digest it runs (the tag's, for a spec not pinned).
+func (p *Pipeline) rollbackTarget(ctx context.Context, t Target, to, current string) (digest, ref string, err error) {
+	ref, _ = SplitImage(t.Image)
 	if !Tagged(ref) {
 		return "", "", fmt.Errorf("rollback %s: it runs %s, pinned without a tag: there is no tag to roll back on: %w", t.Name, t.Image, ErrInvalid)
 	}

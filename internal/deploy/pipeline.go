@@ -523,10 +523,13 @@ func (p *Pipeline) startDeploy(ctx context.Context, name string, force bool) (ev
 // revert, when set, is how the service goes back (a canary's: Swarm's
 // previous spec is the canary's own): then every failure, Swarm's own
 // rollback included, is written back with it.
-func (p *Pipeline) settle(ctx context.Context, rel Release, resumed bool, revert func(context.Context) error) (Event, bool) {
+//
+// since is when the rollout began: the deploy's start, or a canary's
+// promotion (its analysis came before).
+func (p *Pipeline) settle(ctx context.Context, rel Release, since time.Time, resumed bool, revert func(context.Context) error) (Event, bool) {
 	last := Step{Phase: PhaseRollout, Done: -1}
 	var seen Rollout // the last look: what held the rollout up, at the deadline
-	v, why, err := p.watch(ctx, rel.ServiceID, rel.Started.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
+	v, why, err := p.watch(ctx, rel.ServiceID, since.Add(p.Timeout), func(r Rollout) (bool, verdict, string) {
 		r = recent(r, rel.Started)
 		seen = r
 		v, why := judge(r, rel.To)

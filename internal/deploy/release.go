@@ -55,6 +55,9 @@ type member struct {
 	// canaryAt is when its analysis began, as a resumed record says.
 	canary, promoted bool
 	canaryAt         time.Time
+	// promotedAt is when its canary was promoted (its rollout's timeout
+	// counts from then); zero: the deploy's start.
+	promotedAt time.Time
 }
 
 // run is one release run in progress.
@@ -122,7 +125,9 @@ func (p *Pipeline) resumeRelease(ctx context.Context, rels []Release, targets []
 		// promoted (or someone wrote it: its rollbacks are writes anyway).
 		if ro.Canary || rel.Stage == StageCanary || rel.Stage == StageBaking && m.t.Canary.Tasks > 0 {
 			m.canary = true
-			m.promoted = !ro.Canary
+			if m.promoted = !ro.Canary; m.promoted {
+				m.promotedAt = p.now() // unknown: a full timeout from now
+			}
 			if rel.Stage == StageCanary && ro.Canary {
 				m.canaryAt = rel.StageAt // zero: the whole window again
 			}
@@ -383,7 +388,9 @@ func (r *run) write(ctx context.Context, ms []*member) (written []*member, ok bo
 			return written, false
 		}
 		var err error
-		if m.t.Canary.Tasks > 0 && p.Canaries != nil {
+		// A person's rollback goes back at once: judging the old digest
+		// by the metrics that made them roll back would return to the bad one.
+		if m.t.Canary.Tasks > 0 && p.Canaries != nil && !m.rel.Rollback {
 			m.canary = true
 			err = p.Canaries.Canary(ctx, m.t, Pin(m.rel.Ref, m.rel.To), m.creds, m.t.Canary.Tasks)
 		} else {
@@ -442,7 +449,7 @@ func (r *run) follow(ctx context.Context, written []*member) bool {
 		if m.ev.Kind == Failed {
 			continue // its canary failed, and was reverted
 		}
-		ev, final := r.p.settle(ctx, m.rel, r.resumed, r.revert(m))
+		ev, final := r.p.settle(ctx, m.rel, cmp.Or(m.promotedAt, m.rel.Started), r.resumed, r.revert(m))
 		if !final {
 			if ev.waiting {
 				r.events = append(r.events, ev) // Docker gone: counted, not reported

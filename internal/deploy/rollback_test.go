@@ -232,3 +232,44 @@ func TestSecondRollbackKeepsTheFirstQuarantined(t *testing.T) {
 		t.Errorf("quarantined digests forgotten %d times by rollbacks, want never (the tag has not moved)", len(w.forgets))
 	}
 }
+
+// A rollback of a canary-labelled service is no canary: judging the old
+// digest by the metric that made a person roll back would send it back
+// to the bad one.
+func TestRollbackOfACanaryServiceIsNoCanary(t *testing.T) {
+	w, c := canaryWorld(t, 0.5)
+	w.targets[0].Image = pinned(newD)
+	w.digests[pinned(oldD)] = oldD
+	h := &memHistory{}
+	w.p.History = h
+	for i, d := range []string{oldD, newD} {
+		h.AddHistory(t.Context(), "svc1", deploy.HistoryEntry{ID: "d" + d[7:8], Ref: ref, To: d, Started: time.Unix(int64(i), 0), Outcome: deploy.OutcomeSucceeded})
+	}
+	var written []string
+	w.services.UpdateFn = func(_ context.Context, _ deploy.Target, image string, _ deploy.Credentials) error {
+		written = append(written, image)
+		return nil
+	}
+	ev, err := w.p.RollbackService(t.Context(), deploy.RollbackRequest{Service: "web", By: "cli"})
+	if err != nil || ev.Kind != deploy.Succeeded || ev.Release.To != oldD {
+		t.Fatalf("rollback = %s to %s, %v: want back on oldD", ev.Kind, ev.Release.To, err)
+	}
+	if got := c.called(); len(got) != 0 || len(c.queries) != 0 {
+		t.Errorf("canary calls %q, %d queries: want a plain write, no canary", got, len(c.queries))
+	}
+	if len(written) != 1 || written[0] != pinned(oldD) {
+		t.Errorf("writes %v, want one to oldD", written)
+	}
+}
+
+// A spec not pinned runs what its tag points to: that digest is not the
+// one a rollback returns to.
+func TestRollbackOfAnUnpinnedSpecSkipsTheDigestItRuns(t *testing.T) {
+	w, _ := rollbackWorld(t)
+	w.targets[0].Image = ref // runs the tag's newD
+	w.script = []deploy.Rollout{rollout("completed", midD, task(midD, "running"))}
+	ev, err := w.p.RollbackService(t.Context(), deploy.RollbackRequest{Service: "web"})
+	if err != nil || ev.Release.To != midD || ev.Release.From != newD {
+		t.Fatalf("rollback from %.15s to %.15s, %v: want newD to midD", ev.Release.From, ev.Release.To, err)
+	}
+}
