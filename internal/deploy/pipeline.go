@@ -108,6 +108,7 @@ type Pipeline struct {
 	seen     seen                 // what the last cycles saw, for Status
 	heldSeen map[string]string    // service ID → the digest reported held
 	specRefs map[string][2]string // service ID → its spec's tag and the tag its policy picked, last cycle
+	refused  map[string]SentAuth  // service ID → the re-send of credentials its spec refused (reauth.go)
 
 	approvals approvalBook // deploys held for approval; has its own lock
 }

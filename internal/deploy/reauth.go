@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 )
 
@@ -136,6 +137,9 @@ func (p *Pipeline) resendCredentials(ctx context.Context, plans []Plan) {
 	}
 	var todo []due
 	byRef := map[string]Credentials{}
+	p.mu.Lock()
+	refused := maps.Clone(p.refused)
+	p.mu.Unlock()
 	for _, pl := range plans {
 		if !resendable(pl) {
 			continue
@@ -154,7 +158,11 @@ func (p *Pipeline) resendCredentials(ctx context.Context, plans []Plan) {
 		if c == (Credentials{}) {
 			continue // anonymous: nothing to send, and an empty auth keeps Swarm's
 		}
-		todo = append(todo, due{pl.Target, c, SentAuth{Fingerprint(pl.Target.ID, c), pl.Target.Image}})
+		want := SentAuth{Fingerprint(pl.Target.ID, c), pl.Target.Image}
+		if refused[pl.Target.ID] == want {
+			continue // its spec refused just this: tried again once it or the credentials change
+		}
+		todo = append(todo, due{pl.Target, c, want})
 	}
 	var sent map[string]SentAuth
 	for _, fresh := range []bool{false, true} {
@@ -197,7 +205,15 @@ func (p *Pipeline) resendCredentials(ctx context.Context, plans []Plan) {
 		case errors.Is(err, ErrUnsettled):
 			p.Log.Debug("registry credentials not re-sent now", "service", d.t.Name, "err", err)
 		case err != nil:
-			p.Log.Warn("re-send registry credentials", "service", d.t.Name, "err", err)
+			// Refused for what the spec is (not a passing state): said once,
+			// not every cycle.
+			p.Log.Warn("re-send registry credentials; not tried again until the spec or the credentials change", "service", d.t.Name, "err", err)
+			p.mu.Lock()
+			if p.refused == nil {
+				p.refused = map[string]SentAuth{}
+			}
+			p.refused[d.t.ID] = d.want
+			p.mu.Unlock()
 		default:
 			p.Log.Info("registry credentials re-sent", "service", d.t.Name, "image", d.t.Image)
 		}

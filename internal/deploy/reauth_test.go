@@ -303,3 +303,27 @@ func TestResendCredentialsAdoptsAServiceWithoutRecord(t *testing.T) {
 		t.Fatalf("after the rotation: re-sends %+v, want one with the new password", rs.resends)
 	}
 }
+
+// A re-send the spec refuses for what it is (not a passing state) is
+// said once, and not tried every cycle, until the credentials change.
+func TestResendRefusedIsNotRetriedEveryCycle(t *testing.T) {
+	w, rs, creds := resending(t)
+	tries := 0
+	rs.ResendFn = func(string, deploy.SentAuth) error {
+		tries++
+		return fmt.Errorf("the image docker.io/library/app:1 would be sent as app:1, which restarts every task")
+	}
+	for range 4 {
+		w.cycle(t.Context())
+	}
+	if tries != 1 || len(w.logLines("WARN", "re-send registry credentials")) != 1 {
+		t.Fatalf("4 cycles: %d tries, %d warnings; want one of each", tries, len(w.logLines("WARN", "re-send registry credentials")))
+	}
+	rotated := testCreds
+	rotated.Password = "rotated-pass"
+	creds.Store(&rotated)
+	w.cycle(t.Context())
+	if tries != 2 {
+		t.Fatalf("after the rotation: %d tries, want a second", tries)
+	}
+}
