@@ -14,7 +14,6 @@ import (
 	"github.com/updater-dev/updater/internal/client"
 	"github.com/updater-dev/updater/internal/config"
 	"github.com/updater-dev/updater/internal/deploy"
-	"github.com/updater-dev/updater/internal/httpapi"
 )
 
 // `updater history` and `updater rollback`: a service's durable history
@@ -118,7 +117,7 @@ func rollbackFlags(fs *flag.FlagSet) func(context.Context, streams, []string) in
 		"return once the updater has begun it); a local rollback always waits")
 	timeout := fs.Duration("timeout", rollbackWithin, "with --wait: how long to wait for the outcome")
 	return func(ctx context.Context, std streams, args []string) int {
-		if *to != "" && !httpapi.IsDigest(*to) {
+		if *to != "" && !deploy.IsDigest(*to) {
 			fmt.Fprintf(std.err, "updater rollback: --to %q is not a digest: use sha256: and 64 lowercase hex digits, as `updater history %s` shows them\n", *to, args[0])
 			return 2
 		}

@@ -213,7 +213,7 @@ func (p *Pipeline) rollbackTarget(ctx context.Context, t Target, to, current str
 	if !Tagged(ref) {
 		return "", "", fmt.Errorf("rollback %s: it runs %s, pinned without a tag: there is no tag to roll back on: %w", t.Name, t.Image, ErrInvalid)
 	}
-	if to != "" && !isDigest(to) {
+	if to != "" && !IsDigest(to) {
 		return "", "", fmt.Errorf("rollback %s: %q is not a digest: want sha256: and 64 hex digits, as `updater history %s` shows them: %w", t.Name, to, t.Name, ErrInvalid)
 	}
 	if to != "" && to == current {
@@ -246,8 +246,10 @@ func (p *Pipeline) rollbackTarget(ctx context.Context, t Target, to, current str
 	return "", "", fmt.Errorf("rollback %s: %w in its history (%d deploys kept); name a digest with --to", t.Name, ErrNoRollbackTarget, len(hist))
 }
 
-// isDigest reports whether d is a sha256 digest as registries write it.
-func isDigest(d string) bool {
+// IsDigest reports whether d has a digest's shape as registries write
+// it: sha256: and 64 lowercase hex digits (whether a registry has it is
+// another question).
+func IsDigest(d string) bool {
 	hexPart, ok := strings.CutPrefix(d, "sha256:")
 	if !ok || len(hexPart) != 64 {
 		return false

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -47,22 +46,6 @@ var ErrDigestUnknown = errors.New("the registry does not have the digest")
 
 // digestForm is what a digest must look like, in the words of a refusal.
 const digestForm = `a digest is "sha256:" and 64 lowercase hex digits, as the service's history shows them (GET /api/v1/services/{name}/history, updater history SERVICE)`
-
-// IsDigest says whether d has a digest's shape: sha256: and 64 lowercase
-// hex digits. Only the shape: whether the registry has it is the
-// rollback's to find out.
-func IsDigest(d string) bool {
-	hex, ok := strings.CutPrefix(d, "sha256:")
-	if !ok || len(hex) != 64 {
-		return false
-	}
-	for _, c := range hex {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
 
 // HistoryAnswer is the answer of GET /api/v1/services/{name}/history.
 type HistoryAnswer struct {
@@ -120,7 +103,7 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, `the body is not {"to": "sha256:…"} (or empty, for the last good digest): `+err.Error())
 		return
 	}
-	if body.To != "" && !IsDigest(body.To) {
+	if body.To != "" && !deploy.IsDigest(body.To) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a digest: %s", body.To, digestForm))
 		return
 	}
@@ -203,7 +186,7 @@ func (s *Server) rollbackForm(w http.ResponseWriter, r *http.Request) {
 	to := r.PostFormValue("to")
 	q := url.Values{"rollback": {name}}
 	switch {
-	case to != "" && !IsDigest(to):
+	case to != "" && !deploy.IsDigest(to):
 		q.Set("outcome", "bad-digest")
 	default:
 		rl, err := s.startRollback(r.Context(), deploy.RollbackRequest{Service: name, To: to, By: "page"})
@@ -215,7 +198,7 @@ func (s *Server) rollbackForm(w http.ResponseWriter, r *http.Request) {
 		q.Set("outcome", "started")
 		to = rl.Release.To
 	}
-	if IsDigest(to) {
+	if deploy.IsDigest(to) {
 		q.Set("to", to)
 	}
 	http.Redirect(w, r, "/?"+q.Encode(), http.StatusSeeOther)
@@ -238,7 +221,7 @@ func rollbackMessage(q url.Values, services []Service) string {
 		return ""
 	}
 	digest := "the last digest that succeeded before the running one"
-	if IsDigest(to) {
+	if deploy.IsDigest(to) {
 		digest = deploy.Short(to)
 	}
 	switch outcome {

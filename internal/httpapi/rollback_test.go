@@ -356,7 +356,7 @@ func TestIsDigest(t *testing.T) {
 		"sha256:" + strings.Repeat("0", 64): true, newD: true, "sha256:" + strings.Repeat("a", 63): false, "sha256:" + strings.Repeat("a", 65): false,
 		"sha512:" + strings.Repeat("a", 64): false, "sha256:" + strings.Repeat("A", 64): false, "sha256:" + strings.Repeat("g", 64): false, "": false, "r.example/web@" + newD: false,
 	} {
-		if IsDigest(d) != want {
+		if deploy.IsDigest(d) != want {
 			t.Errorf("IsDigest(%q) = %v", d, !want)
 		}
 	}
