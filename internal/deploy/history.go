@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // HistoryEntry is one finished deploy of a service, as its durable
@@ -47,7 +46,8 @@ type Histories interface {
 	History(ctx context.Context, serviceID string) ([]HistoryEntry, error)
 	// AddHistory puts e first in the service's history, replacing an
 	// entry of the same ID (a deploy reported again after a restart), and
-	// drops what is past HistoryMax.
+	// drops what is past HistoryMax. It caps what it keeps: the reason at
+	// HistoryReasonMax bytes.
 	AddHistory(ctx context.Context, serviceID string, e HistoryEntry) error
 }
 
@@ -287,7 +287,7 @@ func (p *Pipeline) remember(ev Event) {
 	}
 	rel := ev.Release
 	e := HistoryEntry{ID: rel.ID, Ref: rel.Ref, From: rel.From, To: rel.To, Started: rel.Started, Ended: p.now(),
-		Outcome: ev.Outcome(), Reason: capText(ev.Reason, HistoryReasonMax), Rollback: rel.Rollback, By: rel.By}
+		Outcome: ev.Outcome(), Reason: ev.Reason, Rollback: rel.Rollback, By: rel.By}
 	if ev.Kind == Failed {
 		e.Phase = ev.Phase
 	}
@@ -296,18 +296,6 @@ func (p *Pipeline) remember(ev Event) {
 	if err := p.History.AddHistory(ctx, rel.ServiceID, e); err != nil {
 		p.Log.Warn("keep the deploy in the service's history", "deploy_id", rel.ID, "service", rel.ServiceName, "err", err)
 	}
-}
-
-// capText cuts s to at most n bytes, on a rune boundary, marking the cut.
-func capText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n - len("…")
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 // RollbackService is StartRollback waiting for the outcome.
