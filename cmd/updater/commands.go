@@ -138,12 +138,7 @@ type report struct {
 // note, when set, ends it.
 func (r report) print(out io.Writer, format, none, note string) int {
 	if format == "json" {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if enc.Encode(r) != nil {
-			return 1
-		}
-		return 0
+		return printJSON(out, r)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	if len(r.Services) == 0 {
@@ -175,4 +170,15 @@ func orNone(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printJSON writes v indented, as every --format json does: 1 when it
+// could not be written.
+func printJSON(out io.Writer, v any) int {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	if enc.Encode(v) != nil {
+		return 1
+	}
+	return 0
 }

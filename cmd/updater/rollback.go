@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -72,12 +71,7 @@ func printHistory(out io.Writer, format string, h client.History) int {
 		h.History = []client.HistoryEntry{}
 	}
 	if format == "json" {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if enc.Encode(h) != nil {
-			return 1
-		}
-		return 0
+		return printJSON(out, h)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	if len(h.History) == 0 {
