@@ -110,22 +110,29 @@ func TestCLIClient(t *testing.T) {
 func clientCLI(t *testing.T, base, sock string) func(token string, args ...string) (code int, stdout, stderr string) {
 	return func(token string, args ...string) (code int, stdout, stderr string) {
 		t.Helper()
-		cmd := exec.Command(env.bin, args...)
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "UPDATER_URL=" + base, "UPDATER_API_TOKEN=" + token,
-			"DOCKER_HOST=unix://" + sock}
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
-		var exit *exec.ExitError
-		switch {
-		case errors.As(err, &exit):
-			code = exit.ExitCode()
-		case err != nil:
-			t.Fatalf("updater %q: %v", args, err)
-		}
-		return code, out.String(), errb.String()
+		return runCLI(t, []string{"PATH=" + os.Getenv("PATH"), "UPDATER_URL=" + base, "UPDATER_API_TOKEN=" + token,
+			"DOCKER_HOST=unix://" + sock}, args...)
 	}
+}
+
+// runCLI runs the updater binary with args in environ, its outputs kept
+// with the test's; the exit code and the outputs.
+func runCLI(t testing.TB, environ []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(env.bin, args...)
+	cmd.Env = environ
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("updater %q: %v", args, err)
+	}
+	return code, out.String(), errb.String()
 }
 
 // TestCLIHistoryAndRollback: `updater history` and `updater rollback`

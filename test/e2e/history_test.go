@@ -3,13 +3,10 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -200,8 +197,7 @@ func TestHistorySurvivesKill(t *testing.T) {
 // startUpdater's updaters. It returns the exit code and the outputs.
 func historyCLI(t testing.TB, stack, base string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	cmd := exec.Command(env.bin, args...)
-	cmd.Env = append([]string{
+	environ := append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"DOCKER_CONFIG=" + t.TempDir(),
 		"UPDATER_STACK=" + stack,
@@ -214,20 +210,9 @@ func historyCLI(t testing.TB, stack, base string, args ...string) (code int, std
 		"UPDATER_HOOK_MOUNT_ROOTS=" + os.TempDir(),
 	}, dockerHostEnv()...)
 	if base != "" {
-		cmd.Env = append(cmd.Env, "UPDATER_URL="+base, "UPDATER_API_TOKEN="+apiToken)
+		environ = append(environ, "UPDATER_URL="+base, "UPDATER_API_TOKEN="+apiToken)
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	capture("updater CLI output", append(out.Bytes(), errb.Bytes()...))
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	case err != nil:
-		t.Fatalf("updater %q: %v", args, err)
-	}
-	return code, out.String(), errb.String()
+	return runCLI(t, environ, args...)
 }
 
 // A person's rollback, on a service with a backup hook, read from Docker:
