@@ -349,3 +349,18 @@ func TestCanarySupersededGetsItsOwnSettingsBack(t *testing.T) {
 		t.Errorf("outcome %+v: not ours to roll back", ev)
 	}
 }
+
+func TestCanaryLine(t *testing.T) {
+	rel := deploy.Release{Ref: "127.0.0.1:5000/shop/web:v5", To: "sha256:0123456789abcdef0123"}
+	s := deploy.Step{Phase: deploy.PhaseCanary, Done: 1, Total: 4, Detail: "0.002 ≤ 0.05 · 40s left"}
+	if got, want := s.CanaryLine(rel), "canary 1 of 4 on v5 (sha256:0123456789ab) · 0.002 ≤ 0.05 · 40s left"; got != want {
+		t.Errorf("CanaryLine = %q, want %q", got, want)
+	}
+	rel.Ref = "127.0.0.1:5000/shop/web" // pinned without a tag: the digest alone
+	if got, want := s.CanaryLine(rel), "canary 1 of 4 on sha256:0123456789ab · 0.002 ≤ 0.05 · 40s left"; got != want {
+		t.Errorf("CanaryLine = %q, want %q", got, want)
+	}
+	if got := (deploy.Step{Phase: deploy.PhaseRollout, Done: 1, Total: 4}).CanaryLine(rel); got != "" {
+		t.Errorf("a rollout step's CanaryLine = %q, want \"\"", got)
+	}
+}

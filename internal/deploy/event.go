@@ -3,6 +3,8 @@ package deploy
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -170,6 +172,25 @@ type Step struct {
 	// ExitCode and LogTail tell how a hook job ended.
 	ExitCode int
 	LogTail  []string
+}
+
+// CanaryLine is how a canary's analysis stands (a PhaseCanary progress
+// step), in the words every report shows, Slack's living message and the
+// status page alike: "canary 1 of 4 on v5 (sha256:0123456789ab) ·
+// 0.002 ≤ 0.05 · 40s left". "" for any other step.
+func (s Step) CanaryLine(rel Release) string {
+	if s.Phase != PhaseCanary {
+		return ""
+	}
+	on := Short(rel.To)
+	if ref := rel.Ref; Tagged(ref) {
+		on = ref[strings.LastIndex(ref, ":")+1:] + " (" + on + ")"
+	}
+	line := fmt.Sprintf("canary %d of %d on %s", s.Done, s.Total, on)
+	if s.Detail != "" {
+		line += " · " + s.Detail
+	}
+	return line
 }
 
 // newID names a deploy for logs and reports; uniqueness, not secrecy, is
