@@ -216,6 +216,19 @@ func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 		"until", end, "query", expr, "bound", c.Bound.String())
 	failures := 0
 	for {
+		// Every evaluation comes an interval after the one before, the
+		// first an interval into the window: a canary task that just
+		// started has served little or nothing yet, and Prometheus has
+		// scraped it once or not at all (an empty answer is inconclusive,
+		// which fails closed). The last one is at the window's end, or at
+		// once when a resumed run finds the window over.
+		t := time.NewTimer(min(c.Interval, max(end.Sub(p.now()), 0)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, true
+		case <-t.C:
+		}
 		now := p.now()
 		ro, err := p.Services.Rollout(ctx, m.rel.ServiceID)
 		switch {
@@ -256,13 +269,6 @@ func (r *run) canary(ctx context.Context, m *member) (ok, stop bool) {
 		p.report(Event{Kind: Progress, Release: m.rel, Phase: PhaseCanary, Resumed: r.resumed, Step: &step})
 		if !now.Before(end) {
 			return true, false
-		}
-		t := time.NewTimer(min(c.Interval, max(end.Sub(now), time.Millisecond)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false, true
-		case <-t.C:
 		}
 	}
 }

@@ -27,12 +27,16 @@ type canarySwarm struct {
 	values  []float64
 	errs    []error
 	queries []string
+	// canaryAt is when Canary was called, queriedAt when each query was.
+	canaryAt  time.Time
+	queriedAt []time.Time
 }
 
 func (c *canarySwarm) Canary(_ context.Context, t deploy.Target, image string, _ deploy.Credentials, n int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls = append(c.calls, fmt.Sprintf("canary %s %d", image, n))
+	c.canaryAt = time.Now()
 	c.state = "canary"
 	return nil
 }
@@ -65,6 +69,7 @@ func (c *canarySwarm) Query(_ context.Context, expr string, _ time.Time) (float6
 	defer c.mu.Unlock()
 	i := len(c.queries)
 	c.queries = append(c.queries, expr)
+	c.queriedAt = append(c.queriedAt, time.Now())
 	var err error
 	if len(c.errs) > 0 {
 		err = c.errs[min(i, len(c.errs)-1)]
@@ -150,6 +155,12 @@ func TestCanaryPromotedWhenTheQueryHolds(t *testing.T) {
 	steps := w.canarySteps()
 	if len(steps) < 2 || !strings.Contains(steps[0].Detail, "0.01 ≤ 0.05") || steps[0].Done != 1 || steps[0].Total != 4 {
 		t.Errorf("canary progress %+v, want an evaluation every interval saying value and bound, 1 of 4 tasks", steps)
+	}
+	// The first evaluation an interval into the window (a task just
+	// started has nothing to judge yet), the last at its end: 40 ms
+	// evaluated every 10 ms is 4 evaluations at most.
+	if first := c.queriedAt[0].Sub(c.canaryAt); first < 10*time.Millisecond || len(c.queries) > 4 {
+		t.Errorf("first evaluation %s after the canary's write, %d evaluations: want the first an interval (10ms) in, at most 4", first, len(c.queries))
 	}
 	if q := c.queries[0]; q != `sum(rate(errors{task_id=~"new1"}[1m]))` {
 		t.Errorf("query %q, want {tasks} filled with the canary task's ID", q)
