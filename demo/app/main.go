@@ -16,6 +16,13 @@
 //	app health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
 //	app migrate  bring the database at $DATABASE_URL to this build's schema
 //
+// For a canary's judge (docs/canary.md), /metrics serves
+// http_requests_total by status code to Prometheus, both codes from the
+// start (an error ratio of a clean task is 0, not "no data"), and
+// ERROR_SHARE (0 to 1, in the image's environment: a version's own
+// behaviour) answers that share of the requests to / with 500, exactly:
+// of every 10 requests at 0.3, 3 fail.
+//
 // A LISTEN port of 0 lets the kernel pick one (tests run many tasks on the
 // host's network: a port picked beforehand and freed could be taken by
 // the time the app binds it); the address taken is written to addrFile,
@@ -31,9 +38,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 var (
@@ -89,12 +99,37 @@ func main() {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "http_requests_total", Help: "Requests to / by status code.",
+	}, []string{"code"})
+	ok, failed := requests.WithLabelValues("200"), requests.WithLabelValues("500")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(requests)
+	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	share, err := strconv.ParseFloat(os.Getenv("ERROR_SHARE"), 64)
+	if err != nil || share < 0 || share > 1 {
+		share = 0
+	}
+	var mu sync.Mutex
+	var served int
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		// Request n fails when it takes floor(n*share) up by one.
+		fail := int(float64(served+1)*share+1e-9) > int(float64(served)*share+1e-9)
+		served++
+		mu.Unlock()
+		if fail {
+			failed.Inc()
+			http.Error(w, "ERROR_SHARE: injected failure", http.StatusInternalServerError)
+			return
+		}
 		if version == "probe500" {
+			failed.Inc()
 			w.WriteHeader(http.StatusInternalServerError)
 			fmt.Fprintln(w, "probe500: relation \"orders\" does not exist")
 			return
 		}
+		ok.Inc()
 		fmt.Fprintln(w, version)
 	})
 	if version == "crashlate" {
