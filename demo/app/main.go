@@ -15,6 +15,9 @@
 //	app          serve $LISTEN (default :8080): / prints the version, /health is the probe
 //	app health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
 //	app migrate  bring the database at $DATABASE_URL to this build's schema
+//	app proxy    serve $LISTEN as a forward proxy for plain HTTP: how the e2e
+//	             suite's Prometheus and load generator, on the host, reach
+//	             tasks on an overlay network (test/e2e/canary_e2e_test.go)
 //
 // For a canary's judge (docs/canary.md), /metrics serves
 // http_requests_total by status code to Prometheus, both codes from the
@@ -34,6 +37,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -84,6 +88,9 @@ func main() {
 				os.Exit(1)
 			}
 			os.Exit(0)
+		case "proxy":
+			fmt.Fprintln(os.Stderr, http.ListenAndServe(listen, forward()))
+			os.Exit(1)
 		case "migrate":
 			if err := migrate(context.Background()); err != nil {
 				fmt.Fprintln(os.Stderr, "migrate:", err)
@@ -151,6 +158,26 @@ func main() {
 	}
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(1)
+}
+
+// forward proxies requests that name an absolute http:// URL, as a client
+// configured with this proxy sends them.
+func forward() http.Handler {
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.Out.URL = r.In.URL
+		r.Out.Host = r.In.URL.Host
+	}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Host == "" && r.URL.Path == "/health" { // its own: the image's HEALTHCHECK
+			fmt.Fprintln(w, "ok")
+			return
+		}
+		if r.URL.Scheme != "http" || r.URL.Host == "" {
+			http.Error(w, "a forward proxy for http://host:port/ URLs", http.StatusBadRequest)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})
 }
 
 // addrFile is where the app says which address it took for LISTEN=...:0.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -592,8 +594,10 @@ type dockerProxy struct {
 	blindAfter string
 	blind      bool
 	waiting    int
-	dropped    int            // held requests whose client went away
-	writes     map[string]int // spec writes passed on, by service ID
+	dropped    int                    // held requests whose client went away
+	writes     map[string]int         // spec writes passed on, by service ID
+	writeAt    map[string][]time.Time // when each was answered
+	calls      map[string]int         // requests passed on, by method
 	open       chan struct{}
 }
 
@@ -604,7 +608,8 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &dockerProxy{host: "unix://" + sock, open: make(chan struct{}), writes: map[string]int{}}
+	p := &dockerProxy{host: "unix://" + sock, open: make(chan struct{}), writes: map[string]int{},
+		writeAt: map[string][]time.Time{}, calls: map[string]int{}}
 	target, _ := url.Parse("http://docker")
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.Transport = &http.Transport{DialContext: dockerDial}
@@ -641,6 +646,12 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 			p.mu.Unlock()
 		}
 		rp.ServeHTTP(w, r)
+		p.mu.Lock()
+		p.calls[r.Method]++
+		if write != nil && r.Method == http.MethodPost {
+			p.writeAt[write[1]] = append(p.writeAt[write[1]], time.Now())
+		}
+		p.mu.Unlock()
 		if blinds {
 			p.mu.Lock()
 			p.blind = true
@@ -659,6 +670,20 @@ func (p *dockerProxy) specWrites(serviceID string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.writes[serviceID]
+}
+
+// writeTimes are when each spec write of the service was answered.
+func (p *dockerProxy) writeTimes(serviceID string) []time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.writeAt[serviceID])
+}
+
+// requests is how many requests of each method it passed on.
+func (p *dockerProxy) requests() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.calls)
 }
 
 func (p *dockerProxy) hold(serviceID string) { p.mu.Lock(); p.service = serviceID; p.mu.Unlock() }

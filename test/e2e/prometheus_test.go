@@ -18,42 +18,63 @@ import (
 	"time"
 )
 
-// prometheus is Debian's Prometheus (2.42), scraping one target every
-// second on 127.0.0.1: the metrics as a team's Prometheus stores and
-// queries them, not only as the text a handler prints.
+// prometheus is Debian's Prometheus (2.42), scraping every second on
+// 127.0.0.1: the metrics as a team's Prometheus stores and queries them,
+// not only as the text a handler prints.
 type prometheus struct {
-	base string
-	cmd  *exec.Cmd
-	log  bytes.Buffer
+	base, dir string
+	cmd       *exec.Cmd
+	log       bytes.Buffer
 }
 
+// startPrometheus scrapes one target.
 func startPrometheus(t *testing.T, target string) *prometheus {
 	t.Helper()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		t.Fatalf("Debian's prometheus is required (.ci/run installs it): %v", err)
-	}
+	return startPrometheusWith(t, fmt.Sprintf("  - job_name: updater\n    static_configs:\n      - targets: [%q]\n", target))
+}
+
+// startPrometheusWith runs Prometheus with scrape as its scrape_configs
+// (YAML list entries, indented by two).
+func startPrometheusWith(t *testing.T, scrape string) *prometheus {
+	t.Helper()
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"+
-		"  - job_name: updater\n    static_configs:\n      - targets: [%q]\n", target)
+	cfg := "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n" + scrape
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &prometheus{base: "http://" + freeAddr(t)}
-	p.cmd = exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+strings.TrimPrefix(p.base, "http://"))
-	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start prometheus: %v", err)
-	}
+	p := &prometheus{base: "http://" + freeAddr(t), dir: dir}
+	p.start(t)
 	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM) // the one this test started
-		_ = p.cmd.Wait()
+		p.stop()
 		if t.Failed() {
 			t.Logf("prometheus log:\n%s", p.log.String())
 		}
 	})
 	return p
+}
+
+// start starts it, again after stop on the same address and data.
+func (p *prometheus) start(t *testing.T) {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatalf("Debian's prometheus is required (.ci/run installs it): %v", err)
+	}
+	p.cmd = exec.Command(bin, "--config.file="+filepath.Join(p.dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(p.dir, "data"),
+		"--web.listen-address="+strings.TrimPrefix(p.base, "http://"))
+	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start prometheus: %v", err)
+	}
+}
+
+// stop ends the process this test started, and waits for it.
+func (p *prometheus) stop() {
+	if p.cmd == nil || p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Wait()
 }
 
 // sample is one series of an instant query's answer.
