@@ -72,6 +72,37 @@ type thread struct {
 	channel, ts string // the message, once posted: channel is the ID Slack answered with
 	shown       string // the message last sent, to skip edits that change nothing
 	replied     bool
+	// sent is when the message was last posted or edited; canaryEvery
+	// spaces the edits of a canary's evaluations (canaryGap), set at its
+	// first one.
+	sent        time.Time
+	canaryEvery time.Duration
+}
+
+// A canary is evaluated every updater.canary.interval (10 s by default)
+// over its window (up to an hour), and each evaluation changes the
+// message (the value, the time left). Edited for every one, a canary
+// would cost up to 360 chat.update calls; a rollout's progress costs one
+// per task that turns healthy. So an evaluation edits the message only
+// when the last edit is at least canaryGap old, and at least a tenth of
+// the window left at the first evaluation: about ten edits whatever the
+// window, two in the default minute. The evaluations skipped are not
+// lost: the story keeps the last, which the next edit shows (the
+// promotion's rollout, the outcome).
+const canaryGap = 30 * time.Second
+
+// throttled reports whether e, a canary's evaluation, is one whose edit
+// is skipped: not the first of its canary, and the message was edited
+// too recently.
+func (th *thread) throttled(e deploy.Event, now time.Time) bool {
+	if e.Kind != deploy.Progress || e.Step == nil || e.Step.Phase != deploy.PhaseCanary {
+		return false
+	}
+	if th.canaryEvery == 0 {
+		th.canaryEvery = max(canaryGap, e.Step.Until.Sub(now)/10)
+		return false
+	}
+	return now.Sub(th.sent) < th.canaryEvery
 }
 
 var _ notify.Notifier = (*Bot)(nil)
@@ -146,7 +177,12 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 		}
 		b.deploys[e.Release.ID] = th
 	}
+	// Asked before apply: the first evaluation of a canary is news.
+	throttled := th.throttled(e, b.now()) && th.ts != ""
 	th.apply(e)
+	if throttled {
+		return false, notify.ErrSkipped
+	}
 	text, blocks := th.render()
 	final := e.Kind == deploy.Succeeded || e.Kind == deploy.Failed
 	undo := final && b.buttons && rollbackable(e)
@@ -181,7 +217,7 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 			return classify(b.redact.Error(fmt.Errorf("update slack message: %w", err)))
 		}
 	}
-	th.shown = shown
+	th.shown, th.sent = shown, b.now()
 	if e.Kind == deploy.Failed && !th.replied {
 		_, _, err := b.api.PostMessageContext(ctx, th.channel, slackgo.MsgOptionText(th.details(), false),
 			slackgo.MsgOptionTS(th.ts))

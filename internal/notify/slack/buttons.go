@@ -34,7 +34,10 @@ type rollbackValue struct {
 // on a version a person may want to undo: a success, or a failure after
 // the service was changed that was not rolled back. A rollback a person
 // asked for gets no button: undoing it would bring back the digest it
-// quarantined.
+// quarantined. Nor does a deploy that failed its canary (PhaseCanary):
+// the updater wrote the old digest back and quarantined the new one, or,
+// not rolled back, someone else's write took the service over, which is
+// not this deploy's to undo.
 func rollbackable(e deploy.Event) bool {
 	if e.Release.Rollback {
 		return false

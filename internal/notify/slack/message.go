@@ -47,6 +47,10 @@ type story struct {
 	rel   deploy.Release
 	steps []step
 	last  deploy.Event // the latest event applied
+	// canary is the canary's last evaluation (a PhaseCanary progress
+	// step), shown as its own line (deploy.Step.CanaryLine); nil before
+	// the first one.
+	canary *deploy.Step
 }
 
 func (s *story) upsert(key, detail string, st stepState) {
@@ -82,6 +86,16 @@ func (s *story) apply(e deploy.Event) {
 		key := string(e.Step.Phase)
 		switch e.Step.State {
 		case deploy.StepProgress, deploy.StepStarted:
+			if e.Step.Phase == deploy.PhaseCanary {
+				// An evaluation: its words are the canary's own line, not
+				// a rollout's count or a bake's end.
+				c := *e.Step
+				c.LogTail = nil
+				s.canary = &c
+				s.finishRunning(key)
+				s.upsert(key, "", running)
+				return
+			}
 			// A rollout reports its count of healthy tasks; a hook, that it began.
 			detail := ""
 			if e.Step.Total > 0 {
@@ -109,6 +123,12 @@ func (s *story) apply(e deploy.Event) {
 		if key == "" {
 			key = "deploy"
 		}
+		if i := slices.IndexFunc(s.steps, func(st step) bool { return st.key == string(deploy.PhaseCanary) }); i >= 0 &&
+			s.steps[i].state == running && !promoted(e.Phase) {
+			// A canary still judged when the deploy failed elsewhere (its
+			// rollback, Docker gone) did not pass: not a ✓.
+			s.steps[i].state = failed
+		}
 		s.finishRunning(key)
 		detail := ""
 		if i := slices.IndexFunc(s.steps, func(st step) bool { return st.key == key }); i >= 0 {
@@ -119,6 +139,37 @@ func (s *story) apply(e deploy.Event) {
 			s.upsert("rolled back", "", done)
 		}
 	}
+}
+
+// promoted reports whether a deploy that failed in phase had its canary
+// (if any) promoted: only a promoted canary's deploy rolls out, probes
+// and bakes the rest.
+func promoted(phase deploy.Phase) bool {
+	switch phase {
+	case deploy.PhaseRollout, deploy.PhaseProbe, deploy.PhaseBake:
+		return true
+	}
+	return false
+}
+
+// canaryLine is the canary's line as the message shows it: while judged,
+// its last evaluation; once promoted the same, marked ✓; failed, who and
+// what was judged, marked ✗ (the reason is the message's Why). "" when
+// no evaluation was reported.
+func (s *story) canaryLine() string {
+	if s.canary == nil {
+		return ""
+	}
+	c, mark := *s.canary, ""
+	if i := slices.IndexFunc(s.steps, func(st step) bool { return st.key == string(deploy.PhaseCanary) }); i >= 0 {
+		switch s.steps[i].state {
+		case done:
+			mark = " ✓"
+		case failed:
+			c.Detail, mark = "", " ✗"
+		}
+	}
+	return truncate(esc(c.CanaryLine(s.rel)), maxSection) + mark
 }
 
 // label names a step for people; phases this package does not know yet
@@ -170,7 +221,9 @@ func (s *story) headline() (emoji, words string) {
 			return ":leftwards_arrow_with_hook:", "deploy failed and was rolled back"
 		case e.Phase == deploy.PhaseRollback:
 			return ":rotating_light:", "deploy failed and the rollback did not finish: needs a person"
-		case e.Phase == deploy.PhaseRollout:
+		case e.Phase == deploy.PhaseRollout, e.Phase == deploy.PhaseCanary:
+			// Not rolled back and the new version ran: on a canary,
+			// someone else's write took the service over.
 			return ":x:", "deploy failed"
 		}
 		return ":x:", "deploy failed; the service was not changed"
@@ -224,6 +277,10 @@ func (s *story) render() (string, []slackgo.Block) {
 		blocks = append(blocks, slackgo.NewSectionBlock(
 			mrkdwn("*Why*\n```"+truncate(esc(s.last.Reason), maxSection-12)+"```"), nil, nil))
 	}
+	if line := s.canaryLine(); line != "" {
+		// Its own line: the canary's words have their own " · ".
+		blocks = append(blocks, slackgo.NewContextBlock("", mrkdwn(line)))
+	}
 	var ctx []string
 	for _, st := range s.steps {
 		ctx = append(ctx, st.label())
@@ -249,6 +306,8 @@ func (s *story) details() string {
 		b.WriteString("; the rollback did not finish, so the service may run either version.")
 	case e.Phase == deploy.PhaseRollout:
 		b.WriteString(".")
+	case e.Phase == deploy.PhaseCanary:
+		b.WriteString("; its canary tasks ran the new version, and the updater did not roll it back.")
 	default:
 		// Every other step (preparation, hooks, the spec write) comes
 		// before the service runs the new image.

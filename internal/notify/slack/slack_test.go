@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -515,5 +516,165 @@ func TestBotBakeSteps(t *testing.T) {
 	}
 	if c := calls[len(calls)-1].Content(); !strings.Contains(c, "baked ✓") || strings.Contains(c, "until") {
 		t.Errorf("after the bake:\n%s", c)
+	}
+}
+
+// canaryEval is a canary's evaluation as the pipeline reports it
+// (internal/deploy/canary.go): 1 of 4 tasks, judged until until.
+func canaryEval(rel deploy.Release, until time.Time, detail string) deploy.Event {
+	return deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseCanary,
+		Step: &deploy.Step{Phase: deploy.PhaseCanary, Done: 1, Total: 4, Until: until, Detail: detail}}
+}
+
+// A canary shows its line (deploy.Step.CanaryLine) on a line of its own
+// while it is judged, edited as it is evaluated but at most every 30 s
+// in a minute's window; promoted, the last line stays, marked done.
+func TestBotCanaryLine(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	t0 := time.Date(2026, 12, 1, 15, 0, 0, 0, time.UTC)
+	now := t0
+	b.now = func() time.Time { return now }
+	rel := release()
+	until := t0.Add(time.Minute)
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel})
+	for i := 1; i <= 6; i++ {
+		now = t0.Add(time.Duration(i) * 10 * time.Second)
+		notifyAll(t, b, canaryEval(rel, until, fmt.Sprintf("0.00%d ≤ 0.05 · %ds left", i, 60-10*i)))
+	}
+	now = now.Add(2 * time.Second)
+	notifyAll(t, b, progress(rel, 2, 4))
+	notifyAll(t, b, deploy.Event{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout, Duration: 80 * time.Second})
+
+	calls := fake.Accepted()
+	// The post, the first evaluation (at 10 s), the one 30 s later (40 s),
+	// the promotion's rollout, the outcome: the evaluations at 20, 30, 50
+	// and 60 s were not sent on their own.
+	if got := strings.Join(methods(calls), " "); got != "chat.postMessage chat.update chat.update chat.update chat.update" {
+		t.Fatalf("calls %s, want a post and 4 edits", got)
+	}
+	line := func(detail string) string {
+		return "canary 1 of 4 on latest (sha256:bbbbbbbbbbbb) · " + detail
+	}
+	for i, want := range map[int][]string{
+		1: {line("0.001 ≤ 0.05 · 50s left"), "canary …"},
+		2: {line("0.004 ≤ 0.05 · 20s left"), "canary …"},
+		3: {line("0.006 ≤ 0.05 · 0s left ✓"), "canary ✓", "rolling 2/4 …"},
+		4: {line("0.006 ≤ 0.05 · 0s left ✓"), "canary ✓", "healthy ✓", "deploy succeeded"},
+	} {
+		for _, s := range want {
+			if !strings.Contains(calls[i].Content(), s) {
+				t.Errorf("call %d lacks %q:\n%s", i, s, calls[i].Content())
+			}
+		}
+	}
+	// A canary is not a rollout: neither its task count nor its end time
+	// as a step's detail.
+	if c := calls[1].Content(); strings.Contains(c, "canary 1/4") || strings.Contains(c, "until") {
+		t.Errorf("the canary shown as a rollout:\n%s", c)
+	}
+}
+
+// However long the window, a canary's evaluations cost about ten edits:
+// an hour judged every 10 s is 360 evaluations.
+func TestBotCanaryEditsBounded(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
+	t0 := time.Date(2026, 12, 1, 15, 0, 0, 0, time.UTC)
+	now := t0
+	b.now = func() time.Time { return now }
+	rel := release()
+	until := t0.Add(time.Hour)
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel})
+	for i := 1; i <= 360; i++ {
+		now = t0.Add(time.Duration(i) * 10 * time.Second)
+		notifyAll(t, b, canaryEval(rel, until, fmt.Sprintf("%d ≤ 5 · %s left", i%5, until.Sub(now))))
+	}
+	if n := len(fake.Accepted()) - 1; n < 2 || n > 11 {
+		t.Fatalf("%d edits for 360 evaluations, want 2 to 11", n)
+	}
+}
+
+// A canary that failed: the message says it was rolled back, the
+// canary's line names what was judged without a stale time left, the
+// reason with the measured value is the Why, and the thread says so. No
+// Roll back button: the updater rolled it back.
+func TestBotCanaryFailed(t *testing.T) {
+	fake := newSlack(t)
+	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL, Buttons: true})
+	rel := release()
+	until := time.Now().Add(time.Minute)
+	reason := "the canary's query gave 0.3, not ≤ 0.05, 20s into its analysis (2 failed evaluations): sum(rate(x[1m]))"
+	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel},
+		canaryEval(rel, until, "0.3, not ≤ 0.05 (1 of 2 failures allowed) · 50s left"),
+		deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseCanary, RolledBack: true, Reason: reason, Duration: 25 * time.Second})
+	calls := fake.Accepted()
+	if got := strings.Join(methods(calls), " "); got != "chat.postMessage chat.update chat.update chat.postMessage" {
+		t.Fatalf("calls %s, want a post, 2 edits and a reply", got)
+	}
+	final, reply := calls[2].Content(), calls[3].Text
+	for _, s := range []string{"deploy failed and was rolled back", "canary 1 of 4 on latest (sha256:bbbbbbbbbbbb) ✗",
+		"canary ✗", "rolled back ✓", "0.3, not ≤ 0.05, 20s into its analysis"} {
+		if !strings.Contains(final, s) {
+			t.Errorf("final message lacks %q:\n%s", s, final)
+		}
+	}
+	if strings.Contains(final, "50s left") {
+		t.Errorf("a failed canary shows its time left:\n%s", final)
+	}
+	if strings.Contains(final, ActionRollback) {
+		t.Errorf("a Roll back button on a canary the updater rolled back:\n%s", final)
+	}
+	for _, s := range []string{"failed in step `canary`", "back on its previous version", "0.3, not ≤ 0.05"} {
+		if !strings.Contains(reply, s) {
+			t.Errorf("reply lacks %q:\n%s", s, reply)
+		}
+	}
+}
+
+// A canary failure that is no rollback (someone else wrote the spec
+// meanwhile) does not claim the service was not changed; a canary still
+// judged when its rollback failed is not marked as passed.
+func TestStoryCanaryFailureWords(t *testing.T) {
+	rel := release()
+	until := time.Now().Add(time.Minute)
+	s := &story{}
+	s.apply(canaryEval(rel, until, "0.001 ≤ 0.05 · 50s left"))
+	s.apply(deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseCanary, Reason: "the service runs another image now"})
+	_, blocks := s.render()
+	all := contentOf(t, blocks)
+	if !strings.Contains(all, ":x: *shop_web* (stack shop): deploy failed") || strings.Contains(all, "not changed") {
+		t.Errorf("superseded canary:\n%s", all)
+	}
+	if d := s.details(); !strings.Contains(d, "canary tasks ran the new version") || strings.Contains(d, "not changed") {
+		t.Errorf("superseded canary's reply:\n%s", d)
+	}
+
+	s = &story{}
+	s.apply(canaryEval(rel, until, "0.001 ≤ 0.05 · 50s left"))
+	s.apply(deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseRollback, Reason: "roll back: Docker said no"})
+	if _, blocks := s.render(); !strings.Contains(contentOf(t, blocks), "canary ✗") {
+		t.Errorf("a canary whose rollback failed:\n%s", contentOf(t, blocks))
+	}
+}
+
+// An incoming webhook posts no evaluation; its final message carries the
+// canary's last line.
+func TestWebhookCanary(t *testing.T) {
+	fake := newSlack(t)
+	w := NewWebhook(fake.WebhookURL)
+	rel := release()
+	until := time.Now().Add(time.Minute)
+	notifyAll(t, w, deploy.Event{Kind: deploy.Started, Release: rel})
+	for i := 5; i >= 0; i-- {
+		notifyAll(t, w, canaryEval(rel, until, fmt.Sprintf("0.001 ≤ 0.05 · %ds left", 10*i)))
+	}
+	notifyAll(t, w, progress(rel, 4, 4), deploy.Event{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout})
+	calls := fake.Accepted()
+	if len(calls) != 2 {
+		t.Fatalf("%d webhook posts, want the start and the end", len(calls))
+	}
+	if c := calls[1].Content(); !strings.Contains(c, "canary 1 of 4 on latest (sha256:bbbbbbbbbbbb) · 0.001 ≤ 0.05 · 0s left ✓") {
+		t.Errorf("end:\n%s", c)
 	}
 }

@@ -370,6 +370,10 @@ func TestRollbackable(t *testing.T) {
 		{"failed before the service changed", deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseMigrate}, false},
 		{"a rollback a person asked for", deploy.Event{Kind: deploy.Succeeded, Release: asked}, false},
 		{"not finished", deploy.Event{Kind: deploy.Started, Release: rel}, false},
+		// The updater wrote the old digest back: nothing to undo.
+		{"failed canary, rolled back", deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseCanary, RolledBack: true}, false},
+		// Someone else's write took the service over: not this deploy's to undo.
+		{"canary superseded", deploy.Event{Kind: deploy.Failed, Release: rel, Phase: deploy.PhaseCanary}, false},
 	} {
 		if got := rollbackable(tt.e); got != tt.want {
 			t.Errorf("%s: rollbackable = %v, want %v", tt.name, got, tt.want)
