@@ -60,6 +60,12 @@ func (l Log) Report(e deploy.Event) {
 			}
 		} else if s != nil {
 			attrs = append(attrs, slog.Int("done", s.Done), slog.Int("total", s.Total))
+			if line := s.CanaryLine(r); line != "" {
+				// An evaluation every interval is as dull as a rollout's
+				// counts (debug), but its value and bound are what a debug
+				// log is read for.
+				attrs = append(attrs, slog.String("canary", line))
+			}
 		}
 	}
 	if e.Kind != deploy.Started && e.Kind != deploy.Pending && e.Kind != deploy.Held {

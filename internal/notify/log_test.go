@@ -60,7 +60,12 @@ func TestLogReport(t *testing.T) {
 		// Rollout counts are many and dull: debug only.
 		{name: "rollout progress", ev: deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout,
 			Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 1, Total: 3}},
-			level: "DEBUG", msg: "deploy progress", want: map[string]any{"step": "rollout", "done": float64(1), "total": float64(3)}, none: []string{"state"}},
+			level: "DEBUG", msg: "deploy progress", want: map[string]any{"step": "rollout", "done": float64(1), "total": float64(3)}, none: []string{"state", "canary"}},
+		// A canary's evaluations too, with the canary's line.
+		{name: "canary evaluation", ev: deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseCanary,
+			Step: &deploy.Step{Phase: deploy.PhaseCanary, Done: 1, Total: 4, Until: time.Unix(1700000000, 0), Detail: "0.002 ≤ 0.05 · 40s left"}},
+			level: "DEBUG", msg: "deploy progress", want: map[string]any{"step": "canary", "done": float64(1), "total": float64(4),
+				"canary": "canary 1 of 4 on prod (sha256:bbbb) · 0.002 ≤ 0.05 · 40s left"}, none: []string{"state", "until"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

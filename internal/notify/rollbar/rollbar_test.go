@@ -54,6 +54,7 @@ func TestDeployStartedThenSucceeded(t *testing.T) {
 	mustNotify(t, d,
 		deploy.Event{Kind: deploy.Started, Release: rel},
 		deploy.Event{Kind: deploy.Progress, Release: rel, Step: &deploy.Step{Phase: deploy.PhaseRollout}},
+		deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseCanary, Step: &deploy.Step{Phase: deploy.PhaseCanary, Done: 1, Total: 4, Detail: "0.002 ≤ 0.05 · 40s left"}},
 		deploy.Event{Kind: deploy.Succeeded, Release: rel, Duration: 12 * time.Second},
 	)
 	deploys := f.Deploys()

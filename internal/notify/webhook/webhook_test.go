@@ -119,7 +119,8 @@ var rel = deploy.Release{ID: "d1", ServiceID: "svc1", ServiceName: "web", Stack:
 	Labels: map[string]string{"org.opencontainers.image.revision": "abc123"}}
 
 // A deploy with a backup and a migration, as the pipeline reports it:
-// one signed post per step, in order, and none for the rollout counts.
+// one signed post per step, in order, and none for the rollout counts or
+// the canary's evaluations.
 func TestOnePostPerStep(t *testing.T) {
 	r := newReceiver(t)
 	d := dispatcher(t, webhook.New(webhook.Config{URL: r.srv.URL + "/hooks/updater?token=abc", Secret: secret}))
@@ -129,6 +130,8 @@ func TestOnePostPerStep(t *testing.T) {
 		{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseBackup, Step: step(deploy.PhaseBackup, deploy.StepStarted)},
 		{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseBackup, Step: step(deploy.PhaseBackup, deploy.StepSucceeded), Duration: 2 * time.Second},
 		{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseMigrate, Step: step(deploy.PhaseMigrate, deploy.StepSkipped)},
+		// A canary's evaluations (one every interval) are progress, not hook steps: not posted either.
+		{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseCanary, Step: &deploy.Step{Phase: deploy.PhaseCanary, Done: 1, Total: 2, Detail: "0.002 ≤ 0.05 · 40s left"}},
 		{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout, Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 1, Total: 2}},
 		{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout, Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 2, Total: 2}},
 		{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout, Duration: 90 * time.Second},
