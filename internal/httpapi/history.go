@@ -26,6 +26,10 @@ type Deploy struct {
 	Steps []string `json:"steps,omitempty"`
 	// Rollout counts the tasks on the new digest: "1/2".
 	Rollout string `json:"rollout,omitempty"`
+	// Canary is how its canary's analysis stood at the last evaluation
+	// (deploy.Step.CanaryLine): "canary 1 of 4 on v5 (sha256:…) ·
+	// 0.002 ≤ 0.05 · 40s left".
+	Canary string `json:"canary,omitempty"`
 }
 
 // History keeps the last deploys in memory for the API and the page. It
@@ -68,6 +72,10 @@ func (h *History) Report(e deploy.Event) {
 	case deploy.Progress:
 		switch s := e.Step; {
 		case s == nil:
+		case s.Phase == deploy.PhaseCanary:
+			// Progress too, but the canary's tasks are not the rollout's
+			// count.
+			d.Canary = s.CanaryLine(e.Release)
 		case s.State == deploy.StepProgress:
 			d.Rollout = fmt.Sprintf("%d/%d", s.Done, s.Total)
 		default:

@@ -57,3 +57,36 @@ func TestHistory(t *testing.T) {
 		t.Fatal("Last of a service never deployed")
 	}
 }
+
+// canaryEval is a canary's evaluation as the pipeline reports it: 1 of
+// 4 tasks judged, a progress step whose state is StepProgress too.
+func canaryEval(rel deploy.Release, detail string) deploy.Event {
+	return deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseCanary,
+		Step: &deploy.Step{Phase: deploy.PhaseCanary, Done: 1, Total: 4, Until: rel.Started.Add(time.Minute), Detail: detail}}
+}
+
+// A canary's evaluations are the deploy's canary line (the last one),
+// not its rollout count; the API carries it as "canary".
+func TestHistoryCanary(t *testing.T) {
+	r := newRig(t)
+	rel := deploy.Release{ID: "d1", ServiceID: "svc1", ServiceName: "web", Ref: "r.example/web:v5", From: oldD, To: newD, Started: r.now}
+	h := r.history
+	h.Report(deploy.Event{Kind: deploy.Started, Release: rel})
+	h.Report(canaryEval(rel, "0.001 ≤ 0.05 · 50s left"))
+	h.Report(canaryEval(rel, "0.002 ≤ 0.05 · 40s left"))
+	want := "canary 1 of 4 on v5 (sha256:bbbbbbbbbbbb) · 0.002 ≤ 0.05 · 40s left"
+	var got struct {
+		Deploys []map[string]any `json:"deploys"`
+	}
+	decodeJSON(t, r.do(authed("GET", "/api/v1/deploys", nil)), &got)
+	if len(got.Deploys) != 1 || got.Deploys[0]["canary"] != want || got.Deploys[0]["phase"] != "canary" ||
+		got.Deploys[0]["state"] != "running" || got.Deploys[0]["rollout"] != nil {
+		t.Fatalf("GET /api/v1/deploys: deploys %v, want canary %q, no rollout", got.Deploys, want)
+	}
+	// Promoted: the rollout counts, the canary's last line stays.
+	h.Report(deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout, Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 2, Total: 4}})
+	h.Report(deploy.Event{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout})
+	if d := h.Recent()[0]; d.Rollout != "2/4" || d.Canary != want || d.State != "succeeded" || len(d.Steps) != 0 {
+		t.Fatalf("promoted deploy %+v", d)
+	}
+}

@@ -249,3 +249,21 @@ func TestApprovalWarningBounded(t *testing.T) {
 		t.Fatalf("warning of %d runes: %q", len([]rune(w)), w)
 	}
 }
+
+// A deploy whose canary is judged shows its canary line; promoted, the
+// rollout count instead.
+func TestStatusPageCanary(t *testing.T) {
+	r := newRig(t)
+	rel := deploy.Release{ID: "d1", ServiceID: "svc1", ServiceName: "web", Ref: "r.example/web:v5", From: oldD, To: newD, Started: r.now}
+	r.history.Report(deploy.Event{Kind: deploy.Started, Release: rel})
+	r.history.Report(canaryEval(rel, "0.3, not ≤ 0.05 (1 of 2 failures allowed) · 40s left"))
+	line := `<span class="canary">canary 1 of 4 on v5 (sha256:bbbbbbbbbbbb) · 0.3, not ≤ 0.05 (1 of 2 failures allowed) · 40s left</span>`
+	if body := r.do(browser("GET", "/")).Body.String(); !strings.Contains(body, line) {
+		t.Errorf("page lacks the canary line %q:\n%s", line, body)
+	}
+	r.history.Report(deploy.Event{Kind: deploy.Progress, Release: rel, Phase: deploy.PhaseRollout, Step: &deploy.Step{Phase: deploy.PhaseRollout, Done: 2, Total: 4}})
+	body := r.do(browser("GET", "/")).Body.String()
+	if strings.Contains(body, `class="canary"`) || !strings.Contains(body, "rollout 2/4") {
+		t.Errorf("promoted: the canary's line, or no rollout count:\n%s", body)
+	}
+}
