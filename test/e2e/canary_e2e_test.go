@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
@@ -46,7 +47,7 @@ import (
 // them) and from Prometheus, beside the updater's report.
 //
 // Four deploys of one 4-replica service, a canary of 1 task judged for
-// 30 s every 10 s (the first evaluation comes an interval in, once
+// 30 s every 15 s (the first evaluation comes an interval in, once
 // Prometheus found and scraped the new task: docs/canary.md), in order:
 //  1. v5 answers 30 % errors: one task ever runs it; rolled back,
 //     quarantined, one failure report quoting the ratio;
@@ -63,7 +64,7 @@ import (
 
 const (
 	canaryWindow   = 30 * time.Second
-	canaryInterval = 10 * time.Second
+	canaryInterval = 15 * time.Second
 	// The error ratio of the canary's tasks over the last 10 s.
 	canaryQuery = `sum(rate(http_requests_total{code="500",task=~"{tasks}"}[10s])) / sum(rate(http_requests_total{task=~"{tasks}"}[10s]))`
 )
@@ -333,7 +334,7 @@ func TestCanaryJudgedByPrometheus(t *testing.T) {
 	prom.waitQuery(t, 60*time.Second, fmt.Sprintf(`http_requests_total{code="200",service=%q} > 0`, name), 4)
 
 	proxy := newDockerProxy(t)
-	updaterEnv := []string{"DOCKER_HOST=" + proxy.host, "UPDATER_PROMETHEUS_URL=" + prom.base}
+	updaterEnv := httpEnv("DOCKER_HOST="+proxy.host, "UPDATER_PROMETHEUS_URL="+prom.base)
 	u := startUpdater(t, stack, updaterEnv...)
 	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
 	writes := func() []time.Time { return proxy.writeTimes(id) }
@@ -401,6 +402,27 @@ func TestCanaryJudgedByPrometheus(t *testing.T) {
 		pushed := time.Now()
 		v6 = pushImage(t, repo, errorImage(t, "0"))
 		until := judgedUntil(t, u, 2)
+		// Mid-window, the API (and the page, from the same history) says
+		// how the canary stands, in the words Slack shows.
+		u.waitLog(t, deployLimit, 1, "deploy progress", "step", string(deploy.PhaseCanary), "to_digest", v6)
+		r := call(t, http.MethodGet, u.base(t)+"/api/v1/deploys", "Bearer "+apiToken, nil, "")
+		var list struct {
+			Deploys []struct {
+				To     string `json:"to_digest"`
+				State  string `json:"state"`
+				Phase  string `json:"phase"`
+				Canary string `json:"canary"`
+			} `json:"deploys"`
+		}
+		if err := json.Unmarshal([]byte(r.body), &list); err != nil || r.status != http.StatusOK {
+			t.Fatalf("GET /api/v1/deploys: %d %s", r.status, r.body)
+		}
+		want := "canary 1 of 4 on latest (" + deploy.Short(v6) + ") · "
+		if len(list.Deploys) == 0 || list.Deploys[0].To != v6 || list.Deploys[0].State != "running" || list.Deploys[0].Phase != "canary" ||
+			!strings.HasPrefix(list.Deploys[0].Canary, want) || !strings.Contains(list.Deploys[0].Canary, "≤ 0.05 · ") || !strings.HasSuffix(list.Deploys[0].Canary, "s left") {
+			t.Fatalf("the API's newest deploy mid-window: %+v, want v6 running in phase canary, its line %q…≤ 0.05 · …s left", list.Deploys, want)
+		}
+		t.Logf("figure: mid-window, the API's canary line: %q", list.Deploys[0].Canary)
 		if f := outcomeOf(t, u, v6); f["msg"] != "deploy succeeded" {
 			explain(t, prom, l, name)
 			t.Fatalf("v6 (clean) %v: %v", f["msg"], f["err"])
