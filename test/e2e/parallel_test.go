@@ -145,25 +145,29 @@ func oneEach(t testing.TB, us []*updater, n int) {
 	}
 }
 
-// Service A's new version takes 60 s to turn healthy; while Swarm waits on
+// Service A's new version takes 25 s to turn healthy; while Swarm waits on
 // it, service B's push deploys and converges within its own rollout and
-// one schedule interval; then A succeeds. Each deploys once.
+// one schedule interval; then A succeeds. Each deploys once. 25 s is B's
+// push→converged (5.3 s measured on 2 cores) four times over: long enough
+// that B done while A still rolls out is no accident of timing, short
+// enough not to cost the suite a minute (60 s before: 68.8 s → 36.1 s).
 func TestParallelSlowRolloutHoldsNoOther(t *testing.T) {
 	const stack, repoA, repoB = "e2epar1", "e2e/par1a", "e2e/par1b"
 	const schedule = time.Second // startUpdater's @every 1s
+	const slowHealthy = 25 * time.Second
 	ev := recordEvents(t)
 	a := createService(t, "e2epar1_a", repoA, push(t, repoA, "v1"), svcOpts{stack: stack, optIn: true})
 	b := createService(t, "e2epar1_b", repoB, push(t, repoB, "v1"), svcOpts{stack: stack, optIn: true})
-	// The deadline is the slow rollout's 60 s and then some.
+	// The deadline is the slow rollout's 25 s and then some.
 	u := startUpdater(t, stack, "UPDATER_DEPLOY_TIMEOUT=3m")
 	waitFor(t, 30*time.Second, "a first clean cycle", func() bool { return u.cycles() >= 1 })
 
-	a2 := pushHealthEvery(t, repoA, "v2", 60*time.Second)
+	a2 := pushHealthEvery(t, repoA, "v2", slowHealthy)
 	aWrite := onlyWrite(t, ev, a, a2)
 	pushed := time.Now()
 	b2 := push(t, repoB, "v2")
 
-	// One deploy at a time would write B only once A's 60 s are over, so
+	// One deploy at a time would write B only once A's 25 s are over, so
 	// the wait is long enough to see that and say so, not time out.
 	waitFor(t, 150*time.Second, "B converged on its new digest", func() bool { return converged(t, b, b2) })
 	// Read at once: A is still rolling out, its new task not yet healthy.
@@ -307,8 +311,9 @@ func TestParallelKilledWithThreeRunsInFlight(t *testing.T) {
 	// Y's new task turns healthy this long after it starts, and Z's
 	// rollout waits this long between its two tasks: the windows in which
 	// all three stages hold at once. Both start within a few seconds of
-	// the push; X's backup ends a few seconds later still.
-	const yHealthy, zDelay = 30 * time.Second, 35 * time.Second
+	// the push; X's backup ends a few seconds later still (all three were
+	// staged 3.2 s after the pushes on 2 cores: 15 s leaves four times that).
+	const yHealthy, zDelay = 15 * time.Second, 18 * time.Second
 	ev := recordEvents(t)
 	t.Cleanup(removeMigrationRecords)
 	dbURL := createDB(t, "e2eparkill")
