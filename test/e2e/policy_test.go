@@ -28,12 +28,14 @@ func logTime(t testing.TB, line map[string]any) time.Time {
 func TestFreezeHoldsThenTheNewestDeploys(t *testing.T) {
 	const stack, repo, name = "e2efreeze", "e2e/freeze", "e2efreeze_app"
 	v1 := push(t, repo, "v1")
-	// A freeze that began this minute and ends 35 s to 95 s from now (a
-	// window's DURATION is 1m at least).
+	// A freeze that ends 20 s from now, begun on the minute at least a
+	// minute before that end (a window's DURATION is 1m at least): the two
+	// pushes are held in its last 20 s, four times what they take. (It
+	// began this minute and ended 35 s to 95 s from now before: 39.5 s.)
 	now := time.Now().UTC()
-	start := now.Truncate(time.Minute)
-	dur := max(time.Minute, now.Sub(start)+35*time.Second).Truncate(time.Second)
-	end := start.Add(dur)
+	end := now.Add(20 * time.Second).Truncate(time.Second)
+	start := end.Add(-time.Minute).Truncate(time.Minute)
+	dur := end.Sub(start)
 	freeze := fmt.Sprintf("CRON_TZ=UTC %d %d * * * %ds", start.Minute(), start.Hour(), int(dur.Seconds()))
 	app := createService(t, name, repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{"updater.freeze": freeze}})
 	ver := inspect(t, app).Version.Index
