@@ -84,32 +84,32 @@ func TestFreezeHoldsThenTheNewestDeploys(t *testing.T) {
 	}
 }
 
-// A cooldown of 20 s: d2 is held; d3, pushed 10 s later, replaces it and
-// deploys about 20 s after its own push; d2 never deploys. The first
+// A cooldown of 12 s: d2 is held; d3, pushed 6 s later, replaces it and
+// deploys about 12 s after its own push; d2 never deploys. The first
 // sighting is kept in Swarm: an updater restarted mid-cooldown does not
-// start the clock again.
+// start the clock again. (20 s, 10 s and 12 s before: 38.0 s the test.)
 func TestCooldownDeploysOnlyWhatStayed(t *testing.T) {
 	const stack, repo, name = "e2ecool", "e2e/cool", "e2ecool_app"
-	const cooldown = 20 * time.Second
+	const cooldown, next, restart = 12 * time.Second, 6 * time.Second, 8 * time.Second
 	v1 := push(t, repo, "v1")
-	app := createService(t, name, repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{"updater.cooldown": "20s"}})
+	app := createService(t, name, repo, v1, svcOpts{stack: stack, optIn: true, labels: map[string]string{"updater.cooldown": cooldown.String()}})
 	u := startUpdater(t, stack)
 
 	d2 := push(t, repo, "v2")
 	pushed2 := time.Now()
 	u.waitLog(t, 30*time.Second, 1, "deploy held", "service", name, "to_digest", d2)
-	// The scenario's own timing (the next push comes 10 s later), not a
-	// wait for a condition.
-	time.Sleep(time.Until(pushed2.Add(10 * time.Second)))
+	// The scenario's own timing (the next push comes 6 s later, within
+	// d2's cooldown), not a wait for a condition.
+	time.Sleep(time.Until(pushed2.Add(next)))
 	d3 := push(t, repo, "v3")
 	pushed3 := time.Now()
 	u.waitLog(t, 30*time.Second, 1, "deploy held", "service", name, "to_digest", d3)
 	if n := records(t, app, "first-seen"); n != 1 {
 		t.Fatalf("%d first-seen records in Swarm, want 1 (d3 replaced d2's)", n)
 	}
-	// Restarted 12 s into d3's cooldown: a clock started again would
-	// deploy it 32 s after its push at the earliest.
-	time.Sleep(time.Until(pushed3.Add(12 * time.Second)))
+	// Restarted 8 s into d3's cooldown: a clock started again would
+	// deploy it 20 s after its push at the earliest, past the bound below.
+	time.Sleep(time.Until(pushed3.Add(restart)))
 	if err := u.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
@@ -119,7 +119,7 @@ func TestCooldownDeploysOnlyWhatStayed(t *testing.T) {
 	u2 := startUpdater(t, stack)
 	u2.waitLog(t, deployLimit, 1, "deploy succeeded", "service", name, "to_digest", d3)
 	at := logTime(t, u2.find("deploy started", "to_digest", d3))
-	if at.Before(pushed3.Add(cooldown-time.Second)) || at.After(pushed3.Add(cooldown+8*time.Second)) {
+	if at.Before(pushed3.Add(cooldown-time.Second)) || at.After(pushed3.Add(cooldown+5*time.Second)) {
 		t.Fatalf("d3 started deploying %s after its push, want about %s (its cooldown counted from when it was first seen)", at.Sub(pushed3).Round(time.Second), cooldown)
 	}
 	if n := u.count("deploy started", "to_digest", d2) + u2.count("deploy started", "to_digest", d2); n != 0 {
@@ -128,5 +128,5 @@ func TestCooldownDeploysOnlyWhatStayed(t *testing.T) {
 	if !allRunning(t, app, d3) {
 		t.Fatal("d3 reported but not running")
 	}
-	t.Logf("d3 deployed %s after its push (cooldown %s, the updater restarted 12 s in)", at.Sub(pushed3).Round(100*time.Millisecond), cooldown)
+	t.Logf("d3 deployed %s after its push (cooldown %s, the updater restarted %s in)", at.Sub(pushed3).Round(100*time.Millisecond), cooldown, restart)
 }
