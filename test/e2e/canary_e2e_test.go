@@ -52,8 +52,8 @@ import (
 //  1. v5 answers 30 % errors: one task ever runs it; rolled back,
 //     quarantined, one failure report quoting the ratio;
 //  2. v6 is clean: promoted, 4 tasks on it, the canary's kept;
-//  3. v7 is clean but Prometheus stops during its window: rolled back
-//     as inconclusive (fail closed);
+//  3. v7 is clean but Prometheus stops once its window began: rolled
+//     back as inconclusive at the first evaluation (fail closed);
 //  4. v8 is clean and the updater is SIGKILLed during its window: the
 //     next one judges the rest of the same window and promotes, one
 //     report in all.
@@ -460,9 +460,9 @@ func TestCanaryJudgedByPrometheus(t *testing.T) {
 	}
 
 	t.Run("3 Prometheus stopped: inconclusive, rolled back", func(t *testing.T) {
+		before := len(writes())
 		v7 := pushImage(t, repo, errorImage(t, "0"))
-		judgedUntil(t, u, 3)
-		u.waitLog(t, deployLimit, 1, "deploy progress", "step", string(deploy.PhaseCanary), "to_digest", v7)
+		judgedUntil(t, u, 3) // the window began; its first evaluation is an interval away
 		prom.stop()
 		f := outcomeOf(t, u, v7)
 		why := fmt.Sprint(f["err"])
@@ -472,6 +472,9 @@ func TestCanaryJudgedByPrometheus(t *testing.T) {
 		waitFor(t, deployLimit, "all 4 back on v6", func() bool { return allRunning(t, id, v6) })
 		if n := c.ever(v7); n != 1 {
 			t.Fatalf("%d tasks ever ran v7, want exactly 1", n)
+		}
+		if n := len(writes()) - before; n != 3 {
+			t.Fatalf("%d spec writes for the deploy, want 3 (the canary, the revert, the seal)", n)
 		}
 		prom.start(t)
 		prom.waitQuery(t, 30*time.Second, fmt.Sprintf(`http_requests_total{code="200",service=%q} > 0`, name), 4)
