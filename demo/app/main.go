@@ -15,7 +15,7 @@
 //	app          serve $LISTEN (default :8080): / prints the version, /health is the probe
 //	app health   exit 0 iff http://$LISTEN/health answers 200 (the HEALTHCHECK)
 //	app migrate  bring the database at $DATABASE_URL to this build's schema
-//	app proxy    serve $LISTEN as a forward proxy for plain HTTP: how the e2e
+//	app proxy    serve $LISTEN as a forward proxy for plain HTTP to $PROXY_ALLOW: how the e2e
 //	             suite's Prometheus and load generator, on the host, reach
 //	             tasks on an overlay network (test/e2e/canary_e2e_test.go)
 //
@@ -38,6 +38,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -89,7 +90,14 @@ func main() {
 			}
 			os.Exit(0)
 		case "proxy":
-			fmt.Fprintln(os.Stderr, http.ListenAndServe(listen, forward()))
+			// Docker publishes it on every interface: it relays only
+			// to the test's own network, PROXY_ALLOW (a CIDR).
+			allow, err := netip.ParsePrefix(os.Getenv("PROXY_ALLOW"))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "proxy: PROXY_ALLOW must be the network it may relay to, like 10.0.4.0/24:", err)
+				os.Exit(2)
+			}
+			fmt.Fprintln(os.Stderr, http.ListenAndServe(listen, forward(allow)))
 			os.Exit(1)
 		case "migrate":
 			if err := migrate(context.Background()); err != nil {
@@ -160,9 +168,9 @@ func main() {
 	os.Exit(1)
 }
 
-// forward proxies requests that name an absolute http:// URL, as a client
-// configured with this proxy sends them.
-func forward() http.Handler {
+// forward proxies requests that name an absolute http:// URL on an
+// address in allow, as a client configured with this proxy sends them.
+func forward(allow netip.Prefix) http.Handler {
 	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 		r.Out.URL = r.In.URL
 		r.Out.Host = r.In.URL.Host
@@ -174,6 +182,10 @@ func forward() http.Handler {
 		}
 		if r.URL.Scheme != "http" || r.URL.Host == "" {
 			http.Error(w, "a forward proxy for http://host:port/ URLs", http.StatusBadRequest)
+			return
+		}
+		if ap, err := netip.ParseAddrPort(r.URL.Host); err != nil || !allow.Contains(ap.Addr()) {
+			http.Error(w, "relays only to "+allow.String(), http.StatusForbidden)
 			return
 		}
 		rp.ServeHTTP(w, r)

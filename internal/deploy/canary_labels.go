@@ -203,8 +203,9 @@ func ParseCanary(labels map[string]string, replicas int) (Canary, error) {
 	if c.Bound, err = canaryBound(labels); err != nil {
 		return Canary{}, err
 	}
-	// More failures than the window has evaluations could never abort.
-	evals := int(c.Window / c.Interval)
+	// More failures than the window has evaluations could never abort:
+	// one every interval from an interval in, and one at the end.
+	evals := int((c.Window + c.Interval - 1) / c.Interval)
 	if v, ok := labels[LabelCanaryFailures]; ok {
 		f, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || f < 1 || f > evals {

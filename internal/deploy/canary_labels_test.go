@@ -111,6 +111,8 @@ func TestCanaryLabelErrors(t *testing.T) {
 		{canaryLabels(deploy.LabelCanaryFailures, "0"), 4, []string{`updater.canary.failures="0"`, "from 1 to 6 (a 1m0s window evaluated every 10s)", "default 1"}},
 		{canaryLabels(deploy.LabelCanaryFailures, "7"), 4, []string{`updater.canary.failures="7"`, "from 1 to 6"}},
 		{canaryLabels(deploy.LabelCanaryFailures, "2", deploy.LabelCanaryWindow, "10s"), 4, []string{`updater.canary.failures="2"`, "from 1 to 1"}},
+		// 25 s every 10 s: evaluated at 10, 20 and 25 s, so 3 failures can abort, 4 can't.
+		{canaryLabels(deploy.LabelCanaryFailures, "4", deploy.LabelCanaryWindow, "25s"), 4, []string{`updater.canary.failures="4"`, "from 1 to 3"}},
 		{canaryLabels(deploy.LabelCanaryOnError, "ignore"), 4, []string{`updater.canary.on-error="ignore"`, "want rollback (the default", "or promote"}},
 		{canaryLabels("updater.canary.maximum", "0.1"), 4, []string{"unknown label updater.canary.maximum", "updater.canary.max,"}},
 		{map[string]string{deploy.LabelCanaryQuery: canaryQ}, 4, []string{"label updater.canary.query is set without updater.canary", "e.g. updater.canary=1"}},
@@ -204,7 +206,7 @@ func FuzzParseCanary(f *testing.F) {
 		// What parses leaves an old task, evaluates within the window, can
 		// abort, and has a bound some value meets.
 		if c.Tasks < 1 || c.Tasks >= r || c.Interval < time.Second || c.Interval > c.Window || c.Failures < 1 ||
-			c.Failures > int(c.Window/c.Interval) || !(c.Bound.HasMin || c.Bound.HasMax) {
+			c.Failures > int((c.Window+c.Interval-1)/c.Interval) || !(c.Bound.HasMin || c.Bound.HasMax) {
 			t.Fatalf("parsed %+v for %d replicas", c, r)
 		}
 		v := c.Bound.Min

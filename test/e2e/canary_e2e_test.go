@@ -525,7 +525,13 @@ func TestCanaryJudgedByPrometheus(t *testing.T) {
 // IPv4 binding Docker made, read from the container.
 func forwardProxy(t *testing.T, name, repo, digest, netName string) *url.URL {
 	t.Helper()
-	spec := serviceSpec(name, repo, digest, svcOpts{})
+	ni, err := env.docker.NetworkInspect(context.Background(), netName, client.NetworkInspectOptions{})
+	if err != nil || len(ni.Network.IPAM.Config) == 0 {
+		t.Fatalf("inspect %s: %v (%d subnets)", netName, err, len(ni.Network.IPAM.Config))
+	}
+	subnet := ni.Network.IPAM.Config[0].Subnet
+	// Published on every interface, it relays only to the test's network.
+	spec := serviceSpec(name, repo, digest, svcOpts{env: []string{"PROXY_ALLOW=" + subnet.String()}})
 	spec.TaskTemplate.ContainerSpec.Args = []string{"proxy"}
 	spec.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: netName}}
 	spec.EndpointSpec = &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR, Ports: []swarm.PortConfig{{
@@ -555,6 +561,19 @@ func forwardProxy(t *testing.T, name, repo, digest, netName string) *url.URL {
 			}
 		}
 		return u != nil
+	})
+	// Anything else is refused: the host, say.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
+	waitFor(t, 10*time.Second, "the proxy to answer", func() bool {
+		resp, err := hc.Get("http://" + env.direct + "/v2/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("the proxy relayed to the host's %s: %d, want 403 (only %s)", env.direct, resp.StatusCode, subnet)
+		}
+		return true
 	})
 	return u
 }

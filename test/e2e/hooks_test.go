@@ -596,7 +596,7 @@ type dockerProxy struct {
 	waiting    int
 	dropped    int                    // held requests whose client went away
 	writes     map[string]int         // spec writes passed on, by service ID
-	writeAt    map[string][]time.Time // when each was answered
+	writeAt    map[string][]time.Time // when each that Docker took was answered
 	calls      map[string]int         // requests passed on, by method
 	open       chan struct{}
 }
@@ -645,10 +645,11 @@ func newDockerProxy(t testing.TB) *dockerProxy {
 			p.writes[write[1]]++
 			p.mu.Unlock()
 		}
-		rp.ServeHTTP(w, r)
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		rp.ServeHTTP(sw, r)
 		p.mu.Lock()
 		p.calls[r.Method]++
-		if write != nil && r.Method == http.MethodPost {
+		if write != nil && r.Method == http.MethodPost && sw.status < 300 { // a write Docker took
 			p.writeAt[write[1]] = append(p.writeAt[write[1]], time.Now())
 		}
 		p.mu.Unlock()
@@ -672,7 +673,8 @@ func (p *dockerProxy) specWrites(serviceID string) int {
 	return p.writes[serviceID]
 }
 
-// writeTimes are when each spec write of the service was answered.
+// writeTimes are when each spec write of the service that Docker took
+// (a 2xx) was answered.
 func (p *dockerProxy) writeTimes(serviceID string) []time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()

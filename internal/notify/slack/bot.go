@@ -217,7 +217,10 @@ func (b *Bot) Notify(ctx context.Context, e deploy.Event) (bool, error) {
 			return classify(b.redact.Error(fmt.Errorf("update slack message: %w", err)))
 		}
 	}
-	th.shown, th.sent = shown, b.now()
+	if shown != th.shown {
+		th.sent = b.now() // an edit (or the post) was made: the throttle counts from it
+	}
+	th.shown = shown
 	if e.Kind == deploy.Failed && !th.replied {
 		_, _, err := b.api.PostMessageContext(ctx, th.channel, slackgo.MsgOptionText(th.details(), false),
 			slackgo.MsgOptionTS(th.ts))
