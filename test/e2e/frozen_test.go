@@ -89,6 +89,9 @@ func TestDockerdFrozen(t *testing.T) {
 		t.Fatalf("/readyz unready %s after the freeze saying %q; want within %s, saying docker calls hang",
 			tookUnready, unready.body, readyBound)
 	}
+	// The line is written as /readyz answers: read from the updater's
+	// stderr a moment after the answer (the CI run that found it: map[]).
+	u.waitLog(t, 5*time.Second, 1, "readiness")
 	if l := u.find("readiness"); l == nil || !strings.Contains(fmt.Sprint(l["err"]), "no answer within "+bound.String()) {
 		t.Fatalf("the readiness log line %v, want it naming a call unanswered for %s", l, bound)
 	}
