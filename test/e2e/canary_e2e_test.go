@@ -313,21 +313,13 @@ func TestCanaryJudgedByPrometheus(t *testing.T) {
 	fwd := forwardProxy(t, stack+"proxy", repo, v4, netName)
 	prom := startPrometheusWith(t, canaryScrape(env.docker.DaemonHost(), netName, fwd.String()))
 
-	spec := serviceSpec(name, repo, v4, svcOpts{stack: stack, optIn: true, replicas: 4, labels: map[string]string{
+	id := createOn(t, name, repo, v4, netName, svcOpts{stack: stack, optIn: true, replicas: 4, labels: map[string]string{
 		deploy.LabelCanary:         "1",
 		deploy.LabelCanaryQuery:    canaryQuery,
 		deploy.LabelCanaryMax:      "0.05",
 		deploy.LabelCanaryWindow:   canaryWindow.String(),
 		deploy.LabelCanaryInterval: canaryInterval.String(),
 	}})
-	spec.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: netName}}
-	res, err := env.docker.ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: spec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := res.ID
-	t.Cleanup(func() { removeService(id) })
-	waitFor(t, 60*time.Second, name+" running", func() bool { return allRunning(t, id, v4) })
 	c := startCensus(t, id, netID)
 	l := startLoad(t, c, fwd)
 	// Prometheus scrapes all four before anything is judged.

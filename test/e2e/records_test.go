@@ -57,6 +57,9 @@ func TestCorruptRecordSetAside(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "records set aside for a person to look at: 1") || strings.Contains(string(body), name) {
 		t.Errorf("/readyz: %d %q, want ready, counting one record set aside without naming it", resp.StatusCode, body)
 	}
+	// Written as /readyz answers, read from stderr on the suite's own
+	// goroutine a moment later: wait for it.
+	u.waitLog(t, 5*time.Second, 1, "readiness")
 	if l := u.find("readiness"); l == nil || !strings.Contains(fmt.Sprint(l["err"]), name) {
 		t.Errorf("the readiness log line %v, want it naming %s", l, name)
 	}
