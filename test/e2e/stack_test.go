@@ -43,6 +43,12 @@ func TestShippedStack(t *testing.T) {
 
 	slack, rollbar := fakeSlack(t), fakeRollbar(t)
 	v1 := push(t, repo, "v1")
+	// The secrets the optional stanzas use, made before the stack's
+	// cleanup is registered, so they go after the stack (cleanups run last
+	// first): a secret a service still uses can't be removed, and made
+	// later, they stayed behind.
+	secret(t, "slack_token", slackToken)
+	secret(t, "rollbar_token", rollbarToken)
 	t.Cleanup(func() { stackRemove(t, stack) })
 	deploy := func(file string, extra ...string) {
 		vars := append([]string{"STACK=" + stack, "APP_IMAGE=" + image(repo), "UPDATER_IMAGE=" + updaterImage,
@@ -85,9 +91,7 @@ func TestShippedStack(t *testing.T) {
 	phase("v2 deployed, the updater healthy")
 
 	// The optional stanzas, uncommented: the stack file's own lines, so a
-	// stanza that rots fails here.
-	secret(t, "slack_token", slackToken)
-	secret(t, "rollbar_token", rollbarToken)
+	// stanza that rots fails here. (Their secrets were made first.)
 	shipped, err := os.ReadFile(filepath.Join(root, "docker-stack.yml"))
 	if err != nil {
 		t.Fatal(err)
