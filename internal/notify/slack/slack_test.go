@@ -529,20 +529,29 @@ func canaryEval(rel deploy.Release, until time.Time, detail string) deploy.Event
 // A canary shows its line (deploy.Step.CanaryLine) on a line of its own
 // while it is judged, edited as it is evaluated but at most every 30 s
 // in a minute's window; promoted, the last line stays, marked done.
-func TestBotCanaryLine(t *testing.T) {
+// judgeCanary starts a deploy on a bot with a fake clock and evaluates its
+// canary every 10 s over window, detail saying how evaluation i went.
+func judgeCanary(t *testing.T, window time.Duration, detail func(i int, left time.Duration) string) (*fakeapi.Slack, *Bot, deploy.Release, *time.Time) {
 	fake := newSlack(t)
 	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
 	t0 := time.Date(2026, 12, 1, 15, 0, 0, 0, time.UTC)
 	now := t0
 	b.now = func() time.Time { return now }
 	rel := release()
-	until := t0.Add(time.Minute)
+	until := t0.Add(window)
 	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel})
-	for i := 1; i <= 6; i++ {
+	for i := 1; i <= int(window/(10*time.Second)); i++ {
 		now = t0.Add(time.Duration(i) * 10 * time.Second)
-		notifyAll(t, b, canaryEval(rel, until, fmt.Sprintf("0.00%d ≤ 0.05 · %ds left", i, 60-10*i)))
+		notifyAll(t, b, canaryEval(rel, until, detail(i, until.Sub(now))))
 	}
-	now = now.Add(2 * time.Second)
+	return fake, b, rel, &now
+}
+
+func TestBotCanaryLine(t *testing.T) {
+	fake, b, rel, clock := judgeCanary(t, time.Minute, func(i int, left time.Duration) string {
+		return fmt.Sprintf("0.00%d ≤ 0.05 · %ds left", i, int(left.Seconds()))
+	})
+	*clock = clock.Add(2 * time.Second) // the bot's clock
 	notifyAll(t, b, progress(rel, 2, 4))
 	notifyAll(t, b, deploy.Event{Kind: deploy.Succeeded, Release: rel, Phase: deploy.PhaseRollout, Duration: 80 * time.Second})
 
@@ -578,18 +587,9 @@ func TestBotCanaryLine(t *testing.T) {
 // However long the window, a canary's evaluations cost about ten edits:
 // an hour judged every 10 s is 360 evaluations.
 func TestBotCanaryEditsBounded(t *testing.T) {
-	fake := newSlack(t)
-	b := NewBot(BotConfig{Token: token, Channel: "C0DEPLOYS", APIURL: fake.APIURL})
-	t0 := time.Date(2026, 12, 1, 15, 0, 0, 0, time.UTC)
-	now := t0
-	b.now = func() time.Time { return now }
-	rel := release()
-	until := t0.Add(time.Hour)
-	notifyAll(t, b, deploy.Event{Kind: deploy.Started, Release: rel})
-	for i := 1; i <= 360; i++ {
-		now = t0.Add(time.Duration(i) * 10 * time.Second)
-		notifyAll(t, b, canaryEval(rel, until, fmt.Sprintf("%d ≤ 5 · %s left", i%5, until.Sub(now))))
-	}
+	fake, _, _, _ := judgeCanary(t, time.Hour, func(i int, left time.Duration) string {
+		return fmt.Sprintf("%d ≤ 5 · %s left", i%5, left)
+	})
 	if n := len(fake.Accepted()) - 1; n < 9 || n > 11 {
 		t.Fatalf("%d edits for 360 evaluations, want about 10 (one per tenth of the hour's window)", n)
 	}
